@@ -96,6 +96,10 @@ def chown_for_server(path: Path) -> None:
     if user is None:
         return
     pw = pwd.getpwnam(user)
+    if not path.is_dir():
+        # os.walk yields nothing for a file: a file is given to the server user directly.
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+        return
     for root, dirs, files in os.walk(path):
         os.chown(root, pw.pw_uid, pw.pw_gid)
         for name in dirs + files:

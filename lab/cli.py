@@ -1,0 +1,149 @@
+"""``dr lab up | status | down``: the lab from the command line (wired into ``dr`` by dr.cli).
+
+Exit codes: 0 success (``status``: every component up), 1 a component is down or ``up``
+failed, 2 no lab in the folder (``status``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dr.errors import DRError
+from lab import manager
+
+lab_app = typer.Typer(
+    help="The local lab: PostgreSQL primary + replica, S3, app, Prefect server, Slack stand-in.",
+    no_args_is_help=True,
+)
+
+DIR_OPTION = typer.Option(
+    None,
+    "--dir",
+    help="Lab folder (default: $DR_LAB_DIR, else ./.lab). The postgres user must traverse it.",
+)
+
+
+def _dir(path: Path | None) -> Path:
+    return (path or manager.default_base_dir()).absolute()
+
+
+@lab_app.command("up")
+def up_command(
+    lab_dir: Path | None = DIR_OPTION,
+    no_prefect: bool = typer.Option(
+        False, "--no-prefect", help="Do not start the lab's Prefect server (faster)."
+    ),
+    engine: str = typer.Option(
+        "auto", "--engine", help="Where the app runs: auto, podman or process."
+    ),
+) -> None:
+    """Bring the lab up, or repair what is down (safe to run again)."""
+    console = Console(stderr=True)
+    try:
+        manager.up(_dir(lab_dir), prefect=not no_prefect, engine=engine, console=console)
+    except (DRError, RuntimeError, OSError, psycopg.Error) as exc:
+        console.print(f"[red]dr lab up failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    _print_status(manager.status(_dir(lab_dir)), Console())
+
+
+@lab_app.command("status")
+def status_command(
+    lab_dir: Path | None = DIR_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> None:
+    """Show each component of the lab: up or down, replication lag, heartbeat, archive."""
+    report = manager.status(_dir(lab_dir))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        _print_status(report, Console())
+    if not report.get("exists"):
+        raise typer.Exit(2)
+    if not report.get("ok"):
+        raise typer.Exit(1)
+
+
+@lab_app.command("down")
+def down_command(lab_dir: Path | None = DIR_OPTION) -> None:
+    """Stop everything the lab started and remove its folder."""
+    manager.down(_dir(lab_dir), console=Console(stderr=True))
+
+
+def _mark(up: Any) -> str:
+    return "[green]up[/]" if up else "[red]down[/]"
+
+
+def _num(value: Any, fmt: str = "{:.3f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _print_status(report: dict[str, Any], console: Console) -> None:
+    """The status as a rich table: one row per component."""
+    if not report.get("exists"):
+        console.print(f"no lab in {report.get('base_dir')}: run `dr lab up`")
+        return
+    table = Table(
+        title=f"lab {report['base_dir']} — {'[green]ok[/]' if report['ok'] else '[red]NOT ok[/]'}"
+    )
+    table.add_column("component")
+    table.add_column("state")
+    table.add_column("details")
+    for key in ("primary", "replica"):
+        node = report[key]
+        details = f"{node['role']} on 127.0.0.1:{node['port']} ({node['region']})"
+        if node.get("state"):
+            details += (
+                f", {node['state']} from {node.get('upstream')}, lag {node['lag_bytes']} bytes"
+                f" / {_num(node['lag_seconds'])} s"
+            )
+        table.add_row(node["name"], _mark(node["up"]), details)
+    control = report["control"]
+    table.add_row(
+        "control", _mark(control["up"]), f"127.0.0.1:{control['port']} (prefect, dr_history)"
+    )
+    hb = report["heartbeat"]
+    table.add_row(
+        "heartbeat",
+        _mark(hb["up"]),
+        f"seq {hb['seq']} at {hb['ts']} ({_num(hb['age_seconds'])} s old) on {hb.get('node')}",
+    )
+    arch = report["archiver"]
+    table.add_row(
+        "wal archive",
+        _mark(arch.get("up")),
+        f"last {arch.get('last_archived_wal')} at {arch.get('last_archived_time')}, "
+        f"failed {arch.get('failed_count')} — {report['repositories']['wal']['url']}",
+    )
+    for name, repo in report["repositories"].items():
+        if name == "wal":
+            continue
+        note = f" [dim]({repo['note']})[/]" if repo.get("note") else ""
+        table.add_row(f"repo {name}", _mark(repo["up"]), f"{repo['url']}{note}")
+    app = report["app"]
+    where = (
+        f"container {app['name']} ({app.get('state')})"
+        if app["engine"] == "podman"
+        else f"process {app.get('pid')} ({app.get('state')})"
+    )
+    if report.get("engine_reason"):
+        where += f" [dim]— fallback: {report['engine_reason']}[/]"
+    table.add_row(f"app [{app['engine']}]", _mark(app["up"]), where)
+    s3 = report["s3_endpoint"]
+    table.add_row("s3 endpoint", _mark(s3["up"]), f"{s3['url']} [dim](moto, in memory)[/]")
+    pf = report["prefect"]
+    if pf["enabled"]:
+        table.add_row("prefect", _mark(pf["up"]), f"UI {pf['ui_url']}  API {pf['api_url']}")
+    else:
+        table.add_row("prefect", "[dim]off[/]", "started with --no-prefect")
+    sl = report["slack"]
+    table.add_row("slack", _mark(sl["up"]), f"{sl['url']} (stand-in)")
+    console.print(table)
+    console.print(f"config: {report['config_path']}")

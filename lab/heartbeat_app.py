@@ -1,0 +1,153 @@
+"""The lab application: a heartbeat writer, configured like a real app by its environment.
+
+It inserts one row into ``public.dr_heartbeat`` (``writer``, ``seq``, ``ts``) every 50 ms
+through a single database host, and prints each acknowledged write to standard output as
+one JSON line (``{"seq": 41, "ts": "2026-01-01T00:00:00.123456+00:00"}``). The rows are
+what drills measure RPO with: only acknowledged rows count as written.
+
+Environment (like a twelve-factor app: a failover repoints it by recreating it with another
+``DB_HOST``/``DB_PORT``):
+
+- ``DB_HOST``, ``DB_PORT``, ``DB_NAME``, ``DB_USER``, ``DB_PASSWORD``: where to write;
+- ``HEARTBEAT_INTERVAL_MS`` (default 50), ``HEARTBEAT_WRITER`` (default ``app``);
+- ``HEARTBEAT_RETRY_MS`` (default 50): pause before reconnecting after a failure.
+
+On any error it drops the connection, waits ``HEARTBEAT_RETRY_MS`` and reconnects; after a
+reconnect the sequence continues from ``max(seq) + 1`` of its writer on that server, so an
+ambiguous commit (sent, never acknowledged) is neither duplicated nor counted. It runs
+until SIGTERM or SIGINT and only imports psycopg, so it runs in a container that mounts the
+host's Python and virtual environment read-only.
+
+Run it with ``python -m lab.heartbeat_app`` (or the file's path); extra arguments are
+ignored, which lets the lab tag the process with its folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+import psycopg
+
+INSERT_SQL = (
+    "INSERT INTO public.dr_heartbeat (writer, seq) VALUES (%s, %s) "
+    "ON CONFLICT (writer, seq) DO NOTHING RETURNING ts"
+)
+NEXT_SEQ_SQL = "SELECT coalesce(max(seq), 0) + 1 FROM public.dr_heartbeat WHERE writer = %s"
+
+
+def _emit(payload: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(payload, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def conninfo_from_env(env: dict[str, str] | os._Environ[str]) -> dict[str, object]:
+    """Connection keyword arguments from ``DB_*`` variables (no password in any log line).
+
+    Args:
+        env: the environment to read.
+
+    Returns:
+        Keyword arguments for :func:`psycopg.connect`.
+
+    Raises:
+        KeyError: ``DB_HOST`` or ``DB_PORT`` is missing.
+    """
+    return {
+        "host": env["DB_HOST"],
+        "port": int(env["DB_PORT"]),
+        "dbname": env.get("DB_NAME", "app"),
+        "user": env.get("DB_USER", "dr_app"),
+        "password": env.get("DB_PASSWORD", ""),
+        "connect_timeout": 2,
+        "application_name": "dr-lab-app",
+        "autocommit": True,
+    }
+
+
+def run(env: dict[str, str] | os._Environ[str], stop: threading.Event) -> int:
+    """Write heartbeats until ``stop`` is set.
+
+    Args:
+        env: the configuration (see the module docstring).
+        stop: set it to end the loop (the signal handlers do).
+
+    Returns:
+        The last acknowledged sequence number (0 when none).
+    """
+    kwargs = conninfo_from_env(env)
+    writer = env.get("HEARTBEAT_WRITER", "app")
+    interval = float(env.get("HEARTBEAT_INTERVAL_MS", "50")) / 1000.0
+    retry = float(env.get("HEARTBEAT_RETRY_MS", "50")) / 1000.0
+    last_acked = 0
+    seq = 1
+    conn: psycopg.Connection[tuple[object, ...]] | None = None
+    _emit({"event": "start", "host": kwargs["host"], "port": kwargs["port"], "writer": writer})
+    next_at = time.monotonic()
+    while not stop.is_set():
+        try:
+            if conn is None or conn.closed:
+                conn = psycopg.connect(**kwargs)  # type: ignore[arg-type]
+                row = conn.execute(NEXT_SEQ_SQL, (writer,)).fetchone()
+                seq = int(row[0]) if row else 1
+                _emit(
+                    {
+                        "event": "connected",
+                        "host": kwargs["host"],
+                        "port": kwargs["port"],
+                        "next_seq": seq,
+                    }
+                )
+            row = conn.execute(INSERT_SQL, (writer, seq)).fetchone()
+            if row is not None:
+                last_acked = seq
+                _emit({"seq": seq, "ts": row[0].isoformat()})
+            seq += 1
+        except psycopg.Error as exc:
+            _emit(
+                {
+                    "event": "error",
+                    "error": type(exc).__name__,
+                    "detail": str(exc).strip().splitlines()[0][:200] if str(exc) else "",
+                }
+            )
+            if conn is not None:
+                try:
+                    conn.close()
+                except psycopg.Error:
+                    pass
+            conn = None
+            stop.wait(retry)
+            next_at = time.monotonic()
+            continue
+        next_at += interval
+        delay = next_at - time.monotonic()
+        if delay > 0:
+            stop.wait(delay)
+        else:
+            next_at = time.monotonic()
+    if conn is not None:
+        conn.close()
+    _emit({"event": "stop", "last_acked_seq": last_acked})
+    return last_acked
+
+
+def main() -> int:
+    """Entry point: run until SIGTERM/SIGINT."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        run(os.environ, stop)
+    except KeyError as exc:
+        sys.stderr.write(f"heartbeat_app: set {exc.args[0]} (and the other DB_* variables)\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
