@@ -57,7 +57,12 @@ def config_check(
 
 # Sub-commands live next to the code they drive; each module exposes register(app) or a
 # Typer sub-app. Importing them here keeps `dr --help` complete.
-_COMMAND_MODULES = ("dr.cli_runs", "dr.cli_backup", "deployments.cli_alerts")
+_COMMAND_MODULES = (
+    "dr.cli_runs",
+    "dr.cli_backup",
+    "deployments.cli_alerts",
+    "deployments.cli_deploy",
+)
 
 
 def _wire() -> None:

@@ -36,7 +36,7 @@ stamp=.venv/.dr-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q -e ".[dev,dask]"
   echo "$want" > "$stamp"
 fi
 echo "setup: ready (.venv/bin/dr)"
