@@ -62,6 +62,7 @@ _COMMAND_MODULES = (
     "dr.cli_backup",
     "deployments.cli_alerts",
     "deployments.cli_deploy",
+    "dr.cli_evidence",
 )
 
 
