@@ -3,11 +3,13 @@
 What :func:`up` brings up in its folder (default ``./.lab`` or ``$DR_LAB_DIR``)::
 
     <dir>/state.json        ports, PIDs, paths (:class:`LabState`)
-    <dir>/dr.yaml           targets ``lab`` (file:// repository) and ``lab-s3`` (s3://)
+    <dir>/dr.yaml           targets ``lab`` (file:// repository) and ``lab-s3`` (s3://),
+                            plus one per runbook of shared/seeds (:mod:`lab.seeds`)
     <dir>/pg/primary        PostgreSQL primary  (region primary-region), WAL -> <dir>/wal
     <dir>/pg/replica1       streaming hot standby (region dr-region) with a slot
     <dir>/pg/control        small cluster: databases ``prefect`` and ``dr_history``
     <dir>/wal, <dir>/repo   WAL archive and file backup repository
+    <dir>/seed-backups/     seed 001's cron-made dumps, played by ``up`` (db_backup_*.sql.gz)
     <dir>/secrets/          generated credentials, mode 600 (never printed)
     <dir>/podman/           the lab's own Podman service (Docker API) running dr-lab-app
     <dir>/prefect-home/     the lab's Prefect server (database on the control cluster)
@@ -26,7 +28,8 @@ match, containers only on the lab's own Podman service, servers only in its own 
 Helpers it orchestrates: :mod:`lab.pgcluster` (PostgreSQL clusters), :mod:`lab.podman`
 (the Podman service), :mod:`lab.s3server` (moto), :mod:`lab.prefect_server`,
 :mod:`lab.slack_standin`, :mod:`lab.procs` (background processes and their PIDs),
-:mod:`lab.heartbeat_app` (the application) and ``lab/dataset.sql``.
+:mod:`lab.heartbeat_app` (the application), ``lab/dataset.sql`` and :mod:`lab.seeds` (the
+seed runbooks' targets and databases).
 
 Public API (stable; other modules and tests rely on it):
 
@@ -78,7 +81,7 @@ from rich.table import Table
 
 from dr.config import parse_config
 from dr.errors import ConfigError, PreconditionError
-from lab import prefect_server, procs, s3server
+from lab import prefect_server, procs, s3server, seeds
 from lab.pgcluster import (
     Cluster,
     ClusterError,
@@ -154,7 +157,8 @@ PROCESS_WAIT_SECONDS = 60.0
 #: unless it has a state.json.
 LAB_ENTRIES = frozenset(
     {".lock", "state.json", "state.json.tmp", "dr.yaml", "dr.yaml.tmp", "pg", "wal", "repo",
-     "secrets", "logs", "podman", "prefect-home", "slack-state.json", "slack-state.json.tmp"}
+     "secrets", "logs", "podman", "prefect-home", "slack-state.json", "slack-state.json.tmp",
+     seeds.FOREIGN_FOLDER}
 )  # fmt: skip
 
 
@@ -759,7 +763,9 @@ def _ensure_dataset(state: LabState, primary: Cluster) -> str:
                 conn.execute(DATASET_SQL.read_text())  # type: ignore[arg-type]
             conn.execute("ANALYZE")
             actions.append(f"loaded dataset in {time.monotonic() - started:.1f} s")
-    if not _app_login_ok(primary, password):
+    if not _app_login_ok(primary, password) and _adopt_rotated_app_password(state, primary):
+        actions.append("adopted the rotated dr_app password from its Prefect Secret block")
+    elif not _app_login_ok(primary, password):
         with _conn(primary) as conn:
             conn.execute(
                 sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(
@@ -768,6 +774,29 @@ def _ensure_dataset(state: LabState, primary: Cluster) -> str:
             )
         actions.append("reset dr_app password to the lab's")
     return ", ".join(actions) or "unchanged"
+
+
+def _adopt_rotated_app_password(state: LabState, primary: Cluster) -> bool:
+    """Follow a rotation: if the Prefect Secret block holds a newer password that logs in.
+
+    A breach drill (or a real rotation) writes the new password into the Secret block the
+    lab's dr.yaml names. The block is then the source of truth: the lab's own copy in
+    ``<dir>/secrets`` follows it, instead of resetting the role to the leaked password.
+    """
+    if not state.prefect_api_url or not prefect_server.is_up(state.prefect_api_url):
+        return False
+    block = next(b for b, n in SECRET_BLOCKS.items() if n == "app-password")
+    rotated = prefect_server.read_secret_block(state.prefect_api_url, block)
+    if not rotated or not _app_login_ok(primary, rotated):
+        return False
+    path = state.base_dir / "secrets" / "app-password"
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(rotated + "\n")
+    os.replace(tmp, path)
+    _ensure_secrets(state.base_dir)  # rewrite secrets/env with the new value
+    return True
 
 
 def _app_login_ok(primary: Cluster, password: str) -> bool:
@@ -783,6 +812,11 @@ def _app_login_ok(primary: Cluster, password: str) -> bool:
             return True
     except psycopg.Error:
         return False
+
+
+def _ensure_seeds(state: LabState) -> str:
+    """The seed runbooks' databases on the primary and seed 001's foreign dump (lab.seeds)."""
+    return seeds.ensure(clusters(state)[PRIMARY], state.base_dir)
 
 
 def _ensure_control(state: LabState, databases: tuple[str, ...] = CONTROL_DATABASES) -> str:
@@ -1192,9 +1226,17 @@ def _lab_config(state: LabState, *, prefect_on: bool) -> dict[str, Any]:
     target_s3 = copy.deepcopy(target)
     target_s3["description"] = "The same lab, backed up to the S3-compatible endpoint (moto)."
     target_s3["backup"]["repository"] = state.s3_repository
+    seed_targets = seeds.targets(
+        target,
+        file_repository=state.file_repository,
+        s3_bucket=BUCKET,
+        evidence_bucket=EVIDENCE_BUCKET,
+        base_dir=state.base_dir,
+    )
     data: dict[str, Any] = {
         "version": 1,
-        "targets": {"lab": target, "lab-s3": target_s3},
+        "tiers": seeds.tiers(),
+        "targets": {"lab": target, "lab-s3": target_s3, **seed_targets},
         "slack": {
             "token": ref("lab-slack-token"),
             "base_url": state.slack_url,
@@ -1223,7 +1265,8 @@ def _write_config(state: LabState, *, prefect_on: bool) -> str:
     parse_config(data, str(state.config_path))  # never write a config the flows would refuse
     text = (
         "# Written by `dr lab up` for the lab in this folder; rewritten on every up.\n"
-        + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+        "# Targets after lab-s3 are the runbooks of shared/seeds (docs/runbooks.md).\n"
+        + seeds.annotate(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
     )
     try:
         if state.config_path.read_text() == text:
@@ -1315,17 +1358,21 @@ def up(
                     errors.append(job.exception())  # type: ignore[arg-type]
         _save_state(state)
         if not errors:
-            try:
-                progress.run("app", _ensure_app, state)
-                progress.run("heartbeat", _wait_heartbeat, state)
-                if prefect:
-                    progress.run(
-                        "prefect", _ensure_prefect, state, started_now=any(prefect_started)
-                    )
-                prefect_on = prefect or procs.owned(state.processes.get("prefect"))
-                progress.run("config", _write_config, state, prefect_on=prefect_on)
-            except BaseException as exc:  # noqa: BLE001 - state is saved, then it is raised
-                errors.append(exc)
+            # The seed databases load while the app starts and the Prefect server comes up.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-seeds") as side:
+                seeds_job = side.submit(progress.run, "seeds", _ensure_seeds, state)
+                try:
+                    progress.run("app", _ensure_app, state)
+                    progress.run("heartbeat", _wait_heartbeat, state)
+                    if prefect:
+                        progress.run(
+                            "prefect", _ensure_prefect, state, started_now=any(prefect_started)
+                        )
+                    seeds_job.result()
+                    prefect_on = prefect or procs.owned(state.processes.get("prefect"))
+                    progress.run("config", _write_config, state, prefect_on=prefect_on)
+                except BaseException as exc:  # noqa: BLE001 - state is saved, then it is raised
+                    errors.append(exc)
         total = time.monotonic() - started
         state.timings = {**progress.timings, "total": round(total, 2)}
         _save_state(state)
@@ -1364,6 +1411,7 @@ def heal(base_dir: Path | None = None, *, console: Console | None = None) -> Lab
     progress = _Progress(console)
     with _locked(base_dir):
         progress.run("postgres", _ensure_postgres, state)
+        progress.run("seeds", _ensure_seeds, state)
         if state.engine == "podman":
             progress.run("podman", _ensure_podman, state)
         progress.run("app", _ensure_app, state)

@@ -83,6 +83,22 @@ def is_up(api_url: str, *, timeout: float = 1.0) -> bool:
     return procs.http_ok(health_url(api_url), timeout=timeout)
 
 
+def read_secret_block(api_url: str, name: str) -> str | None:
+    """The value of Prefect Secret block ``name``, or None if absent or unreachable."""
+    try:
+        with httpx.Client(base_url=f"{api_url}/", timeout=5.0) as client:
+            got = client.get(
+                f"block_types/slug/secret/block_documents/name/{name}",
+                params={"include_secrets": "true"},
+            )
+    except httpx.HTTPError:
+        return None
+    if got.status_code != 200:
+        return None
+    value = got.json().get("data", {}).get("value")
+    return value if isinstance(value, str) else None
+
+
 def ensure_secret_blocks(api_url: str, values: Mapping[str, str]) -> dict[str, int]:
     """Make Prefect Secret blocks ``name -> value`` exist with exactly these values.
 

@@ -23,6 +23,7 @@ Thin Prefect tasks for the plain functions are at the bottom of the module.
 
 from __future__ import annotations
 
+import contextvars
 import http.client
 import logging
 import random
@@ -58,6 +59,7 @@ __all__ = [
     "NullThread",
     "PostedMessage",
     "SlackThread",
+    "check_token",
     "final_blocks",
     "incident_opening_blocks",
     "make_client",
@@ -268,6 +270,36 @@ def update_message(
     response = _call(client, "chat.update", client.chat_update, kwargs)
     log.info("Slack: updated message %s on %s", ts, channel)
     return str(response["ts"])
+
+
+#: auth.test answers that mean the token itself is refused (revoked, wrong, expired).
+REJECTED_TOKEN_ERRORS = frozenset(
+    {"invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive"}
+)
+
+
+def check_token(client: WebClient) -> tuple[bool, str]:
+    """Ask Slack whether the client's token is accepted (``auth.test``), as a rotation proof.
+
+    Args:
+        client: from :func:`make_client`, built with the token under test.
+
+    Returns:
+        ``(True, "accepted (team ..., user ...)")`` or ``(False, <Slack's error code>)`` when
+        the token is refused.
+
+    Raises:
+        NotifyError: Slack could not be asked (no proof either way).
+    """
+    try:
+        answer = _call(client, "auth.test", client.auth_test, {})
+    except NotifyError as exc:
+        code = next((c for c in REJECTED_TOKEN_ERRORS if f": {c} (" in str(exc)), None)
+        if code is None:
+            raise
+        log.info("Slack: token refused by auth.test (%s)", code)
+        return False, code
+    return True, f"accepted (team {answer.get('team_id')}, user {answer.get('user_id')})"
 
 
 def _call(client: WebClient, method: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
@@ -714,8 +746,15 @@ class SlackThread:
                 return
             self._queue.append(job)
             if self._worker is None:
+                # The worker runs in a copy of the caller's context, so it resolves the token
+                # against the same Prefect API (settings are context variables, and a bare
+                # thread would see only the import-time defaults).
+                context = contextvars.copy_context()
                 self._worker = threading.Thread(
-                    target=self._work, name=f"slack-thread-{self.channel}", daemon=True
+                    target=context.run,
+                    args=(self._work,),
+                    name=f"slack-thread-{self.channel}",
+                    daemon=True,
                 )
                 self._worker.start()
             self._cond.notify_all()
