@@ -180,6 +180,16 @@ def register_secret(value: str | None) -> None:
         _registered_secrets.add(value)
 
 
+def forget_secrets(keep: set[str] | None = None) -> None:
+    """Forget registered secrets (except ``keep``): for test isolation and long-lived workers."""
+    _registered_secrets.intersection_update(keep or set())
+
+
+def registered_secrets() -> set[str]:
+    """A copy of the registered secret values (tests use it to restore the registry)."""
+    return set(_registered_secrets)
+
+
 def redact(text: str) -> str:
     """Remove passwords, tokens and registered secret values from ``text``."""
     for pattern, repl in _SECRET_PATTERNS:

@@ -191,3 +191,14 @@ def new_lab_dir() -> Iterator[Path]:
 
             manager.down(path)
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def isolated_secret_registry() -> Iterator[None]:
+    """Secrets registered by one test (a Kubernetes secret's DB_HOST, say) must not make
+    another test's text redacted: the registry is process-wide, so restore it after each."""
+    from dr.errors import forget_secrets, registered_secrets
+
+    before = registered_secrets()
+    yield
+    forget_secrets(keep=before)

@@ -218,12 +218,13 @@ class StubContext:
         self.paused: list[str] = []
         self.notes: list[str] = []
 
-    def approve(self, step: str, *, irreversible: bool = True) -> None:
+    def approve(self, step: str, *, irreversible: bool = True, always_ask: bool = False) -> None:
+        # Like RunContext.approve: policy approves unless a person must always be asked;
+        # nobody answers here, so asking times out.
+        if always_ask:
+            self.paused.append(step)
+            raise ApprovalError(f"approval before {step!r} timed out")
         self.approved.append(step)
-
-    def _pause_for_approval(self, step: str) -> None:
-        self.paused.append(step)
-        raise ApprovalError(f"approval before {step!r} timed out")
 
     def note(self, text: str) -> None:
         self.notes.append(text)
