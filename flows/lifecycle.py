@@ -255,6 +255,25 @@ def lock_name(target: str) -> str:
     return f"dr-target-{clean}"
 
 
+def cluster_lock_name(host: str, port: int) -> str:
+    """The limit for a PostgreSQL cluster: ``dr-cluster-<host>-<port>``.
+
+    Why: several targets may live on one cluster (the lab's seed systems do); a failover on
+    one and a restore on another would act on the same servers at once.
+    """
+    clean = re.sub(r"[^a-z0-9_-]+", "-", host.lower()).strip("-")
+    return f"dr-cluster-{clean}-{port}"
+
+
+def lock_names(config: DRConfig, target: str) -> list[str]:
+    """Every limit a run on ``target`` holds: the target's and its primary cluster's."""
+    names = [lock_name(target)]
+    primary = config.targets[target].postgres.primary if target in config.targets else None
+    if primary is not None:
+        names.append(cluster_lock_name(primary.host, primary.port))
+    return names
+
+
 def _flow_run_identity(config: DRConfig) -> tuple[str | None, str | None]:
     from prefect.runtime import flow_run
 
@@ -317,7 +336,7 @@ def _is_busy(exc: BaseException) -> bool:
 
 @contextlib.contextmanager
 def target_lock(config: DRConfig, target: str, flow_run_id: str | None = None) -> Iterator[str]:
-    """Hold the target's one slot for the duration of the block.
+    """Hold the target's one slot, and its primary cluster's, for the duration of the block.
 
     The slot is a lease that Prefect renews in the background; a run that dies without
     releasing it frees the target when the lease expires. Renewal failures are logged and
@@ -329,7 +348,7 @@ def target_lock(config: DRConfig, target: str, flow_run_id: str | None = None) -
         flow_run_id: recorded as the lease's holder.
 
     Yields:
-        The limit's name.
+        The limits' names, joined with " + ".
 
     Raises:
         PreconditionError: the target is busy and the policy is ``refuse``, or it stayed
@@ -340,8 +359,10 @@ def target_lock(config: DRConfig, target: str, flow_run_id: str | None = None) -
     from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
     from prefect.concurrency.sync import concurrency
 
-    name = lock_name(target)
-    ensure_target_limit(name)
+    names = lock_names(config, target)
+    for each in names:
+        ensure_target_limit(each)
+    name = " + ".join(names)
     policy = config.concurrency
     logger = _logger()
     holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run_id) if flow_run_id else None
@@ -352,7 +373,7 @@ def target_lock(config: DRConfig, target: str, flow_run_id: str | None = None) -
         try:
             stack.enter_context(
                 concurrency(
-                    name,
+                    names,
                     occupy=1,
                     max_retries=0,
                     strict=True,

@@ -394,6 +394,25 @@ def test_keys_and_lock_names_are_stable_and_valid():
     assert lock_name("Prod.EU") == "dr-target-prod-eu"
 
 
+def test_targets_on_one_cluster_share_its_lock():
+    from dr.config import parse_config
+    from flows.lifecycle import lock_names
+
+    def target(port: int) -> dict:
+        return {
+            "postgres": {
+                "primary": {"name": "p", "host": "DB.internal", "port": port},
+                "databases": ["x"],
+            },
+            "backup": {"repository": "file:///b"},
+        }
+
+    cfg = parse_config({"targets": {"a": target(6000), "b": target(6000), "c": target(6001)}})
+    assert lock_names(cfg, "a") == ["dr-target-a", "dr-cluster-db-internal-6000"]
+    assert lock_names(cfg, "b")[1] == lock_names(cfg, "a")[1]
+    assert lock_names(cfg, "c")[1] != lock_names(cfg, "a")[1]
+
+
 # ---------------------------------------------------------------------- CLI helpers, registry
 
 
