@@ -2124,13 +2124,16 @@ def resolve_filenodes(
             continue
         with _session(conninfo_for(dbname)) as conn:
             for loc in locs:
+                # Unquoted schema.table, as the row counts name relations: regclass::text
+                # would quote mixed-case names (public."Trade") and never match.
                 row = conn.execute(
-                    "SELECT pg_catalog.pg_filenode_relation(0, %s::oid)::regclass::text",
+                    "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c"
+                    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE c.oid = pg_catalog.pg_filenode_relation(0, %s::oid)",
                     [loc.split("/")[2]],
                 ).fetchone()
-                if row and row[0]:
-                    rel = str(row[0])
-                    out[loc] = f"{dbname}:{rel if '.' in rel else 'public.' + rel}"
+                if row:
+                    out[loc] = f"{dbname}:{row[0]}.{row[1]}"
     return out
 
 
