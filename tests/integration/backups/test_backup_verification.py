@@ -1,0 +1,279 @@
+"""The backup-verification drill against the lab: green, red on purpose, and bad input.
+
+Every bad input must end with a clear reason, no scratch database left behind, nothing
+restored over anything, and the repository's files unchanged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dr.config import load_config
+from dr.errors import UnsafeTargetError
+from flows.backup import backup_flow
+from flows.backup_verification import (
+    backup_verification_flow,
+    find_newest_backup,
+    verify_database_backup,
+    verify_foreign_backup,
+)
+from tasks import backups as bk
+from tasks.storage import open_repository
+
+pytestmark = pytest.mark.integration
+
+
+def checks_by_name(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in result["checks"]}
+
+
+def drill(config: Path, **kw: Any) -> dict[str, Any]:
+    return backup_verification_flow("lab", config_path=str(config), **kw)
+
+
+# --------------------------------------------------------------------------- green
+
+
+def test_backup_then_green_drill_on_the_lab_measures_rto_and_rpo(backup_lab):
+    """The README's main path: the lab's own repository, a backup, then the drill."""
+    backup = backup_flow("lab", config_path=str(backup_lab.config_path))
+    assert backup["ok"] and backup["backups"][0]["database"] == "app"
+    started = datetime.now(UTC)
+    result = drill(backup_lab.config_path)
+    assert result["outcome"] == "passed", result["reason"]
+    assert result["objectives_met"] is True
+    checks = checks_by_name(result)
+    for name in (
+        "app: checksums",
+        "app: restore",
+        "app: row counts",
+        "app: schema",
+        "app: amcheck",
+        "app: backup age",
+        "app: validation no-orphan-order-items",
+        "app: validation order-totals-match-lines",
+        "app: validation every-customer-has-an-account",
+    ):
+        assert checks[name]["ok"], (name, checks[name]["detail"])
+    # RTO: the measured restore (download + verify + pg_restore), positive and plausible.
+    db = result["details"]["databases"][0]
+    assert db["backup_id"] == backup["backups"][0]["backup_id"]
+    assert 0 < db["restore_seconds"] <= result["rto_seconds"] < 120
+    assert "pg_restore" in result["rto_basis"]
+    # RPO: the backup's age at the drill, at least the time since the backup started.
+    backup_started = datetime.fromisoformat(backup["started_at"])
+    assert result["rpo_seconds"] >= (started - backup_started).total_seconds() - 1
+    assert result["rpo_seconds"] < 120 and "age" in result["rpo_basis"]
+    assert 1 <= db["restore_jobs"] <= (os.cpu_count() or 1)  # from table sizes
+    assert backup_lab.scratch_databases() == []
+    repo = Path(backup_lab.raw_config["targets"]["lab"]["backup"]["repository"][7:])
+    verified = repo / "lab" / "app" / db["backup_id"] / bk.VERIFIED_NAME
+    assert json.loads(verified.read_text())["checks"]
+
+
+def test_dry_run_finds_the_backup_and_changes_nothing(backup_lab, seed_copy, work, checksums):
+    config = backup_lab.write_config(work, repository=f"file://{seed_copy['repo']}")
+    before = checksums(seed_copy["repo"])
+    result = drill(config, mode="dry-run")
+    assert result["outcome"] == "passed", result["reason"]
+    assert any("restore" in step and "dr_verify_app_" in step for step in result["plan"])
+    assert checksums(seed_copy["repo"]) == before
+    assert backup_lab.scratch_databases() == []
+
+
+def test_foreign_plain_gzip_dump_is_verified_without_a_manifest(backup_lab, seed_copy, work):
+    """Seed 001's `backups/db_backup_*.sql.gz`, made by plain pg_dump | gzip."""
+    folder = work / "backups"
+    folder.mkdir()
+    node = backup_lab.raw_config["targets"]["lab"]["postgres"]["primary"]
+    dump = subprocess.run(
+        [str(bk.find_tool("pg_dump")), "-h", "127.0.0.1", "-p", str(node["port"]),
+         "-U", "postgres", "-d", "app"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    (folder / "db_backup_20250101_000000.sql.gz").write_bytes(gzip.compress(dump, 1))
+    (folder / "db_backup_20240101_000000.sql.gz").write_bytes(b"older and broken")
+    os.utime(folder / "db_backup_20240101_000000.sql.gz", (1, 1))  # the oldest: not chosen
+    config = backup_lab.write_config(
+        work,
+        repository=f"file://{seed_copy['repo']}",
+        foreign=[
+            {"location": f"file://{folder}", "pattern": "db_backup_*.sql.gz", "database": "app"}
+        ],
+    )
+    result = drill(config)
+    assert result["outcome"] == "passed", result["reason"]
+    checks = checks_by_name(result)
+    label = "foreign db_backup_*.sql.gz (app)"
+    for name in ("restore", "amcheck", "backup age", "validation no-orphan-order-items"):
+        assert checks[f"{label}: {name}"]["ok"], checks[f"{label}: {name}"]
+    assert "plain-gzip" in checks[f"{label}: restore"]["detail"]
+    assert backup_lab.scratch_databases() == []
+
+
+def test_truncated_foreign_dump_fails_its_restore_check(backup_lab, work):
+    folder = work / "backups"
+    folder.mkdir()
+    full = gzip.compress(b"--\n-- PostgreSQL database dump\n--\n" + b"SELECT 1;\n" * 20000)
+    (folder / "db_backup_20250101.sql.gz").write_bytes(full[: len(full) // 2])
+    config = load_config(
+        backup_lab.write_config(
+            work,
+            foreign=[{"location": f"file://{folder}", "pattern": "*.sql.gz", "database": "app"}],
+        )
+    )
+    entry = config.targets["lab"].backup.foreign[0]
+    result = verify_foreign_backup(config, "lab", entry, short_id="trunc01", rpo_seconds=3600)
+    checks = {c.name: c for c in result.checks}
+    restore = checks["foreign *.sql.gz (app): restore"]
+    assert not restore.ok and "corrupt or truncated" in restore.detail
+    assert checks["foreign *.sql.gz (app): backup age"].ok
+    assert result.scratch_dropped and backup_lab.scratch_databases() == []
+
+
+# --------------------------------------------------------------------------- red on purpose
+
+
+@pytest.mark.parametrize(
+    ("inject", "failing_check", "words"),
+    [
+        ("bad-backup", "app: checksums", "does not match"),
+        ("bad-backup-truncate", "app: restore", "truncated gzip stream"),
+    ],
+)
+def test_injected_bad_backup_turns_the_drill_red_and_leaves_the_real_one_untouched(
+    backup_lab, seed_copy, work, checksums, inject, failing_check, words
+):
+    config = backup_lab.write_config(work, repository=f"file://{seed_copy['repo']}")
+    before = checksums(seed_copy["repo"])
+    result = drill(config, inject=inject)
+    assert result["outcome"] == "failed"
+    assert failing_check in result["reason"] and words in result["reason"]
+    checks = checks_by_name(result)
+    assert checks[failing_check]["ok"] is False
+    injection = result["details"]["injection"]
+    assert injection["injection"] == inject and "_drill-scratch" in injection["corrupted_copy"]
+    # The real backup: same files, same bytes, not marked verified; the copy is gone.
+    assert checksums(seed_copy["repo"]) == before
+    assert not (seed_copy["backup_dir"] / bk.VERIFIED_NAME).exists()
+    assert not (seed_copy["repo"] / "_drill-scratch").exists() or not any(
+        p.is_file() for p in (seed_copy["repo"] / "_drill-scratch").rglob("*")
+    )
+    assert backup_lab.scratch_databases() == []
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def assert_nothing_changed(backup_lab, repo: Path, before: dict[str, str], checksums) -> None:
+    assert checksums(repo) == before
+    assert backup_lab.scratch_databases() == []
+    assert int(backup_lab.psql("SELECT count(*) FROM shop.customers")) == 20000
+
+
+def test_empty_repository(backup_lab, work, checksums):
+    (work / "repo").mkdir()
+    config = backup_lab.write_config(work)
+    result = drill(config)
+    assert result["outcome"] == "failed"
+    assert "no backup of app" in result["reason"] and "empty repository" in result["reason"]
+    assert "app: restore" not in checks_by_name(result)
+    assert_nothing_changed(backup_lab, work / "repo", {}, checksums)
+
+
+def test_missing_manifest(backup_lab, seed_copy, work, checksums):
+    (seed_copy["backup_dir"] / bk.MANIFEST_NAME).unlink()
+    before = checksums(seed_copy["repo"])
+    config = backup_lab.write_config(work, repository=f"file://{seed_copy['repo']}")
+    result = drill(config)
+    assert result["outcome"] == "failed"
+    assert "none complete (manifest missing)" in result["reason"]
+    assert_nothing_changed(backup_lab, seed_copy["repo"], before, checksums)
+
+
+def test_checksum_mismatch(backup_lab, seed_copy, work, checksums):
+    manifest = bk.read_manifest(seed_copy["backup_dir"] / bk.MANIFEST_NAME)
+    victim = seed_copy["backup_dir"] / max(manifest.files, key=lambda f: f.size).path
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    victim.write_bytes(bytes(data))
+    before = checksums(seed_copy["repo"])
+    config = backup_lab.write_config(work, repository=f"file://{seed_copy['repo']}")
+    result = drill(config)
+    assert result["outcome"] == "failed"
+    assert "app: checksums" in result["reason"] and "does not match" in result["reason"]
+    assert "app: restore" not in checks_by_name(result)  # nothing was restored
+    assert_nothing_changed(backup_lab, seed_copy["repo"], before, checksums)
+
+
+def test_truncated_dump(backup_lab, seed_copy, work, checksums):
+    manifest = bk.read_manifest(seed_copy["backup_dir"] / bk.MANIFEST_NAME)
+    victim = seed_copy["backup_dir"] / max(manifest.files, key=lambda f: f.size).path
+    with open(victim, "r+b") as fh:
+        fh.truncate(victim.stat().st_size // 2)
+    before = checksums(seed_copy["repo"])
+    config = backup_lab.write_config(work, repository=f"file://{seed_copy['repo']}")
+    result = drill(config)
+    assert result["outcome"] == "failed"
+    assert "app: checksums" in result["reason"]
+    assert "app: restore" not in checks_by_name(result)
+    assert_nothing_changed(backup_lab, seed_copy["repo"], before, checksums)
+
+
+def test_backup_of_another_target_is_refused(backup_lab, seed_copy, work, checksums):
+    path = seed_copy["backup_dir"] / bk.MANIFEST_NAME
+    manifest = bk.read_manifest(path)
+    manifest.target = "billing-prod"
+    bk.write_manifest(manifest, path)
+    before = checksums(seed_copy["repo"])
+    config = backup_lab.write_config(work, repository=f"file://{seed_copy['repo']}")
+    result = drill(config)
+    assert result["outcome"] == "failed"
+    assert "backup of target 'billing-prod', not 'lab'" in result["reason"]
+    assert "app: restore" not in checks_by_name(result)
+    assert_nothing_changed(backup_lab, seed_copy["repo"], before, checksums)
+
+
+def test_existing_scratch_name_is_refused_and_left_alone(backup_lab, seed_copy, work, checksums):
+    config_path = backup_lab.write_config(work, repository=f"file://{seed_copy['repo']}")
+    config = load_config(config_path)
+    name = bk.scratch_database_name("app", "taken01")
+    backup_lab.psql(f"CREATE DATABASE {name}", "postgres")
+    try:
+        backup_lab.psql("CREATE TABLE mine (note text); INSERT INTO mine VALUES ('keep me')", name)
+        before = checksums(seed_copy["repo"])
+        with pytest.raises(UnsafeTargetError, match="already exists"):
+            verify_database_backup(
+                config, "lab", "app", short_id="taken01", rpo_seconds=3600, work_dir=str(work)
+            )
+        # Untouched: its own table only, with its row; nothing restored into it.
+        tables = backup_lab.psql(
+            "SELECT string_agg(relname, ',') FROM pg_catalog.pg_class c JOIN "
+            "pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+            name,
+        )
+        assert tables == "mine"
+        assert backup_lab.psql("SELECT note FROM mine", name) == "keep me"
+        assert checksums(seed_copy["repo"]) == before
+    finally:
+        backup_lab.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", "postgres")
+
+
+def test_newest_backup_skips_incomplete_ones_and_reads_the_manifest(backup_lab, seed_copy, work):
+    # An incomplete, newer backup folder (an interrupted upload) is not chosen.
+    newer = seed_copy["repo"] / "lab" / "app" / "29991231T000000Z-ffffff"
+    newer.mkdir(parents=True)
+    (newer / "toc.dat").write_bytes(b"half")
+    repo = open_repository(f"file://{seed_copy['repo']}")
+    chosen = find_newest_backup(repo, "lab", "app")
+    assert chosen.backup_id == seed_copy["backup_id"]
+    assert chosen.manifest.target == "lab" and chosen.manifest.row_counts
