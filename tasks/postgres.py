@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import pwd
 import re
 import subprocess
 import time
@@ -59,6 +58,7 @@ from dr.errors import (
     redact,
     register_secret,
 )
+from dr.localexec import current_os_user, run_as_owner
 from dr.tasking import dr_task
 
 __all__ = [
@@ -1162,39 +1162,14 @@ def prove_not_writable(conninfo: str, *, statement_timeout_seconds: float = 10) 
 
 
 def _run_as(
-    os_user: str | None, argv: Sequence[str | os.PathLike[str]], *, timeout_seconds: float = 120
+    os_user: str | None,
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    password: str | None = None,
+    timeout_seconds: float = 120,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a server tool as the data directory's owner (``runuser`` when we are root)."""
-    args = [str(a) for a in argv]
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
-    me = _me()
-    if os_user and os_user != me:
-        if os.geteuid() != 0:
-            raise PreconditionError(
-                f"cannot run {Path(args[0]).name} as {os_user}: this runner is {me}, not root"
-            )
-        try:
-            home = pwd.getpwnam(os_user).pw_dir
-        except KeyError:
-            raise PreconditionError(f"no OS user {os_user!r} on this machine") from None
-        setenv = [f"HOME={home}", *[f"{k}={v}" for k, v in env.items()]]
-        args = ["runuser", "-u", os_user, "--", "env", *setenv, *args]
-    try:
-        return subprocess.run(
-            args,
-            cwd="/",
-            env=env,
-            text=True,
-            capture_output=True,
-            timeout=timeout_seconds,
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise PreconditionError(f"cannot run {args[0]}: {exc}") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise PostgresError(
-            f"{Path(str(argv[0])).name} did not finish in {timeout_seconds:g} s", transient=True
-        ) from exc
+    """Run a server tool as the data directory's owner (see :mod:`dr.localexec`)."""
+    return run_as_owner(os_user, argv, password=password, timeout_seconds=timeout_seconds)
 
 
 def _pg_ctl_status(data_directory: Path, bin_dir: Path, os_user: str | None) -> int | None:
@@ -1273,7 +1248,7 @@ def stop_local_server(
         before={"running": True, "pid": pid},
         after={"running": False},
         undo=(
-            f"start_local_server({str(data)!r}, ...): pg_ctl start -D {data} as {os_user or _me()}"
+            f"start_local_server({str(data)!r}, ...): pg_ctl start -D {data} as {os_user or current_os_user()}"
             " — only if no other node was promoted meanwhile"
         ),
         compensable=True,
@@ -1281,11 +1256,6 @@ def stop_local_server(
     )
     log.info("%s", change.summary())
     return change
-
-
-def _me() -> str:
-    """The OS user this runner runs as."""
-    return pwd.getpwuid(os.geteuid()).pw_name
 
 
 def start_local_server(

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pwd
 import re
 import shutil
 import subprocess
@@ -47,6 +46,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from dr.changes import Change
 from dr.errors import PostgresError, PreconditionError, redact, register_secret
+from dr.localexec import run_as_owner
 from dr.tasking import dr_task
 
 __all__ = [
@@ -397,45 +397,11 @@ def _run_as(
     os_user: str | None,
     argv: Sequence[str | os.PathLike[str]],
     *,
-    password: str | None,
-    timeout_seconds: float,
+    password: str | None = None,
+    timeout_seconds: float = 120,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a PostgreSQL tool as the data directory's owner; the password via PGPASSWORD."""
-    args = [str(a) for a in argv]
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
-    if password:
-        register_secret(password)
-        env["PGPASSWORD"] = password
-    me = pwd.getpwuid(os.geteuid()).pw_name
-    if os_user and os_user != me:
-        if os.geteuid() != 0:
-            raise PreconditionError(
-                f"cannot run {Path(args[0]).name} as {os_user}: this runner is {me}, not root"
-            )
-        try:
-            env["HOME"] = pwd.getpwnam(os_user).pw_dir
-        except KeyError:
-            raise PreconditionError(f"no OS user {os_user!r} on this machine") from None
-        # runuser without --login keeps the environment given here (PGPASSWORD included).
-        args = ["runuser", "-u", os_user, "--", *args]
-    else:
-        env["HOME"] = os.environ.get("HOME", "/")
-    try:
-        return subprocess.run(
-            args,
-            cwd="/",
-            env=env,
-            text=True,
-            capture_output=True,
-            timeout=timeout_seconds,
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise PreconditionError(f"cannot run {args[0]}: {exc}") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise PostgresError(
-            f"{Path(str(argv[0])).name} did not finish in {timeout_seconds:g} s", transient=True
-        ) from exc
+    """Run a server tool as the data directory's owner (see :mod:`dr.localexec`)."""
+    return run_as_owner(os_user, argv, password=password, timeout_seconds=timeout_seconds)
 
 
 def _tail(proc: subprocess.CompletedProcess[str], chars: int = 800) -> str:
