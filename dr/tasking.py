@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from dr.errors import retry_condition
@@ -41,10 +42,13 @@ def dr_task(
         backoff_seconds: first delay; doubles each attempt, with jitter.
         timeout_seconds: per-attempt timeout (Prefect marks the run TimedOut).
         tags: Prefect tags (used for concurrency limits).
+        kwargs: more ``task`` options. Caching is off unless given: these tasks act on the
+            world (promote, stop, upload), so a cached result would skip a real action.
 
     Returns:
         A Prefect ``Task``.
     """
+    kwargs.setdefault("cache_policy", NO_CACHE)
     return task(
         fn,
         name=name or fn.__name__.replace("_", "-"),

@@ -38,7 +38,6 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol
 
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from dr.errors import ChecksumMismatch, ConfigError, ObjectNotFound, StorageError, redact
@@ -593,14 +592,11 @@ def verify_bundle(
 
 # --------------------------------------------------------------------------- tasks
 
-write_bundle_task = dr_task(
-    write_bundle, name="evidence-write-bundle", timeout_seconds=3600, cache_policy=NO_CACHE
-)
+write_bundle_task = dr_task(write_bundle, name="evidence-write-bundle", timeout_seconds=3600)
 # A verification is an observation: retrying would hide the first answer.
 verify_bundle_task = dr_task(
     verify_bundle,
     name="evidence-verify-bundle",
     retries=1,
     timeout_seconds=3600,
-    cache_policy=NO_CACHE,
 )

@@ -21,7 +21,6 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -277,9 +276,5 @@ def query_runs(
 
 # ---------------------------------------------------------------------- Prefect tasks
 
-record_run_task = dr_task(
-    record_run, name="record-history", retries=2, timeout_seconds=60, cache_policy=NO_CACHE
-)
-query_runs_task = dr_task(
-    query_runs, name="query-history", retries=2, timeout_seconds=60, cache_policy=NO_CACHE
-)
+record_run_task = dr_task(record_run, name="record-history", retries=2, timeout_seconds=60)
+query_runs_task = dr_task(query_runs, name="query-history", retries=2, timeout_seconds=60)

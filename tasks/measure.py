@@ -30,7 +30,6 @@ from typing import Any, NamedTuple
 
 import httpx
 import psycopg
-from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 
 from dr.config import PostgresConfig, PostgresNode, Target
@@ -733,6 +732,4 @@ def wait_until_healthy(
 
 # Health waits are measurements: never retried (a retry would distort restored_at) and
 # never cached (the probe argument is a live thread).
-wait_until_healthy_task = dr_task(
-    wait_until_healthy, name="wait-until-healthy", retries=0, cache_policy=NO_CACHE
-)
+wait_until_healthy_task = dr_task(wait_until_healthy, name="wait-until-healthy", retries=0)

@@ -36,7 +36,6 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 from urllib.error import URLError
 
-from prefect.cache_policies import NO_CACHE
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry import (
@@ -920,12 +919,6 @@ def slack_thread_for(
 # ---------------------------------------------------------------------- Prefect tasks
 
 # A post is never cached: two identical messages are two deliberate notifications.
-post_message_task = dr_task(
-    post_message, name="slack-post-message", timeout_seconds=120, cache_policy=NO_CACHE
-)
-reply_in_thread_task = dr_task(
-    reply_in_thread, name="slack-reply-in-thread", timeout_seconds=120, cache_policy=NO_CACHE
-)
-update_message_task = dr_task(
-    update_message, name="slack-update-message", timeout_seconds=120, cache_policy=NO_CACHE
-)
+post_message_task = dr_task(post_message, name="slack-post-message", timeout_seconds=120)
+reply_in_thread_task = dr_task(reply_in_thread, name="slack-reply-in-thread", timeout_seconds=120)
+update_message_task = dr_task(update_message, name="slack-update-message", timeout_seconds=120)

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -895,23 +894,20 @@ def _read_log_sql(conninfo: str, relpath: str, target: Path) -> None:
 # --------------------------------------------------------------------------- tasks
 
 session_snapshot_task = dr_task(
-    session_snapshot, name="postgres-session-snapshot", timeout_seconds=60, cache_policy=NO_CACHE
+    session_snapshot, name="postgres-session-snapshot", timeout_seconds=60
 )
 collect_server_logs_task = dr_task(
     collect_server_logs,
     name="postgres-collect-server-logs",
     timeout_seconds=900,
-    cache_policy=NO_CACHE,
 )
 block_cidrs_in_hba_task = dr_task(
     block_cidrs_in_hba,
     name="postgres-block-cidrs-in-hba",
     timeout_seconds=120,
-    cache_policy=NO_CACHE,
 )
 unblock_cidrs_in_hba_task = dr_task(
     unblock_cidrs_in_hba,
     name="postgres-unblock-cidrs-in-hba",
     timeout_seconds=120,
-    cache_policy=NO_CACHE,
 )

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
-from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import BaseModel, ConfigDict, Field
@@ -1979,43 +1978,36 @@ def list_roles_and_privileges(conninfo: str) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- Prefect tasks
 
 # Nothing here is cached: every call looks at (or changes) the world as it is now.
-health_task = dr_task(health, name="postgres-health", timeout_seconds=60, cache_policy=NO_CACHE)
-role_task = dr_task(role, name="postgres-role", timeout_seconds=60, cache_policy=NO_CACHE)
+health_task = dr_task(health, name="postgres-health", timeout_seconds=60)
+role_task = dr_task(role, name="postgres-role", timeout_seconds=60)
 replication_status_task = dr_task(
     replication_status,
     name="postgres-replication-status",
     timeout_seconds=60,
-    cache_policy=NO_CACHE,
 )
-standby_status_task = dr_task(
-    standby_status, name="postgres-standby-status", timeout_seconds=60, cache_policy=NO_CACHE
-)
+standby_status_task = dr_task(standby_status, name="postgres-standby-status", timeout_seconds=60)
 ensure_promoted_task = dr_task(
-    ensure_promoted, name="postgres-ensure-promoted", timeout_seconds=180, cache_policy=NO_CACHE
+    ensure_promoted, name="postgres-ensure-promoted", timeout_seconds=180
 )
 fence_by_connections_task = dr_task(
     fence_by_connections,
     name="postgres-fence-by-connections",
     timeout_seconds=120,
-    cache_policy=NO_CACHE,
 )
 unfence_by_connections_task = dr_task(
     unfence_by_connections,
     name="postgres-unfence-by-connections",
     timeout_seconds=120,
-    cache_policy=NO_CACHE,
 )
 stop_local_server_task = dr_task(
     stop_local_server,
     name="postgres-stop-local-server",
     timeout_seconds=180,
-    cache_policy=NO_CACHE,
 )
 start_local_server_task = dr_task(
     start_local_server,
     name="postgres-start-local-server",
     timeout_seconds=180,
-    cache_policy=NO_CACHE,
 )
 # A proof is an observation: retrying it would hide the first answer, so no retries.
 prove_not_writable_task = dr_task(
@@ -2023,56 +2015,42 @@ prove_not_writable_task = dr_task(
     name="postgres-prove-not-writable",
     retries=0,
     timeout_seconds=60,
-    cache_policy=NO_CACHE,
 )
-run_sql_check_task = dr_task(
-    run_sql_check, name="postgres-sql-check", timeout_seconds=120, cache_policy=NO_CACHE
-)
+run_sql_check_task = dr_task(run_sql_check, name="postgres-sql-check", timeout_seconds=120)
 run_validation_query_task = dr_task(
     run_validation_query,
     name="postgres-validation-query",
     timeout_seconds=300,
-    cache_policy=NO_CACHE,
 )
-table_row_counts_task = dr_task(
-    table_row_counts, name="postgres-row-counts", timeout_seconds=1800, cache_policy=NO_CACHE
-)
+table_row_counts_task = dr_task(table_row_counts, name="postgres-row-counts", timeout_seconds=1800)
 schema_fingerprint_task = dr_task(
     schema_fingerprint,
     name="postgres-schema-fingerprint",
     timeout_seconds=300,
-    cache_policy=NO_CACHE,
 )
 create_database_task = dr_task(
-    create_database, name="postgres-create-database", timeout_seconds=300, cache_policy=NO_CACHE
+    create_database, name="postgres-create-database", timeout_seconds=300
 )
-drop_database_task = dr_task(
-    drop_database, name="postgres-drop-database", timeout_seconds=300, cache_policy=NO_CACHE
-)
+drop_database_task = dr_task(drop_database, name="postgres-drop-database", timeout_seconds=300)
 terminate_sessions_task = dr_task(
     terminate_sessions,
     name="postgres-terminate-sessions",
     timeout_seconds=120,
-    cache_policy=NO_CACHE,
 )
 checksum_failures_task = dr_task(
-    checksum_failures, name="postgres-checksum-failures", timeout_seconds=60, cache_policy=NO_CACHE
+    checksum_failures, name="postgres-checksum-failures", timeout_seconds=60
 )
-set_role_login_task = dr_task(
-    set_role_login, name="postgres-set-role-login", timeout_seconds=120, cache_policy=NO_CACHE
-)
+set_role_login_task = dr_task(set_role_login, name="postgres-set-role-login", timeout_seconds=120)
 set_role_password_task = dr_task(
     set_role_password,
     name="postgres-set-role-password",
     timeout_seconds=120,
-    cache_policy=NO_CACHE,
 )
 list_roles_and_privileges_task = dr_task(
     list_roles_and_privileges,
     name="postgres-list-roles",
     timeout_seconds=120,
-    cache_policy=NO_CACHE,
 )
 server_log_files_task = dr_task(
-    server_log_files, name="postgres-server-log-files", timeout_seconds=60, cache_policy=NO_CACHE
+    server_log_files, name="postgres-server-log-files", timeout_seconds=60
 )

@@ -76,7 +76,6 @@ from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
 import psycopg
-from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from pydantic import BaseModel, ConfigDict, Field
@@ -2817,35 +2816,17 @@ def find_damage(
 
 # --------------------------------------------------------------------------- Prefect tasks
 
-list_base_backups_task = dr_task(
-    list_base_backups, name="recovery-list-base-backups", cache_policy=NO_CACHE
-)
-plan_wal_task = dr_task(plan_wal, name="recovery-plan-wal", cache_policy=NO_CACHE)
-download_base_backup_task = dr_task(
-    download_base_backup, name="recovery-download-base-backup", cache_policy=NO_CACHE
-)
-stage_wal_task = dr_task(stage_wal, name="recovery-stage-wal", cache_policy=NO_CACHE)
-restore_base_backup_task = dr_task(
-    restore_base_backup, name="recovery-restore-base-backup", cache_policy=NO_CACHE
-)
+list_base_backups_task = dr_task(list_base_backups, name="recovery-list-base-backups")
+plan_wal_task = dr_task(plan_wal, name="recovery-plan-wal")
+download_base_backup_task = dr_task(download_base_backup, name="recovery-download-base-backup")
+stage_wal_task = dr_task(stage_wal, name="recovery-stage-wal")
+restore_base_backup_task = dr_task(restore_base_backup, name="recovery-restore-base-backup")
 # A recovery attempt is not retried blindly: its folder is half-configured after a failure.
-start_recovery_task = dr_task(
-    start_recovery, name="recovery-start", retries=0, cache_policy=NO_CACHE
-)
-check_checksums_task = dr_task(
-    check_checksums, name="recovery-pg-checksums", retries=0, cache_policy=NO_CACHE
-)
-make_stopped_copy_task = dr_task(
-    make_stopped_copy, name="recovery-stopped-copy", retries=0, cache_policy=NO_CACHE
-)
-relation_digests_task = dr_task(
-    relation_digests, name="recovery-relation-digests", cache_policy=NO_CACHE
-)
-restore_relations_task = dr_task(
-    restore_relations, name="recovery-restore-relations", retries=0, cache_policy=NO_CACHE
-)
-find_damage_task = dr_task(find_damage, name="recovery-find-damage", cache_policy=NO_CACHE)
-switch_wal_and_wait_task = dr_task(
-    switch_wal_and_wait, name="recovery-switch-wal", cache_policy=NO_CACHE
-)
-dump_relations_task = dr_task(dump_relations, name="recovery-dump-relations", cache_policy=NO_CACHE)
+start_recovery_task = dr_task(start_recovery, name="recovery-start", retries=0)
+check_checksums_task = dr_task(check_checksums, name="recovery-pg-checksums", retries=0)
+make_stopped_copy_task = dr_task(make_stopped_copy, name="recovery-stopped-copy", retries=0)
+relation_digests_task = dr_task(relation_digests, name="recovery-relation-digests")
+restore_relations_task = dr_task(restore_relations, name="recovery-restore-relations", retries=0)
+find_damage_task = dr_task(find_damage, name="recovery-find-damage")
+switch_wal_and_wait_task = dr_task(switch_wal_and_wait, name="recovery-switch-wal")
+dump_relations_task = dr_task(dump_relations, name="recovery-dump-relations")

@@ -24,8 +24,6 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from prefect.cache_policies import NO_CACHE
-
 from dr.changes import Change
 from dr.errors import ConfigError, PreconditionError, register_secret
 from dr.tasking import dr_task
@@ -207,8 +205,6 @@ def write_secret_file(path: str | os.PathLike[str], value: str) -> Change:
 
 
 write_prefect_secret_task = dr_task(
-    write_prefect_secret, name="write-prefect-secret", timeout_seconds=120, cache_policy=NO_CACHE
+    write_prefect_secret, name="write-prefect-secret", timeout_seconds=120
 )
-write_secret_file_task = dr_task(
-    write_secret_file, name="write-secret-file", timeout_seconds=60, cache_policy=NO_CACHE
-)
+write_secret_file_task = dr_task(write_secret_file, name="write-secret-file", timeout_seconds=60)

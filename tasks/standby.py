@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from prefect.cache_policies import NO_CACHE
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from dr.changes import Change
@@ -746,20 +745,13 @@ def configure_standby(
 
 # Each acts on the world as it is now: never cached. Tools are not retried automatically:
 # a failed rewind is answered by a base backup, not by running it again.
-checkpoint_task = dr_task(checkpoint, name="postgres-checkpoint", cache_policy=NO_CACHE)
-ensure_physical_slot_task = dr_task(
-    ensure_physical_slot, name="postgres-ensure-slot", cache_policy=NO_CACHE
-)
-drop_inactive_slot_task = dr_task(
-    drop_inactive_slot, name="postgres-drop-inactive-slot", cache_policy=NO_CACHE
-)
-rewind_task = dr_task(rewind, name="postgres-rewind", retries=0, cache_policy=NO_CACHE)
+checkpoint_task = dr_task(checkpoint, name="postgres-checkpoint")
+ensure_physical_slot_task = dr_task(ensure_physical_slot, name="postgres-ensure-slot")
+drop_inactive_slot_task = dr_task(drop_inactive_slot, name="postgres-drop-inactive-slot")
+rewind_task = dr_task(rewind, name="postgres-rewind", retries=0)
 rebuild_from_base_backup_task = dr_task(
     rebuild_from_base_backup,
     name="postgres-rebuild-from-base-backup",
     retries=0,
-    cache_policy=NO_CACHE,
 )
-configure_standby_task = dr_task(
-    configure_standby, name="postgres-configure-standby", retries=0, cache_policy=NO_CACHE
-)
+configure_standby_task = dr_task(configure_standby, name="postgres-configure-standby", retries=0)
