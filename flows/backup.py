@@ -187,6 +187,20 @@ class ProgressBoard:
             for n in names:
                 self._bars[n] = self._rich.add_task("waiting", total=100, name=n)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy for another process (a Dask worker): state only, no display or lock.
+
+        Progress reported in another process stays there; the flow's display shows the
+        branches' results when they come back.
+        """
+        state = self.__dict__.copy()
+        state.update(_lock=None, _rich=None, _bars={}, _artifact=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def update(self, name: str, fraction: float, message: str = "") -> None:
         """Record a branch's progress (thread-safe; cheap)."""
         with self._lock:
