@@ -41,7 +41,11 @@ Drill mode injects the damage itself (after a base backup newer than
 be damaged are snapshot as digests): ``bad-update`` sets ``shop.orders.total = 0`` on every
 row, ``mass-delete`` deletes every row of ``shop.order_items``, ``damaged-page`` inverts
 bytes in a heap page of ``shop.orders`` in a stopped COPY of the cluster (never in the live
-cluster's files) so ``pg_checksums`` catches it. A drill keeps a dump of the tables it
+cluster's files) so ``pg_checksums`` catches it. A database without the lab's shop tables
+(the seed targets') gets its table from ``drill_table``, else chosen by
+:func:`choose_drill_table`: the largest table no foreign key points at (mass-delete), or
+the largest with a numeric column outside every key and constraint (bad-update sets that
+column to 0; damaged-page damages that table). A drill keeps a dump of the tables it
 damages; if the drill fails before the switch, compensation puts those rows back.
 """
 
@@ -54,7 +58,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -85,6 +89,7 @@ __all__ = [
     "DRILL_VICTIMS",
     "CorruptionOptions",
     "Variant",
+    "choose_drill_table",
     "data_corruption_flow",
 ]
 
@@ -113,6 +118,12 @@ DRILL_VICTIMS: dict[Variant, str] = {
     Variant.mass_delete: "shop.order_items",
     Variant.damaged_page: "shop.orders",
 }
+#: The column the lab's bad-update zeroes, and the statements kept as the lab has them.
+DRILL_COLUMN = "total"
+DRILL_STATEMENTS: dict[tuple[str, str | None], str] = {
+    ("shop.orders", DRILL_COLUMN): "UPDATE shop.orders SET total = 0",
+    ("shop.order_items", None): "DELETE FROM shop.order_items",
+}
 
 
 class CorruptionOptions(BaseModel):
@@ -140,6 +151,13 @@ class CorruptionOptions(BaseModel):
         False, description="Switch the application to the recovered cluster instead."
     )
     database: str | None = Field(None, description="Damaged database (default: the first).")
+    drill_table: str | None = Field(
+        None,
+        description=(
+            "Drill: schema.table to damage (default: the lab's shop table, else the largest "
+            "suitable table of the damaged database)."
+        ),
+    )
     checksum_copy: bool = Field(
         False, description="Assess with pg_checksums on a stopped copy of the live server."
     )
@@ -173,6 +191,15 @@ class CorruptionOptions(BaseModel):
             schema, dot, table = rel.partition(".")
             if not dot or not schema or not table:
                 raise ValueError(f"relation {rel!r} must be schema.table")
+        return value
+
+    @field_validator("drill_table")
+    @classmethod
+    def _drill_table(cls, value: str | None) -> str | None:
+        if value is not None:
+            schema, dot, table = value.partition(".")
+            if not dot or not schema or not table:
+                raise ValueError(f"drill_table {value!r} must be schema.table")
         return value
 
     @field_validator("recovery_lsn")
@@ -214,6 +241,9 @@ class _Run:
         self.work = root / f"{ctx.target_name}-{self.run_id}"
         self.details: dict[str, Any] = ctx.details
         self.snapshot: dict[str, rc.RelationDigest] = {}
+        # Drill: the table damaged and, for bad-update, the column set to 0.
+        self.victim: str = DRILL_VICTIMS[opts.variant]
+        self.victim_column: str | None = None
         self.stamp: dict[str, Any] | None = None
         # Certain knowledge of the damage (the drill's injection, or the operator's word):
         # a recovery point after it is refused.
@@ -310,6 +340,83 @@ def _utc(value: datetime) -> datetime:
 # --------------------------------------------------------------------------- drill injection
 
 
+def _unsuitable(variant: Variant, table: rc.DrillCandidate) -> str | None:
+    """Why ``table`` cannot take the drill (None: it can)."""
+    if table.rows == 0:
+        return "it has no rows"
+    if variant is Variant.mass_delete:
+        if table.referenced:
+            return "another table's foreign key references it (the DELETE would fail)"
+    elif not table.numeric_columns:
+        return "it has no numeric column outside its keys, constraints and indexes"
+    return None
+
+
+def choose_drill_table(
+    variant: Variant,
+    tables: Sequence[rc.DrillCandidate],
+    *,
+    database: str,
+    requested: str | None = None,
+    exclude: Collection[str] = (),
+) -> tuple[str, str | None]:
+    """The table a drill damages and, for bad-update, the column it sets to 0.
+
+    The lab's shop table when the database has it (the drills stay as they were);
+    otherwise the largest table (by rows) that suits the variant, so the damage looks like
+    a real bug's and the statement succeeds: mass-delete takes a table no other table's
+    foreign key references, bad-update and damaged-page a table with a numeric column
+    outside every key, constraint and index (bad-update zeroes the first such column).
+
+    Args:
+        variant: the drill variant.
+        tables: the damaged database's tables (:func:`tasks.recovery.drill_candidates`).
+        database: the damaged database (named in refusals).
+        requested: ``options.drill_table``; checked, never replaced.
+        exclude: tables never chosen automatically (the heartbeat table).
+
+    Returns:
+        ``(schema.table, column)``; the column is None unless the variant is bad-update.
+
+    Raises:
+        ConfigError: the requested table is missing or unsuitable, or no table suits.
+    """
+    by_name = {t.relation: t for t in tables}
+    default = DRILL_VICTIMS[variant]
+    zeroes = variant is Variant.bad_update
+    if requested in (None, default) and default in by_name:
+        return default, DRILL_COLUMN if zeroes else None
+    if requested is not None:
+        table = by_name.get(requested)
+        if table is None:
+            raise ConfigError(
+                f"drill_table {requested} is not a table of database {database!r}",
+                [("options.drill_table", requested)],
+            )
+        problem = _unsuitable(variant, table)
+        if problem:
+            raise ConfigError(
+                f"drill_table {requested} of database {database!r} cannot take a "
+                f"{variant.value} drill: {problem}",
+                [("options.drill_table", requested)],
+            )
+        return requested, table.numeric_columns[0] if zeroes else None
+    fits = [t for t in tables if t.relation not in exclude and _unsuitable(variant, t) is None]
+    if not fits:
+        need = (
+            "a table with rows that no foreign key references"
+            if variant is Variant.mass_delete
+            else "a table with rows and a numeric column outside its keys and constraints"
+        )
+        raise ConfigError(
+            f"database {database!r} has no table a {variant.value} drill can damage (it needs "
+            f"{need}): nothing was changed; give drill_table",
+            [("options.drill_table", None)],
+        )
+    best = min(fits, key=lambda t: (-t.rows, t.relation))
+    return best.relation, best.numeric_columns[0] if zeroes else None
+
+
 def _ensure_base_backup(run: _Run) -> None:
     repo = run.backup_repo()
     backups = rc.list_base_backups(repo, run.ctx.target_name)
@@ -367,9 +474,20 @@ def _undo_drill_damage(run: _Run, victims: list[str]) -> None:
 def _inject(run: _Run) -> None:
     """Drill: stamp, snapshot, then damage like a real bug (or bit rot) would."""
     ctx, opts = run.ctx, run.opts
-    victim = DRILL_VICTIMS[opts.variant]
-    victims = sorted({victim, *opts.relations})
-    with ctx.phase("prepare drill", detail=f"variant {opts.variant.value} on {victim}"):
+    with ctx.phase("prepare drill", detail=f"variant {opts.variant.value}") as record:
+        victim, column = choose_drill_table(
+            opts.variant,
+            rc.drill_candidates(run.conninfo()),
+            database=run.db,
+            requested=opts.drill_table,
+            exclude={HEARTBEAT_TABLE},
+        )
+        run.victim, run.victim_column = victim, column
+        run.details["drill_table"] = {"relation": victim, "column": column}
+        record.detail = f"variant {opts.variant.value} on {victim}" + (
+            f" (column {column})" if column else ""
+        )
+        victims = sorted({victim, *opts.relations})
         _ensure_base_backup(run)
         if not ctx.plan("snapshot", f"rows of {', '.join(victims)} and stamp the time"):
             return
@@ -387,11 +505,7 @@ def _inject(run: _Run) -> None:
         if opts.variant is Variant.damaged_page:
             _inject_damaged_page(run, victim)
         else:
-            sql_text = (
-                "UPDATE shop.orders SET total = 0"
-                if opts.variant is Variant.bad_update
-                else "DELETE FROM shop.order_items"
-            )
+            sql_text = DRILL_STATEMENTS.get((victim, column)) or rc.drill_statement(victim, column)
             done = rc.run_drill_statement(run.conninfo(), sql_text)
             rows = done["rows"]
             record.detail = f"{sql_text}: {rows} rows"
@@ -569,7 +683,7 @@ def _assess(run: _Run) -> None:
                 # Scanned from the stamp: the first large change after it is the injection.
                 run.damage_lsn = first.commit_lsn
         if ctx.is_drill and not damaged and not opts.whole_database:
-            victim = DRILL_VICTIMS[opts.variant]
+            victim = run.victim
             ctx.note(f"the assessment named no relation; the drill restores its victim {victim}")
             damaged = [victim]
         run.damaged = damaged
@@ -587,7 +701,7 @@ def _assess(run: _Run) -> None:
             + ("" if run.damage_at or not began else " (suspected, from the WAL)")
         )
         if ctx.is_drill and run.stamp is not None:
-            victim = DRILL_VICTIMS[opts.variant]
+            victim = run.victim
             ctx.record_check(
                 "assessment named the damaged relation",
                 victim in damaged,
