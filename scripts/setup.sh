@@ -10,7 +10,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # PostgreSQL server binaries (the lab runs its own clusters; never the machine's 5432),
 # Podman + runc + busybox-static (a Docker-API engine for the lab application),
 # Chromium (the browser test of the Prefect UI).
-PKGS=(postgresql-15 postgresql-client-15 podman runc busybox-static chromium python3-venv)
+# catatonit: the init binary Podman needs for containers created with init=True (a Recommends
+# of podman, which --no-install-recommends leaves out).
+PKGS=(postgresql-15 postgresql-client-15 podman catatonit runc busybox-static chromium python3-venv)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
