@@ -13,18 +13,16 @@ left out of ``model_dump()``, JSON and ``repr()``; it lives only in the memory o
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dr.clock import utcnow
+
 __all__ = ["Change", "Outcome"]
 
 Outcome = Literal["created", "changed", "unchanged", "updated", "deleted"]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Change(BaseModel):
@@ -55,7 +53,7 @@ class Change(BaseModel):
     after: dict[str, Any] = Field(default_factory=dict)
     undo: str = ""
     compensable: bool = True
-    at: datetime = Field(default_factory=_utcnow)
+    at: datetime = Field(default_factory=utcnow)
     undo_data: dict[str, Any] = Field(default_factory=dict, exclude=True, repr=False)
 
     @property
