@@ -17,16 +17,10 @@ from botocore.exceptions import (
 
 from dr.config import AWSConfig, SecretRef
 from dr.errors import ChecksumMismatch, ConfigError, ObjectNotFound, StorageError, redact
-from tasks import storage
-from tasks.storage import (
-    S3_MAX_PARTS,
-    S3_MIN_PART_SIZE_BYTES,
-    PutResult,
-    _Digest,
-    _os_error,
-    _s3_error,
-    make_s3_client,
-)
+from tasks.storage import operations
+from tasks.storage.client import PutResult, _os_error, _s3_error, make_s3_client
+from tasks.storage.s3 import S3_MAX_PARTS, S3_MIN_PART_SIZE_BYTES
+from tasks.storage.streams import _Digest
 
 MiB = 1024 * 1024
 
@@ -179,7 +173,7 @@ def test_checksum_mismatch_is_permanent_by_default() -> None:
 
 
 def test_task_wrappers_retry_through_dr_task() -> None:
-    assert storage.put_file_task.name == "storage-put-file"
-    assert storage.get_to_file_task.fn is storage.get_to_file
-    assert storage.copy_to_local_dir_task.retries == 3
-    assert storage.delete_prefix_task.retry_condition_fn is not None
+    assert operations.put_file_task.name == "storage-put-file"
+    assert operations.get_to_file_task.fn is operations.get_to_file
+    assert operations.copy_to_local_dir_task.retries == 3
+    assert operations.delete_prefix_task.retry_condition_fn is not None

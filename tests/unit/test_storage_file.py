@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from dr.errors import ChecksumMismatch, ConfigError, ObjectNotFound, StorageError
-from tasks.storage import FileRepository, Repository, open_repository
+from tasks.storage.client import Repository, open_repository
+from tasks.storage.file import FileRepository
 
 MiB = 1024 * 1024
 

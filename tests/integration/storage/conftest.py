@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from tasks.storage import S3Repository, make_s3_client, open_repository
+from tasks.storage.client import make_s3_client, open_repository
+from tasks.storage.s3 import S3Repository
 
 MiB = 1024 * 1024
 STARTUP_TIMEOUT_SECONDS = 20.0

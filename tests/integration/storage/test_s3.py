@@ -15,7 +15,8 @@ import pytest
 from botocore.exceptions import ResponseStreamingError
 
 from dr.errors import ChecksumMismatch, ConfigError, ObjectNotFound, StorageError
-from tasks.storage import S3Repository, make_s3_client, open_repository
+from tasks.storage.client import make_s3_client, open_repository
+from tasks.storage.s3 import S3Repository
 
 from .conftest import free_port
 
