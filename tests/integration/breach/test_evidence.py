@@ -18,14 +18,16 @@ from typer.testing import CliRunner
 
 from dr.cli_evidence import register
 from dr.errors import ChecksumMismatch, ConfigError
-from tasks import evidence as ev
-from tasks import storage
+from tasks.evidence.bundle import EvidenceBundle, collector_identity, write_bundle
+from tasks.evidence.manifest import EvidenceManifest
+from tasks.evidence.verify import verify_bundle
+from tasks.storage.client import open_repository
 
 pytestmark = [pytest.mark.integration]
 
 
-def _bundle(tmp_path: Path) -> tuple[ev.EvidenceBundle, ev.EvidenceManifest, Path]:
-    bundle = ev.EvidenceBundle("20250101T000000Z-test", tmp_path / "staging")
+def _bundle(tmp_path: Path) -> tuple[EvidenceBundle, EvidenceManifest, Path]:
+    bundle = EvidenceBundle("20250101T000000Z-test", tmp_path / "staging")
     src = tmp_path / "server.log"
     src.write_bytes(b"2025-01-01 LOG: connection authorized: user=intruder\n" * 100)
     bundle.add_file("postgres/primary/log/server.log", src, kind="server-log", source="pg primary")
@@ -34,7 +36,7 @@ def _bundle(tmp_path: Path) -> tuple[ev.EvidenceBundle, ev.EvidenceManifest, Pat
     bundle.add_bytes("containers/app/logs.txt", b"hello\n", kind="container-log", source="app")
     bundle.missing("k8s events", kind="kubernetes-events", source="ns", reason="API unreachable")
     manifest = bundle.manifest(
-        title="test", incident={"target": "t"}, collected_by=ev.collector_identity("run-1")
+        title="test", incident={"target": "t"}, collected_by=collector_identity("run-1")
     )
     return bundle, manifest, src
 
@@ -52,16 +54,16 @@ def test_bundle_written_once_verified_and_tampering_caught(tmp_path: Path) -> No
     item = next(i for i in manifest.items if i.kind == "server-log")
     assert item.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
     assert manifest.collected_by["flow_run_id"] == "run-1" and manifest.collected_by["hostname"]
-    repo = storage.open_repository(f"file://{tmp_path / 'repo'}")
-    stored = ev.write_bundle(repo, "t/breach/b1", bundle, manifest, retain_days=1)
+    repo = open_repository(f"file://{tmp_path / 'repo'}")
+    stored = write_bundle(repo, "t/breach/b1", bundle, manifest, retain_days=1)
     assert stored.items == 3 and not stored.complete and not stored.locked
     assert stored.lock_mode is None
     root = tmp_path / "repo" / "t" / "breach" / "b1"
     written = root / "postgres" / "primary" / "log" / "server.log"
     assert not written.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
     # Writing the same bundle again is a no-op; evidence is never overwritten.
-    assert ev.write_bundle(repo, "t/breach/b1", bundle, manifest).manifest_sha256 != ""
-    report = ev.verify_bundle(repo, "t/breach/b1", expected_manifest_sha256=stored.manifest_sha256)
+    assert write_bundle(repo, "t/breach/b1", bundle, manifest).manifest_sha256 != ""
+    report = verify_bundle(repo, "t/breach/b1", expected_manifest_sha256=stored.manifest_sha256)
     assert report.ok and report.complete is False and len(report.items) == 3
     code, out = _invoke(f"file://{root}", "--manifest-sha256", stored.manifest_sha256, "--json")
     assert code == 0 and json.loads(out)["ok"]
@@ -79,21 +81,21 @@ def test_bundle_written_once_verified_and_tampering_caught(tmp_path: Path) -> No
     # Remove one: caught; an extra object is reported.
     (root / "containers" / "app" / "logs.txt").unlink()
     (root / "extra.txt").write_text("planted")
-    report = ev.verify_bundle(storage.open_repository(f"file://{root}"))
+    report = verify_bundle(open_repository(f"file://{root}"))
     statuses = {i.path: i.status for i in report.items}
     assert statuses["containers/app/logs.txt"] == "missing" and report.unlisted == ["extra.txt"]
 
 
 def test_replaced_manifest_is_caught_by_its_recorded_hash(tmp_path: Path) -> None:
     bundle, manifest, _ = _bundle(tmp_path)
-    repo = storage.open_repository(f"file://{tmp_path / 'repo'}")
-    stored = ev.write_bundle(repo, "b", bundle, manifest)
+    repo = open_repository(f"file://{tmp_path / 'repo'}")
+    stored = write_bundle(repo, "b", bundle, manifest)
     root = tmp_path / "repo" / "b"
     forged = json.loads((root / "manifest.json").read_text())
     forged["items"] = [i for i in forged["items"] if i["kind"] != "sessions"]
     os.chmod(root / "manifest.json", 0o644)
     (root / "manifest.json").write_text(json.dumps(forged))
-    assert ev.verify_bundle(storage.open_repository(f"file://{root}")).ok  # self-consistent...
+    assert verify_bundle(open_repository(f"file://{root}")).ok  # self-consistent...
     code, out = _invoke(f"file://{root}", "--manifest-sha256", stored.manifest_sha256, "--json")
     assert code == 1  # ...but not the manifest the run recorded
     assert "is not the recorded" in " ".join(json.loads(out)["problems"])
@@ -104,7 +106,7 @@ def test_bundle_without_manifest_and_bad_paths(tmp_path: Path) -> None:
     assert code == 1 and "no manifest.json" in json.loads(out)["problems"][0]
     code, _ = _invoke("ftp://example.invalid/x")
     assert code == 2
-    bundle = ev.EvidenceBundle("x", tmp_path / "s")
+    bundle = EvidenceBundle("x", tmp_path / "s")
     for bad in ("../escape", "/abs", "manifest.json"):
         with pytest.raises(ConfigError):
             bundle.add_bytes(bad, b"x", kind="k", source="s")
@@ -118,8 +120,8 @@ def test_bundle_without_manifest_and_bad_paths(tmp_path: Path) -> None:
 
 def test_other_content_under_an_existing_evidence_name_is_refused(tmp_path: Path) -> None:
     bundle, manifest, _ = _bundle(tmp_path)
-    repo = storage.open_repository(f"file://{tmp_path / 'repo'}")
-    ev.write_bundle(repo, "b", bundle, manifest)
+    repo = open_repository(f"file://{tmp_path / 'repo'}")
+    write_bundle(repo, "b", bundle, manifest)
     (bundle.staging_dir / "containers" / "app" / "logs.txt").write_bytes(b"changed\n")
     with pytest.raises(ChecksumMismatch):
-        ev.write_bundle(repo, "b", bundle, manifest)
+        write_bundle(repo, "b", bundle, manifest)

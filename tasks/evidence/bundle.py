@@ -1,8 +1,7 @@
-"""Evidence bundles: what was collected during an incident, checksummed, written once.
+"""Collecting evidence into a staged bundle, and writing it once to the evidence repository.
 
 A breach response collects evidence *before* it remediates (server logs, role listings,
-open sessions, container logs, Kubernetes events, volume snapshots, table dumps). This
-module turns those pieces into a bundle a third party can check later:
+open sessions, container logs, Kubernetes events, volume snapshots, table dumps):
 
 - :class:`EvidenceBundle` stages files in a local folder and records for each one its
   SHA-256 (computed while copying), size, kind, where it came from and when; what could not
@@ -13,13 +12,9 @@ module turns those pieces into a bundle a third party can check later:
   has it, a read-only file on ``file://``), checks the stored SHA-256 against the one
   recorded, and writes ``manifest.json`` last: who (OS user, flow run), what (the items),
   when (UTC), from where (host name). A bundle without a manifest is an interrupted write.
-- :func:`verify_bundle` reads the manifest back, streams every object, recomputes its
-  SHA-256 and compares; objects under the bundle that the manifest does not list are
-  reported too. ``dr evidence verify URL`` (``dr/cli_evidence.py``) is this function.
 
-The repository is passed in (an object with ``put_file``, ``put_bytes``, ``head``, ``list``,
-``iter_chunks`` and ``url_for``, as :class:`tasks.storage.Repository` has): a module in
-``tasks/`` imports no other.
+Verification is :mod:`tasks.evidence.verify`; the manifest's models are in
+:mod:`tasks.evidence.manifest`.
 """
 
 from __future__ import annotations
@@ -33,166 +28,27 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, Protocol
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from dr.errors import ChecksumMismatch, ConfigError, ObjectNotFound, StorageError, redact
+from dr.clock import utcnow
+from dr.errors import ChecksumMismatch, ConfigError, redact
 from dr.tasking import dr_task
-
-__all__ = [
-    "MANIFEST_FORMAT",
-    "MANIFEST_NAME",
-    "EvidenceBundle",
-    "EvidenceItem",
-    "EvidenceManifest",
-    "MissingEvidence",
-    "StoredBundle",
-    "VerifiedItem",
-    "VerifyReport",
-    "collector_identity",
-    "verify_bundle",
-    "verify_bundle_task",
-    "write_bundle",
-    "write_bundle_task",
-]
+from tasks.evidence.manifest import (
+    CHUNK_BYTES,
+    DEFAULT_RETAIN_DAYS,
+    MANIFEST_NAME,
+    EvidenceItem,
+    EvidenceManifest,
+    MissingEvidence,
+    StoredBundle,
+    _join,
+    _manifest_bytes,
+)
+from tasks.storage.client import Repository
 
 log = logging.getLogger(__name__)
-
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "dr-pipelines/evidence-bundle/v1"
-CHUNK_BYTES = 1024 * 1024
-#: Default Object Lock retention of evidence (a year covers most post-incident reviews).
-DEFAULT_RETAIN_DAYS = 365
-
-
-class Repository(Protocol):
-    """What this module needs of a repository (:class:`tasks.storage.Repository` fits)."""
-
-    def put_file(self, key: str, local_path: str | Path, **kwargs: Any) -> Any: ...
-    def put_bytes(self, key: str, data: bytes, **kwargs: Any) -> Any: ...
-    def head(self, key: str) -> Any: ...
-    def list(self, prefix: str = "") -> list[Any]: ...
-    def iter_chunks(self, key: str, chunk_size: int = ...) -> Iterator[bytes]: ...
-    def url_for(self, key: str) -> str: ...
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-# --------------------------------------------------------------------------- models
-
-
-class EvidenceItem(BaseModel):
-    """One file of the bundle."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    path: str = Field(description="Relative path inside the bundle ('/'-separated).")
-    sha256: str
-    size_bytes: int
-    kind: str = Field(description="server-log, roles, sessions, container-log, dump, ...")
-    source: str = Field(description="Where it was collected from (system and object).")
-    collected_at: datetime
-    description: str = ""
-
-
-class MissingEvidence(BaseModel):
-    """A piece of evidence that was asked for and could not be collected."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    kind: str
-    source: str
-    reason: str
-    at: datetime = Field(default_factory=_utcnow)
-
-
-class EvidenceManifest(BaseModel):
-    """Who collected what, when and from where; written last, once."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    format: str = MANIFEST_FORMAT
-    bundle_id: str
-    title: str
-    incident: dict[str, Any] = Field(
-        default_factory=dict, description="target, scenario, mode, detected_at, ..."
-    )
-    collected_by: dict[str, Any] = Field(
-        default_factory=dict, description="user, hostname, pid, flow_run_id, flow_run_url"
-    )
-    created_at: datetime
-    complete: bool
-    items: list[EvidenceItem]
-    missing: list[MissingEvidence] = Field(default_factory=list)
-    total_bytes: int = 0
-
-
-class StoredBundle(BaseModel):
-    """Where a bundle was written and how it is protected."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    url: str
-    prefix: str
-    manifest_url: str
-    manifest_sha256: str
-    items: int
-    total_bytes: int
-    complete: bool
-    locked: bool = Field(description="Every object is under provider-enforced retention.")
-    lock_mode: str | None = None
-    retain_until: datetime | None = None
-    verify_command: str
-
-
-class VerifiedItem(BaseModel):
-    """One object's verification."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    path: str
-    status: Literal["ok", "mismatch", "missing", "error"]
-    expected_sha256: str
-    actual_sha256: str | None = None
-    size_bytes: int | None = None
-    lock_mode: str | None = None
-    retain_until: datetime | None = None
-    detail: str = ""
-
-
-class VerifyReport(BaseModel):
-    """The answer of :func:`verify_bundle`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    url: str
-    ok: bool
-    manifest_sha256: str | None = None
-    manifest_expected_sha256: str | None = None
-    bundle_id: str | None = None
-    complete: bool | None = None
-    items: list[VerifiedItem] = Field(default_factory=list)
-    unlisted: list[str] = Field(
-        default_factory=list, description="Objects under the bundle the manifest does not list."
-    )
-    missing_evidence: list[MissingEvidence] = Field(default_factory=list)
-    problems: list[str] = Field(default_factory=list)
-
-    def summary(self) -> str:
-        """One line for logs and the report."""
-        good = sum(1 for i in self.items if i.status == "ok")
-        verdict = "verified" if self.ok else "NOT verified"
-        text = f"evidence bundle {self.url}: {verdict}, {good}/{len(self.items)} item(s) match"
-        if self.problems:
-            text += "; " + "; ".join(self.problems[:5])
-        return text
 
 
 # --------------------------------------------------------------------------- collecting
@@ -326,7 +182,7 @@ class EvidenceBundle:
             size_bytes=size,
             kind=kind,
             source=source,
-            collected_at=collected_at or _utcnow(),
+            collected_at=collected_at or utcnow(),
             description=description,
         )
         return self._add(item, staged)
@@ -348,7 +204,7 @@ class EvidenceBundle:
             size_bytes=len(data),
             kind=kind,
             source=source,
-            collected_at=_utcnow(),
+            collected_at=utcnow(),
             description=description,
         )
         return self._add(item, staged)
@@ -391,7 +247,7 @@ class EvidenceBundle:
             title=title,
             incident=incident,
             collected_by=collected_by,
-            created_at=_utcnow(),
+            created_at=utcnow(),
             complete=not missing,
             items=items,
             missing=missing,
@@ -401,15 +257,6 @@ class EvidenceBundle:
     def cleanup(self) -> None:
         """Remove the staging folder (once the bundle is stored and verified)."""
         shutil.rmtree(self.staging_dir, ignore_errors=True)
-
-
-def _manifest_bytes(manifest: EvidenceManifest) -> bytes:
-    return (manifest.model_dump_json(indent=2) + "\n").encode()
-
-
-def _join(prefix: str, path: str) -> str:
-    prefix = prefix.strip("/")
-    return f"{prefix}/{path}" if prefix else path
 
 
 # --------------------------------------------------------------------------- writing
@@ -495,108 +342,4 @@ def write_bundle(
     return stored
 
 
-# --------------------------------------------------------------------------- verifying
-
-
-def _stream_sha256(repo: Repository, key: str) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    for chunk in repo.iter_chunks(key, CHUNK_BYTES):
-        digest.update(chunk)
-        size += len(chunk)
-    return digest.hexdigest(), size
-
-
-def verify_bundle(
-    repo: Repository, prefix: str = "", *, expected_manifest_sha256: str | None = None
-) -> VerifyReport:
-    """Re-read a bundle and check every object against its manifest.
-
-    Args:
-        repo: the repository holding the bundle.
-        prefix: the bundle's folder in ``repo`` (empty when ``repo`` is opened at it).
-        expected_manifest_sha256: the manifest's SHA-256 as recorded in the incident
-            report; when given, a manifest that differs fails verification (it pins the
-            bundle against replacement of the manifest and its objects together).
-
-    Returns:
-        The :class:`VerifyReport`: ``ok`` only when the manifest is readable (and matches
-        the expected hash, if given) and every listed object is present with its SHA-256.
-        Objects the manifest does not list are reported in ``unlisted`` (not a failure).
-
-    Raises:
-        StorageError: the repository failed in a way that is not about this bundle
-            (unreachable, access denied).
-    """
-    manifest_key = _join(prefix, MANIFEST_NAME)
-    url = repo.url_for(manifest_key).rsplit("/", 1)[0]
-    report = VerifyReport(url=url, ok=False, manifest_expected_sha256=expected_manifest_sha256)
-    try:
-        raw = b"".join(repo.iter_chunks(manifest_key, CHUNK_BYTES))
-    except ObjectNotFound:
-        report.problems.append(f"no {MANIFEST_NAME} at {repo.url_for(manifest_key)}")
-        return report
-    report.manifest_sha256 = hashlib.sha256(raw).hexdigest()
-    if expected_manifest_sha256 and report.manifest_sha256 != expected_manifest_sha256.lower():
-        report.problems.append(
-            f"manifest sha256 {report.manifest_sha256[:12]} is not the recorded "
-            f"{expected_manifest_sha256[:12]}"
-        )
-    try:
-        manifest = EvidenceManifest.model_validate_json(raw)
-    except ValueError as exc:
-        report.problems.append(f"{MANIFEST_NAME} is not a valid manifest: {exc}")
-        return report
-    report.bundle_id = manifest.bundle_id
-    report.complete = manifest.complete
-    report.missing_evidence = manifest.missing
-    for item in manifest.items:
-        key = _join(prefix, item.path)
-        entry = VerifiedItem(path=item.path, status="ok", expected_sha256=item.sha256)
-        try:
-            info = repo.head(key)
-            entry.lock_mode = getattr(info, "lock_mode", None)
-            entry.retain_until = getattr(info, "retain_until", None)
-            entry.actual_sha256, entry.size_bytes = _stream_sha256(repo, key)
-        except ObjectNotFound:
-            entry.status, entry.detail = "missing", "object not found"
-        except StorageError as exc:
-            if exc.transient:
-                raise
-            entry.status, entry.detail = "error", str(exc)
-        else:
-            if entry.actual_sha256 != item.sha256:
-                entry.status = "mismatch"
-                entry.detail = f"sha256 {entry.actual_sha256[:12]} != {item.sha256[:12]}"
-            elif entry.size_bytes != item.size_bytes:
-                entry.status = "mismatch"
-                entry.detail = f"size {entry.size_bytes} != {item.size_bytes}"
-        report.items.append(entry)
-    bad = [i for i in report.items if i.status != "ok"]
-    for i in bad:
-        report.problems.append(f"{i.path}: {i.status} ({i.detail})")
-    listed = {_join(prefix, i.path) for i in manifest.items} | {manifest_key}
-    list_prefix = _join(prefix, "") if prefix else ""
-    try:
-        present = [o.key for o in repo.list(list_prefix)]
-    except StorageError as exc:
-        if exc.transient:
-            raise
-        present = []
-        report.problems.append(f"could not list the bundle: {exc}")
-    report.unlisted = sorted(k for k in present if k not in listed)
-    report.ok = not report.problems
-    log.info("%s", report.summary())
-    return report
-
-
-# --------------------------------------------------------------------------- tasks
-
 write_bundle_task = dr_task(write_bundle, name="evidence-write-bundle", timeout_seconds=3600)
-# A verification is an observation: retrying would hide the first answer.
-verify_bundle_task = dr_task(
-    verify_bundle,
-    name="evidence-verify-bundle",
-    retries=1,
-    timeout_seconds=3600,
-)
