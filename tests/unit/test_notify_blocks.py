@@ -13,19 +13,24 @@ from slack_sdk.web.slack_response import SlackResponse
 
 from dr.config import SecretRef, SlackConfig
 from dr.errors import NotifyError, register_secret
-from tasks import notify
-from tasks.notify import (
-    NullThread,
-    SlackThread,
+from tasks.notify.blocks import (
+    FIELD_TEXT_LIMIT,
+    HEADER_TEXT_LIMIT,
+    SECTION_TEXT_LIMIT,
     final_blocks,
     incident_opening_blocks,
     phase_reply_blocks,
-    post_message,
-    reply_in_thread,
-    slack_thread_for,
     status_word,
-    update_message,
 )
+from tasks.notify.messages import (
+    post_message,
+    post_message_task,
+    reply_in_thread,
+    reply_in_thread_task,
+    update_message,
+    update_message_task,
+)
+from tasks.notify.thread import NullThread, SlackThread, slack_thread_for
 
 SECRET = "Pg-unit-s3cret-9f2c"  # a "password" registered for redaction
 TOKEN_LIKE = "xoxb-1111-2222-AbCdEfGh"
@@ -169,10 +174,10 @@ def test_final_blocks_compare_against_objectives() -> None:
 def test_builders_respect_block_kit_limits() -> None:
     long = "x" * 10_000
     blocks = phase_reply_blocks(long, "passed", 1, long)
-    assert all(len(b["text"]["text"]) <= notify.SECTION_TEXT_LIMIT for b in blocks if "text" in b)
-    assert all(len(f["text"]) <= notify.FIELD_TEXT_LIMIT for f in blocks[1]["fields"])
+    assert all(len(b["text"]["text"]) <= SECTION_TEXT_LIMIT for b in blocks if "text" in b)
+    assert all(len(f["text"]) <= FIELD_TEXT_LIMIT for f in blocks[1]["fields"])
     header = incident_opening_blocks(long, long, "drill", None, None, "x")[0]
-    assert len(header["text"]["text"]) <= notify.HEADER_TEXT_LIMIT
+    assert len(header["text"]["text"]) <= HEADER_TEXT_LIMIT
 
 
 @pytest.mark.parametrize(
@@ -281,7 +286,7 @@ def test_slack_thread_for_needs_a_token_and_a_channel() -> None:
 
 
 def test_prefect_task_wrappers_call_the_plain_functions() -> None:
-    assert notify.post_message_task.fn is post_message
-    assert notify.reply_in_thread_task.fn is reply_in_thread
-    assert notify.update_message_task.fn is update_message
-    assert notify.post_message_task.name == "slack-post-message"
+    assert post_message_task.fn is post_message
+    assert reply_in_thread_task.fn is reply_in_thread
+    assert update_message_task.fn is update_message
+    assert post_message_task.name == "slack-post-message"

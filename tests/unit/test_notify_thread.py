@@ -10,7 +10,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.slack_response import SlackResponse
 
 from dr.errors import ConfigError
-from tasks.notify import SlackThread
+from tasks.notify.thread import SlackThread
 
 FAST = {"first_backoff_seconds": 0.01, "max_backoff_seconds": 0.05}
 

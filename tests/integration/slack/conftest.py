@@ -9,7 +9,8 @@ import pytest
 from slack_sdk import WebClient
 
 from lab.slack_standin import SlackStandIn
-from tasks.notify import SlackThread, make_client
+from tasks.notify.client import make_client
+from tasks.notify.thread import SlackThread
 
 SLACK_TOKEN = "xoxb-standin-0000-test"  # the stand-in's own fake token
 

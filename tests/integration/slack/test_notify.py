@@ -12,17 +12,10 @@ from slack_sdk import WebClient
 from dr.config import SecretRef, SlackConfig
 from dr.errors import NotifyError, register_secret
 from lab.slack_standin import SlackStandIn
-from tasks.notify import (
-    SlackThread,
-    incident_opening_blocks,
-    make_client,
-    phase_reply_blocks,
-    post_message,
-    reply_in_thread,
-    send_message,
-    slack_thread_for,
-    update_message,
-)
+from tasks.notify.blocks import incident_opening_blocks, phase_reply_blocks
+from tasks.notify.client import make_client
+from tasks.notify.messages import post_message, reply_in_thread, send_message, update_message
+from tasks.notify.thread import SlackThread, slack_thread_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
