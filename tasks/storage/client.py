@@ -221,6 +221,10 @@ def make_s3_client(
 class Repository(ABC):
     """A backup repository: objects addressed by relative keys, checksummed end to end.
 
+    The interface callers code against; backends subclass
+    :class:`tasks.storage.base.BaseRepository`, which implements the shared methods below
+    the primitives.
+
     Args:
         url: the repository's URL, as in ``dr.yaml``.
         chunk_bytes: read/write chunk size for streaming.
@@ -335,6 +339,8 @@ class Repository(ABC):
                 hash to ``expected_sha256`` (nothing is left stored then).
             StorageError: the repository failed.
         """
+
+    # ----------------------------------------------------------- shared (tasks.storage.base)
 
     @abstractmethod
     def exists(self, key: str) -> bool:
