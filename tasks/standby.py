@@ -27,7 +27,6 @@ from tasks.postgres.rejoin import (  # noqa: F401
 )
 from tasks.postgres.standby import (  # noqa: F401
     FENCE_SETTINGS,
-    STANDBY_SETTINGS,
     checkpoint,
     checkpoint_task,
     configure_standby,

@@ -2,7 +2,8 @@
 
 PostgreSQL work now lives in the package's modules: ``client`` (connections, errors),
 ``models``, ``assess``, ``fence``, ``local_server``, ``checks``, ``admin``, ``security``,
-``hba``, ``drill``, ``standby``, ``rejoin``. Import from those; this re-exports only.
+``hba``, ``intruder``, ``standby``, ``rejoin``, ``datadir``. Import from those; this
+re-exports only.
 """
 
 from __future__ import annotations

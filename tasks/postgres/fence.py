@@ -130,7 +130,7 @@ def fence_by_connections(conninfo: str, *, dbnames: Sequence[str]) -> Change:
     transaction is read-only by default (``ALTER SYSTEM`` + reload, confirmed from a new
     session), the application databases refuse new connections, and every other client
     session is terminated. A superuser who deliberately turns read-only off can still write:
-    stop the server (:func:`stop_local_server`) whenever that is possible.
+    stop the server (:func:`~tasks.postgres.local_server.stop_local_server`) whenever that is possible.
 
     Args:
         conninfo: a superuser connection to a database that is *not* being fenced (the

@@ -175,7 +175,7 @@ class HeldSession:
 
     It runs ``SELECT 1`` every :data:`HELD_SESSION_POLL_SECONDS`; when the server terminates
     it, :attr:`ended_at` and :attr:`error` record when and how. It never reconnects: a
-    reconnection is a separate, explicit proof (:func:`try_login`).
+    reconnection is a separate, explicit proof (:func:`~tasks.postgres.security.try_login`).
 
     Args:
         conninfo: the credential of the session (its password is registered as a secret).

@@ -45,10 +45,6 @@ STATEMENT_TIMEOUT_SECONDS = 300.0
 FENCE_SETTINGS: tuple[str, ...] = ("default_transaction_read_only",)
 
 
-#: Settings :func:`configure_standby` owns in ``postgresql.auto.conf``.
-STANDBY_SETTINGS: tuple[str, ...] = ("primary_conninfo", "primary_slot_name")
-
-
 def checkpoint(conninfo: str, *, password: str | None = None) -> None:
     """Run ``CHECKPOINT`` on a server (the new primary, before ``pg_rewind`` reads it).
 
