@@ -18,7 +18,7 @@ from flows.breach_response import (
     deadlines_from,
     select_services,
 )
-from tasks import pg_security as pgs
+from tasks.postgres import hba
 
 
 def _config(**target: Any) -> Any:
@@ -114,29 +114,29 @@ def test_leaked_credentials_found_in_container_environments() -> None:
 
 
 def test_networks_are_normalized_and_checked() -> None:
-    assert pgs.normalize_cidrs(["10.1.2.3", "10.1.2.0/24", "10.1.2.3/32", "2001:db8::1"]) == [
+    assert hba.normalize_cidrs(["10.1.2.3", "10.1.2.0/24", "10.1.2.3/32", "2001:db8::1"]) == [
         "10.1.2.3/32",
         "10.1.2.0/24",
         "2001:db8::1/128",
     ]
     with pytest.raises(ConfigError) as info:
-        pgs.normalize_cidrs(["10.0.0.300", "::/0", "ok"])
+        hba.normalize_cidrs(["10.0.0.300", "::/0", "ok"])
     assert len(info.value.problems) == 3
 
 
 def test_hba_markers_are_found_only_on_our_lines() -> None:
     lines = [
         "# a comment",
-        f"{pgs.HBA_MARKER} 192.0.2.0/24 (x)",
+        f"{hba.HBA_MARKER} 192.0.2.0/24 (x)",
         "host    all    all    192.0.2.0/24    reject",
-        f"{pgs.HBA_MARKER} 198.51.100.0/24",
+        f"{hba.HBA_MARKER} 198.51.100.0/24",
         "host all all 10.0.0.0/8 reject",  # a marker followed by someone else's line
         "local all all trust",
     ]
-    ours = pgs._ours(lines)
+    ours = hba._ours(lines)
     assert ours == {"192.0.2.0/24": [1, 2]}
-    assert pgs._first_foreign_rule(lines, ours) == 4
-    assert pgs._first_rule_index(lines) == 2
+    assert hba._first_foreign_rule(lines, ours) == 4
+    assert hba._first_rule_index(lines) == 2
 
 
 class _Ctx:

@@ -21,7 +21,7 @@ from flows.region_failover import (
     node_position,
     rto_breakdown,
 )
-from tasks.postgres import FenceProof
+from tasks.postgres.models import FenceProof
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -8,13 +8,13 @@ from psycopg.conninfo import conninfo_to_dict
 
 from dr.config import PostgresConfig, PostgresNode
 from dr.errors import redact
-from tasks import postgres as pg
+from tasks.postgres import admin, assess, checks, client, fence, local_server
 
 NODE = PostgresNode(name="db1", host="db1.internal", port=5433)
 
 
 def test_conninfo_holds_node_user_db_and_defaults() -> None:
-    d = conninfo_to_dict(pg.conninfo(NODE, user="dr", dbname="app"))
+    d = conninfo_to_dict(client.conninfo(NODE, user="dr", dbname="app"))
     assert d == {
         "host": "db1.internal",
         "port": "5433",
@@ -27,12 +27,12 @@ def test_conninfo_holds_node_user_db_and_defaults() -> None:
 
 @pytest.mark.parametrize(("seconds", "expected"), [(0.1, "1"), (2, "2"), (2.2, "3"), (10, "10")])
 def test_connect_timeout_is_whole_seconds(seconds: float, expected: str) -> None:
-    built = pg.conninfo(NODE, user="dr", dbname="app", connect_timeout_seconds=seconds)
+    built = client.conninfo(NODE, user="dr", dbname="app", connect_timeout_seconds=seconds)
     assert conninfo_to_dict(built)["connect_timeout"] == expected
 
 
 def test_extra_keywords_and_application_name() -> None:
-    built = pg.conninfo(
+    built = client.conninfo(
         NODE, user="dr", dbname="app", application_name="dr probe", sslmode="require"
     )
     d = conninfo_to_dict(built)
@@ -44,16 +44,16 @@ def test_extra_keywords_and_application_name() -> None:
     "password", ["plain-Passw0rd", "with spaces in it", 'it\'s "quoted"', "back\\slash=;&"]
 )
 def test_password_is_quoted_and_registered_for_redaction(password: str) -> None:
-    built = pg.conninfo(NODE, user="dr", dbname="app", password=password)
+    built = client.conninfo(NODE, user="dr", dbname="app", password=password)
     assert conninfo_to_dict(built)["password"] == password
     assert password not in redact(f"failed with {built}")
-    assert password not in pg.describe_conninfo(built)
-    assert password not in pg.redact_conninfo(built)
+    assert password not in client.describe_conninfo(built)
+    assert password not in client.redact_conninfo(built)
 
 
 def test_odd_database_names_survive_quoting() -> None:
     name = "my db 'x'"
-    assert conninfo_to_dict(pg.conninfo(NODE, user="dr", dbname=name))["dbname"] == name
+    assert conninfo_to_dict(client.conninfo(NODE, user="dr", dbname=name))["dbname"] == name
 
 
 def test_multi_host_lists_every_node_primary_first() -> None:
@@ -67,7 +67,7 @@ def test_multi_host_lists_every_node_primary_first() -> None:
         databases=["shop"],
         connect_timeout_seconds=1.5,
     )
-    d = conninfo_to_dict(pg.multi_host_conninfo(config, "shop", password="S3cret-value"))
+    d = conninfo_to_dict(client.multi_host_conninfo(config, "shop", password="S3cret-value"))
     assert d["host"] == "10.0.0.1,10.0.0.2,10.0.0.3"
     assert d["port"] == "5432,5433,5432"
     assert d["user"] == "app" and d["dbname"] == "shop"
@@ -75,22 +75,22 @@ def test_multi_host_lists_every_node_primary_first() -> None:
     assert d["connect_timeout"] == "2"
     assert d["password"] == "S3cret-value"
     standby = conninfo_to_dict(
-        pg.multi_host_conninfo(config, "shop", target_session_attrs="standby")
+        client.multi_host_conninfo(config, "shop", target_session_attrs="standby")
     )
     assert standby["target_session_attrs"] == "standby" and "password" not in standby
 
 
 def test_describe_names_the_server_without_secrets() -> None:
-    built = pg.conninfo(NODE, user="dr", dbname="app", password="Describe-me-not")
-    assert pg.describe_conninfo(built) == "dr@db1.internal:5433/app"
-    assert pg.describe_conninfo("host=a,b port=1,2 user=u dbname=d") == "u@a:1,b:2/d"
-    assert pg.describe_conninfo("host=a,b port=5 dbname=d") == "a:5,b:5/d"
-    assert pg.describe_conninfo("user=u") == "u@localhost:5432/u"
-    assert pg.describe_conninfo("host='unterminated") == "<invalid conninfo>"
+    built = client.conninfo(NODE, user="dr", dbname="app", password="Describe-me-not")
+    assert client.describe_conninfo(built) == "dr@db1.internal:5433/app"
+    assert client.describe_conninfo("host=a,b port=1,2 user=u dbname=d") == "u@a:1,b:2/d"
+    assert client.describe_conninfo("host=a,b port=5 dbname=d") == "a:5,b:5/d"
+    assert client.describe_conninfo("user=u") == "u@localhost:5432/u"
+    assert client.describe_conninfo("host='unterminated") == "<invalid conninfo>"
 
 
 def test_redact_conninfo_masks_the_password_only() -> None:
-    masked = pg.redact_conninfo("host=h port=1 user=u password=Hunter2-pw dbname=d")
+    masked = client.redact_conninfo("host=h port=1 user=u password=Hunter2-pw dbname=d")
     assert conninfo_to_dict(masked) == {
         "host": "h",
         "port": "1",
@@ -99,7 +99,7 @@ def test_redact_conninfo_masks_the_password_only() -> None:
         "dbname": "d",
     }
     # Unparseable text is still scrubbed by the shared patterns.
-    assert "Hunter3-pw" not in pg.redact_conninfo("host='bad password=Hunter3-pw")
+    assert "Hunter3-pw" not in client.redact_conninfo("host='bad password=Hunter3-pw")
 
 
 @pytest.mark.parametrize(
@@ -142,7 +142,7 @@ def test_redact_conninfo_masks_the_password_only() -> None:
     ],
 )
 def test_connection_errors_are_classified(message: str, kind: str, transient: bool) -> None:
-    assert pg.connection_error_kind(message) == (kind, transient)
+    assert client.connection_error_kind(message) == (kind, transient)
 
 
 @pytest.mark.parametrize(
@@ -159,7 +159,7 @@ def test_connection_errors_are_classified(message: str, kind: str, transient: bo
     ],
 )
 def test_query_errors_are_classified(error: psycopg.Error, transient: bool) -> None:
-    err = pg._query_error(error, "host=h user=u password=Query-Secret-1 dbname=d", "probe")
+    err = client.query_error(error, "host=h user=u password=Query-Secret-1 dbname=d", "probe")
     assert err.transient is transient
     assert "Query-Secret-1" not in str(err)
     assert str(err).startswith("probe on u@h:5432/d failed")
@@ -175,12 +175,12 @@ def test_query_errors_are_classified(error: psycopg.Error, transient: bool) -> N
     ],
 )
 def test_wal_lsn_diff(a: str, b: str, diff: int) -> None:
-    assert pg.wal_lsn_diff(a, b) == diff
+    assert assess.wal_lsn_diff(a, b) == diff
 
 
 def test_wal_lsn_diff_rejects_garbage() -> None:
     with pytest.raises(ValueError):
-        pg.wal_lsn_diff("3000148", "0/0")
+        assess.wal_lsn_diff("3000148", "0/0")
 
 
 def test_every_task_wraps_its_plain_function() -> None:
@@ -192,10 +192,13 @@ def test_every_task_wraps_its_plain_function() -> None:
         "terminate_sessions", "checksum_failures", "set_role_login", "set_role_password",
         "list_roles_and_privileges", "server_log_files",
     }  # fmt: skip
+    modules = (assess, fence, local_server, checks, admin)
     for name in wrapped:
-        task = getattr(pg, f"{name}_task")
-        assert task.fn is getattr(pg, name)
+        # Each wrapper lives in the module of its function, and only there.
+        (module,) = [m for m in modules if hasattr(m, f"{name}_task")]
+        task = getattr(module, f"{name}_task")
+        assert task.fn is getattr(module, name)
         assert task.name.startswith("postgres-")
     # A fence proof is an observation: never retried into a different answer.
-    assert pg.prove_not_writable_task.retries == 0
-    assert pg.ensure_promoted_task.retries > 0
+    assert fence.prove_not_writable_task.retries == 0
+    assert fence.ensure_promoted_task.retries > 0

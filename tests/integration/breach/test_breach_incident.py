@@ -23,7 +23,7 @@ import pytest
 from dr.changes import Change
 from dr.config import load_config
 from tasks import containers
-from tasks import pg_security as pgs
+from tasks.postgres import hba, intruder, security
 
 from .conftest import BreachLab
 
@@ -72,8 +72,8 @@ def test_services_resume_only_after_approval(breach_lab: BreachLab) -> None:
     admin = f"host=127.0.0.1 port={breach_lab.lab.primary.port} dbname=postgres user=postgres"
     with breach_lab.primary_conn("postgres") as conn:
         conn.execute(f"DROP ROLE IF EXISTS {SUSPECT}")
-    pgs.create_login_role(admin, SUSPECT, SUSPECT_PASSWORD)
-    suspect = pgs.HeldSession(
+    intruder.create_login_role(admin, SUSPECT, SUSPECT_PASSWORD)
+    suspect = intruder.HeldSession(
         f"host=127.0.0.1 port={breach_lab.lab.primary.port} dbname=app user={SUSPECT} "
         f"password={SUSPECT_PASSWORD}"
     ).start()
@@ -96,7 +96,7 @@ def test_services_resume_only_after_approval(breach_lab: BreachLab) -> None:
         # Paused at the gate: contained, and nothing came back on its own.
         assert not containers.health(docker, "dr-lab-app").running
         assert suspect.wait_ended(5)
-        assert pgs.role_can_login(admin, SUSPECT) is False
+        assert security.role_can_login(admin, SUSPECT) is False
         assert any(ATTACKER in line for line in breach_lab.hba_blocks())
         time.sleep(1.0)
         assert not containers.health(docker, "dr-lab-app").running
@@ -121,7 +121,7 @@ def test_services_resume_only_after_approval(breach_lab: BreachLab) -> None:
         assert containers.health(docker, "dr-lab-app").running
         assert breach_lab.wait_app_writing()
         # An incident keeps the containment: the role stays disabled, the network blocked.
-        assert pgs.role_can_login(admin, SUSPECT) is False
+        assert security.role_can_login(admin, SUSPECT) is False
         assert any(ATTACKER in line for line in breach_lab.hba_blocks())
         assert any("stay NOLOGIN" in note for note in result["notes"])
         assert result["details"]["breach"]["evidence"]["verified"]
@@ -138,6 +138,6 @@ def test_services_resume_only_after_approval(breach_lab: BreachLab) -> None:
                 if change["action"] == "block-cidrs-in-hba" and change["outcome"] == "updated":
                     folder = str(Path(change["after"]["hba_file"]).parent)
                     node = f"host=127.0.0.1 port={ports[folder]} dbname=postgres user=postgres"
-                    pgs.unblock_cidrs_in_hba(node, Change.model_validate(change))
-        pgs.drop_role(admin, SUSPECT, dbnames=["app"])
+                    hba.unblock_cidrs_in_hba(node, Change.model_validate(change))
+        intruder.drop_role(admin, SUSPECT, dbnames=["app"])
     assert breach_lab.hba_blocks() == []

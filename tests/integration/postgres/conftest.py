@@ -20,7 +20,7 @@ import pytest
 
 from dr.config import PostgresNode
 from lab.pgcluster import Cluster, free_port, pg_bin_dir, server_user
-from tasks import postgres as pg
+from tasks.postgres import client
 
 STREAMING_WAIT_SECONDS = 30
 
@@ -36,7 +36,7 @@ def ci(
     password: str | None = None,
 ) -> str:
     """A conninfo for a test cluster, built with the function under test."""
-    return pg.conninfo(
+    return client.conninfo(
         _node(cluster), user=user, dbname=dbname, password=password, connect_timeout_seconds=3
     )
 

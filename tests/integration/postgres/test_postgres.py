@@ -13,7 +13,7 @@ import pytest
 from dr.config import PostgresConfig, PostgresNode
 from dr.errors import PostgresError, PreconditionError, UnsafeTargetError
 from lab.pgcluster import Cluster, free_port
-from tasks import postgres as pg
+from tasks.postgres import admin, assess, checks, client, fence, local_server
 
 from .conftest import Pair, ci, os_user
 
@@ -69,7 +69,7 @@ def _role(cluster: Cluster, name: str, password: str) -> None:
 
 
 def _refused_conninfo() -> str:
-    return pg.conninfo(
+    return client.conninfo(
         PostgresNode(name="nobody", host="127.0.0.1", port=free_port()),
         user="postgres",
         dbname="postgres",
@@ -80,10 +80,10 @@ def _refused_conninfo() -> str:
 
 
 def test_health_and_role_of_primary_and_replica(pg_pair: Pair) -> None:
-    primary = pg.health(ci(pg_pair.primary))
+    primary = assess.health(ci(pg_pair.primary))
     assert primary.reachable and primary.error is None
     assert primary.in_recovery is False
-    assert primary.role == "primary" and pg.role(ci(pg_pair.primary)) == "primary"
+    assert primary.role == "primary" and assess.role(ci(pg_pair.primary)) == "primary"
     assert primary.is_accepting_writes is True
     assert primary.timeline_id == 1
     assert primary.current_lsn and "/" in primary.current_lsn
@@ -91,9 +91,9 @@ def test_health_and_role_of_primary_and_replica(pg_pair: Pair) -> None:
     assert primary.replay_lag_seconds is None
     assert primary.target == f"postgres@127.0.0.1:{pg_pair.primary.port}/postgres"
 
-    replica = pg.health(ci(pg_pair.replica))
+    replica = assess.health(ci(pg_pair.replica))
     assert replica.reachable and replica.in_recovery is True
-    assert replica.role == "standby" and pg.role(ci(pg_pair.replica)) == "standby"
+    assert replica.role == "standby" and assess.role(ci(pg_pair.replica)) == "standby"
     assert replica.is_accepting_writes is False
     assert replica.timeline_id == 1
     assert replica.current_lsn is None
@@ -103,23 +103,25 @@ def test_health_and_role_of_primary_and_replica(pg_pair: Pair) -> None:
 
 def test_unreachable_server_is_reported_not_raised() -> None:
     conninfo = _refused_conninfo()
-    result = pg.health(conninfo)
+    result = assess.health(conninfo)
     assert result.reachable is False
-    assert result.role == "unreachable" and pg.role(conninfo) == "unreachable"
+    assert result.role == "unreachable" and assess.role(conninfo) == "unreachable"
     assert "refused" in (result.error or "").lower()
     assert result.in_recovery is None and result.timeline_id is None
 
 
 def test_replication_status_shows_streaming_replica_and_lag(pg_pair: Pair) -> None:
     primary, replica = ci(pg_pair.primary), ci(pg_pair.replica)
-    [status] = [s for s in pg.replication_status(primary) if s.application_name == "shared-replica"]
+    [status] = [
+        s for s in assess.replication_status(primary) if s.application_name == "shared-replica"
+    ]
     assert status.state == "streaming"
     assert status.sync_state == "async"
     assert status.client_addr == "127.0.0.1"
     assert status.lag_bytes is not None and status.lag_bytes >= 0
     assert status.sent_lsn and status.replay_lsn
 
-    standby = pg.standby_status(replica)
+    standby = assess.standby_status(replica)
     assert standby.in_recovery is True
     assert standby.receiver_status == "streaming"
     assert standby.sender_port == pg_pair.primary.port
@@ -130,54 +132,54 @@ def test_replication_status_shows_streaming_replica_and_lag(pg_pair: Pair) -> No
     pg_pair.primary.psql(
         "CREATE TABLE IF NOT EXISTS lag_probe (x int); INSERT INTO lag_probe VALUES (0)"
     )
-    target = pg.current_wal_lsn(primary)
+    target = assess.current_wal_lsn(primary)
     deadline = time.monotonic() + 10
-    while pg.wal_lsn_diff(pg.current_wal_lsn(replica), target) < 0:
+    while assess.wal_lsn_diff(assess.current_wal_lsn(replica), target) < 0:
         assert time.monotonic() < deadline, "the replica did not replay the commit"
         time.sleep(0.05)
     # With replay paused, new WAL arrives but is not applied: the lag must show it.
     pg_pair.replica.psql("SELECT pg_catalog.pg_wal_replay_pause()")
     try:
         pg_pair.primary.psql("INSERT INTO lag_probe SELECT generate_series(1, 20000)")
-        target = pg.current_wal_lsn(primary)
+        target = assess.current_wal_lsn(primary)
         deadline = time.monotonic() + 10
         while True:
-            standby = pg.standby_status(replica)
-            if standby.flushed_lsn and pg.wal_lsn_diff(standby.flushed_lsn, target) >= 0:
+            standby = assess.standby_status(replica)
+            if standby.flushed_lsn and assess.wal_lsn_diff(standby.flushed_lsn, target) >= 0:
                 break
             assert time.monotonic() < deadline, "the replica did not receive the new WAL"
             time.sleep(0.05)
         assert standby.replay_backlog_bytes is not None and standby.replay_backlog_bytes > 0
         [status] = [
-            s for s in pg.replication_status(primary) if s.application_name == "shared-replica"
+            s for s in assess.replication_status(primary) if s.application_name == "shared-replica"
         ]
         assert status.lag_bytes is not None and status.lag_bytes > 100_000
-        lag = pg.health(replica).replay_lag_seconds
+        lag = assess.health(replica).replay_lag_seconds
         assert lag is not None and lag > 0
     finally:
         pg_pair.replica.psql("SELECT pg_catalog.pg_wal_replay_resume()")
     deadline = time.monotonic() + 10
-    while pg.standby_status(replica).replay_backlog_bytes:
+    while assess.standby_status(replica).replay_backlog_bytes:
         assert time.monotonic() < deadline, "replay did not catch up after resume"
         time.sleep(0.05)
 
 
 def test_standby_status_of_a_primary_says_so(pg_pair: Pair) -> None:
-    status = pg.standby_status(ci(pg_pair.primary))
+    status = assess.standby_status(ci(pg_pair.primary))
     assert status.in_recovery is False
     assert status.receiver_status is None
 
 
 def test_wal_positions_and_checksums_and_logs(pg_pair: Pair) -> None:
     conninfo = ci(pg_pair.primary)
-    before = pg.current_wal_lsn(conninfo)
+    before = assess.current_wal_lsn(conninfo)
     pg_pair.primary.psql(
         "CREATE TABLE IF NOT EXISTS wal_probe (x int); INSERT INTO wal_probe VALUES (1)"
     )
-    after = pg.current_wal_lsn(conninfo)
-    assert pg.wal_lsn_diff(after, before) > 0
-    assert pg.checksum_failures(conninfo)["postgres"] == 0
-    files = pg.server_log_files(conninfo)
+    after = assess.current_wal_lsn(conninfo)
+    assert assess.wal_lsn_diff(after, before) > 0
+    assert assess.checksum_failures(conninfo)["postgres"] == 0
+    files = assess.server_log_files(conninfo)
     assert files and all(f["name"].endswith(".log") for f in files)
     assert all(f["size_bytes"] >= 0 for f in files)
 
@@ -189,11 +191,11 @@ def test_multi_host_conninfo_lands_on_the_primary(pg_pair: Pair) -> None:
         replicas=[PostgresNode(name="listed-second", host="127.0.0.1", port=pg_pair.primary.port)],
         databases=["postgres"],
     )
-    with pg.connect(pg.multi_host_conninfo(config, "postgres")) as conn:
+    with client.connect(client.multi_host_conninfo(config, "postgres")) as conn:
         assert conn.info.port == pg_pair.primary.port
         assert conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone() == (False,)
-    standby = pg.multi_host_conninfo(config, "postgres", target_session_attrs="standby")
-    with pg.connect(standby) as conn:
+    standby = client.multi_host_conninfo(config, "postgres", target_session_attrs="standby")
+    with client.connect(standby) as conn:
         assert conn.info.port == pg_pair.replica.port
 
 
@@ -202,7 +204,7 @@ def test_multi_host_conninfo_lands_on_the_primary(pg_pair: Pair) -> None:
 
 def test_connection_refused_is_transient() -> None:
     with pytest.raises(PostgresError) as info:
-        pg.connect(_refused_conninfo())
+        client.connect(_refused_conninfo())
     assert info.value.transient is True
     assert info.value.kind == "refused"  # type: ignore[attr-defined]
 
@@ -212,22 +214,24 @@ def test_wrong_password_is_permanent_and_never_shown(pg_pair: Pair) -> None:
     wrong = "Wr0ng-Passw0rd-xyzzy"
     conninfo = ci(pg_pair.primary, user="dr_wrongpw", password=wrong)
     with pytest.raises(PostgresError) as info:
-        pg.connect(conninfo)
+        client.connect(conninfo)
     assert info.value.transient is False
     assert info.value.kind == "auth"  # type: ignore[attr-defined]
     assert wrong not in str(info.value)
     assert "dr_wrongpw@127.0.0.1" in str(info.value)
     # A wrong password must never read as "the server is down".
     with pytest.raises(PostgresError):
-        pg.health(conninfo)
+        assess.health(conninfo)
     # The right one works.
-    with pg.connect(ci(pg_pair.primary, user="dr_wrongpw", password="Right-Passw0rd-1")) as conn:
+    with client.connect(
+        ci(pg_pair.primary, user="dr_wrongpw", password="Right-Passw0rd-1")
+    ) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("dr_wrongpw",)
 
 
 def test_unknown_database_is_permanent(pg_pair: Pair) -> None:
     with pytest.raises(PostgresError) as info:
-        pg.connect(ci(pg_pair.primary, dbname="no_such_db"))
+        client.connect(ci(pg_pair.primary, dbname="no_such_db"))
     assert info.value.transient is False
     assert info.value.kind == "no_database"  # type: ignore[attr-defined]
 
@@ -237,22 +241,22 @@ def test_unknown_database_is_permanent(pg_pair: Pair) -> None:
 
 def test_promote_waits_and_is_idempotent(fresh_pair: Pair) -> None:
     replica = ci(fresh_pair.replica)
-    assert pg.ensure_promoted(ci(fresh_pair.primary)).outcome == "unchanged"
+    assert fence.ensure_promoted(ci(fresh_pair.primary)).outcome == "unchanged"
 
-    first = pg.ensure_promoted(replica, wait_seconds=30)
+    first = fence.ensure_promoted(replica, wait_seconds=30)
     assert first.outcome == "changed"
     assert first.system == "postgres" and first.action == "promote"
     assert first.before["in_recovery"] is True and first.after["in_recovery"] is False
     assert first.compensable is False and first.undo
     # It returned only once the node takes writes: no waiting needed here.
-    with pg.connect(replica) as conn:
+    with client.connect(replica) as conn:
         conn.execute("CREATE TABLE after_promotion (x int)")
         conn.execute("INSERT INTO after_promotion VALUES (1)")
-    now = pg.health(replica)
+    now = assess.health(replica)
     assert now.role == "primary" and now.is_accepting_writes
     assert now.timeline_id == 2
 
-    second = pg.ensure_promoted(replica, wait_seconds=30)
+    second = fence.ensure_promoted(replica, wait_seconds=30)
     assert second.outcome == "unchanged"
     assert second.undo == ""
 
@@ -264,13 +268,13 @@ def test_fence_by_connections_is_proven_and_undone(fresh_primary: Cluster) -> No
     fresh_primary.psql("CREATE DATABASE appdb")
     fresh_primary.psql("CREATE TABLE t (x int)", dbname="appdb")
     maintenance, app = ci(fresh_primary), ci(fresh_primary, dbname="appdb")
-    client = psycopg.connect(app, autocommit=True)
-    client.execute("INSERT INTO t VALUES (1)")
+    app_session = psycopg.connect(app, autocommit=True)
+    app_session.execute("INSERT INTO t VALUES (1)")
 
     with pytest.raises(PreconditionError):
-        pg.fence_by_connections(app, dbnames=["appdb"])
+        fence.fence_by_connections(app, dbnames=["appdb"])
 
-    change = pg.fence_by_connections(maintenance, dbnames=["appdb"])
+    change = fence.fence_by_connections(maintenance, dbnames=["appdb"])
     assert change.outcome == "changed"
     assert change.after["terminated_sessions"] >= 1
     assert change.before["allow_connections"] == {"appdb": True}
@@ -278,53 +282,55 @@ def test_fence_by_connections_is_proven_and_undone(fresh_primary: Cluster) -> No
 
     # The old session is gone, new ones are refused, the rest are read-only.
     with pytest.raises(psycopg.OperationalError):
-        client.execute("INSERT INTO t VALUES (2)")
-    client.close()
-    proof_app = pg.prove_not_writable(app)
+        app_session.execute("INSERT INTO t VALUES (2)")
+    app_session.close()
+    proof_app = fence.prove_not_writable(app)
     assert proof_app.proven and proof_app.method == "not_accepting_connections"
-    proof_maintenance = pg.prove_not_writable(maintenance)
+    proof_maintenance = fence.prove_not_writable(maintenance)
     assert proof_maintenance.proven and proof_maintenance.method == "read_only"
 
-    again = pg.fence_by_connections(maintenance, dbnames=["appdb"])
+    again = fence.fence_by_connections(maintenance, dbnames=["appdb"])
     assert again.outcome == "unchanged"
 
-    undo = pg.unfence_by_connections(maintenance, **change.undo_data)
+    undo = fence.unfence_by_connections(maintenance, **change.undo_data)
     assert undo.outcome == "changed"
-    proof_after = pg.prove_not_writable(app)
+    proof_after = fence.prove_not_writable(app)
     assert not proof_after.proven and proof_after.method == "write_succeeded"
-    with pg.connect(app) as conn:
+    with client.connect(app) as conn:
         conn.execute("INSERT INTO t VALUES (3)")
-    assert pg.unfence_by_connections(maintenance, **change.undo_data).outcome == "unchanged"
+    assert fence.unfence_by_connections(maintenance, **change.undo_data).outcome == "unchanged"
 
 
 def test_stopped_server_is_proven_not_writable(fresh_primary: Cluster) -> None:
     conninfo = ci(fresh_primary)
     user = os_user()
-    change = pg.stop_local_server(fresh_primary.data_dir, fresh_primary.bin_dir, user, mode="fast")
+    change = local_server.stop_local_server(
+        fresh_primary.data_dir, fresh_primary.bin_dir, user, mode="fast"
+    )
     assert change.outcome == "changed"
     assert change.before["running"] is True and change.after["running"] is False
     assert not fresh_primary.is_running()
-    proof = pg.prove_not_writable(conninfo)
+    proof = fence.prove_not_writable(conninfo)
     assert proof.proven and proof.method == "refused"
 
-    again = pg.stop_local_server(fresh_primary.data_dir, fresh_primary.bin_dir, user)
+    again = local_server.stop_local_server(fresh_primary.data_dir, fresh_primary.bin_dir, user)
     assert again.outcome == "unchanged"
 
-    started = pg.start_local_server(**change.undo_data)
+    started = local_server.start_local_server(**change.undo_data)
     assert started.outcome == "changed"
-    assert not pg.prove_not_writable(conninfo).proven
+    assert not fence.prove_not_writable(conninfo).proven
 
 
 def test_running_primary_is_not_proven(pg_pair: Pair) -> None:
-    proof = pg.prove_not_writable(ci(pg_pair.primary))
+    proof = fence.prove_not_writable(ci(pg_pair.primary))
     assert proof.proven is False
     assert proof.method == "write_succeeded"
-    standby = pg.prove_not_writable(ci(pg_pair.replica))
+    standby = fence.prove_not_writable(ci(pg_pair.replica))
     assert standby.proven and standby.method == "in_recovery"
 
 
 def test_unauthenticated_proof_is_not_proven(pg_pair: Pair) -> None:
-    proof = pg.prove_not_writable(ci(pg_pair.primary, user="dr_nobody", password="Nope-12345"))
+    proof = fence.prove_not_writable(ci(pg_pair.primary, user="dr_nobody", password="Nope-12345"))
     assert proof.proven is False and proof.method == "unknown"
     assert "Nope-12345" not in proof.reason
 
@@ -334,20 +340,22 @@ def test_unauthenticated_proof_is_not_proven(pg_pair: Pair) -> None:
 
 def test_sql_checks(pg_pair: Pair, shop_db: str) -> None:
     conninfo = ci(pg_pair.primary, dbname=shop_db)
-    ok = pg.run_sql_check(conninfo, "SELECT count(*) > %s FROM sales.orders", [3], name="orders")
+    ok = checks.run_sql_check(
+        conninfo, "SELECT count(*) > %s FROM sales.orders", [3], name="orders"
+    )
     assert ok.ok and ok.value is True and ok.name == "orders" and ok.duration_seconds >= 0
-    assert not pg.run_sql_check(conninfo, "SELECT count(*) > %s FROM sales.orders", [5]).ok
-    none = pg.run_sql_check(conninfo, "SELECT 1 WHERE false")
+    assert not checks.run_sql_check(conninfo, "SELECT count(*) > %s FROM sales.orders", [5]).ok
+    none = checks.run_sql_check(conninfo, "SELECT 1 WHERE false")
     assert not none.ok and none.detail == "no rows returned"
-    broken = pg.run_sql_check(conninfo, "SELECT * FROM sales.no_such_table")
+    broken = checks.run_sql_check(conninfo, "SELECT * FROM sales.no_such_table")
     assert not broken.ok and "42P01" in broken.detail
     # Checks run read-only: one that tries to write fails and changes nothing.
-    writer = pg.run_sql_check(
+    writer = checks.run_sql_check(
         conninfo,
         'WITH w AS (INSERT INTO sales."Mixed Case" VALUES (99) RETURNING 1) SELECT true FROM w',
     )
     assert not writer.ok and "25006" in writer.detail
-    assert pg.table_row_counts(conninfo)["sales.Mixed Case"] == 2
+    assert checks.table_row_counts(conninfo)["sales.Mixed Case"] == 2
 
 
 def test_validation_queries(pg_pair: Pair, shop_db: str) -> None:
@@ -356,20 +364,22 @@ def test_validation_queries(pg_pair: Pair, shop_db: str) -> None:
         "SELECT o.id FROM sales.orders o LEFT JOIN sales.customers c ON c.id = o.customer_id "
         "WHERE c.id IS NULL"
     )
-    no_orphans = pg.run_validation_query(conninfo, name="no orphans", sql=orphans, expect="no_rows")
+    no_orphans = checks.run_validation_query(
+        conninfo, name="no orphans", sql=orphans, expect="no_rows"
+    )
     assert no_orphans.ok and no_orphans.value == 0
-    rows = pg.run_validation_query(
+    rows = checks.run_validation_query(
         conninfo, name="has customers", sql="SELECT id FROM sales.customers", expect="rows"
     )
     assert rows.ok and rows.value == 3
-    total = pg.run_validation_query(
+    total = checks.run_validation_query(
         conninfo,
         name="amounts",
         sql="SELECT sum(amount) = %(total)s FROM sales.orders",
         params={"total": 42.5},
     )
     assert total.ok
-    failing = pg.run_validation_query(
+    failing = checks.run_validation_query(
         conninfo, name="no customers?", sql="SELECT id FROM sales.customers", expect="no_rows"
     )
     assert not failing.ok and failing.value == 3
@@ -377,8 +387,8 @@ def test_validation_queries(pg_pair: Pair, shop_db: str) -> None:
 
 def test_row_counts_are_exact(pg_pair: Pair, shop_db: str) -> None:
     conninfo = ci(pg_pair.primary, dbname=shop_db)
-    assert pg.table_row_counts(conninfo) == SHOP_COUNTS
-    estimates = pg.table_row_counts(conninfo, exact=False)
+    assert checks.table_row_counts(conninfo) == SHOP_COUNTS
+    estimates = checks.table_row_counts(conninfo, exact=False)
     assert set(estimates) == set(SHOP_COUNTS)
 
 
@@ -390,27 +400,27 @@ def test_schema_fingerprint_of_a_restored_copy(pg_pair: Pair, shop_db: str, tmp_
     subprocess.run(
         [str(primary.bin("pg_dump")), *common, "-Fc", "-f", str(dump), shop_db], check=True
     )
-    assert pg.create_database(maintenance, "shop_copy").outcome == "created"
+    assert admin.create_database(maintenance, "shop_copy").outcome == "created"
     try:
         subprocess.run(
             [str(primary.bin("pg_restore")), *common, "-d", "shop_copy", str(dump)], check=True
         )
-        source = pg.schema_fingerprint(ci(primary, dbname=shop_db))
-        copy = pg.schema_fingerprint(ci(primary, dbname="shop_copy"))
+        source = checks.schema_fingerprint(ci(primary, dbname=shop_db))
+        copy = checks.schema_fingerprint(ci(primary, dbname="shop_copy"))
         assert copy == source
         assert "sales.orders" in source["tables"]
         assert "sales.orders_customer_idx" in source["indexes"]
         assert any(k.startswith("sales.orders.") and "FOREIGN KEY" in v
                    for k, v in source["constraints"].items())  # fmt: skip
-        assert pg.table_row_counts(ci(primary, dbname="shop_copy")) == SHOP_COUNTS
+        assert checks.table_row_counts(ci(primary, dbname="shop_copy")) == SHOP_COUNTS
 
         primary.psql("ALTER TABLE sales.orders ADD COLUMN note text", dbname="shop_copy")
-        altered = pg.schema_fingerprint(ci(primary, dbname="shop_copy"))
+        altered = checks.schema_fingerprint(ci(primary, dbname="shop_copy"))
         assert altered["sha256"] != source["sha256"]
         assert altered["tables"]["sales.orders"] != source["tables"]["sales.orders"]
         assert altered["tables"]["sales.customers"] == source["tables"]["sales.customers"]
     finally:
-        assert pg.drop_database(maintenance, "shop_copy", force=True).outcome == "deleted"
+        assert admin.drop_database(maintenance, "shop_copy", force=True).outcome == "deleted"
 
 
 # --------------------------------------------------------------------------- databases
@@ -420,20 +430,20 @@ def test_databases_create_drop_and_protection(pg_pair: Pair, shop_db: str) -> No
     maintenance = ci(pg_pair.primary)
     for name in ("postgres", "template0", "template1"):
         with pytest.raises(UnsafeTargetError):
-            pg.drop_database(maintenance, name)
+            admin.drop_database(maintenance, name)
     with pytest.raises(UnsafeTargetError):
-        pg.drop_database(maintenance, shop_db, must_not_be=[shop_db])
-    assert pg.database_exists(maintenance, shop_db)
+        admin.drop_database(maintenance, shop_db, must_not_be=[shop_db])
+    assert admin.database_exists(maintenance, shop_db)
 
     odd = 'scratch "quoted"; DROP DATABASE shop; --'
-    assert pg.create_database(maintenance, odd).outcome == "created"
-    assert pg.create_database(maintenance, odd).outcome == "unchanged"
-    assert pg.database_exists(maintenance, odd)
-    dropped = pg.drop_database(maintenance, odd)
+    assert admin.create_database(maintenance, odd).outcome == "created"
+    assert admin.create_database(maintenance, odd).outcome == "unchanged"
+    assert admin.database_exists(maintenance, odd)
+    dropped = admin.drop_database(maintenance, odd)
     assert dropped.outcome == "deleted" and dropped.compensable is False
-    assert pg.drop_database(maintenance, odd).outcome == "unchanged"
-    assert not pg.database_exists(maintenance, odd)
-    assert pg.database_exists(maintenance, shop_db)
+    assert admin.drop_database(maintenance, odd).outcome == "unchanged"
+    assert not admin.database_exists(maintenance, odd)
+    assert admin.database_exists(maintenance, shop_db)
 
 
 def test_terminate_sessions(pg_pair: Pair, shop_db: str) -> None:
@@ -441,7 +451,7 @@ def test_terminate_sessions(pg_pair: Pair, shop_db: str) -> None:
     victims = [psycopg.connect(conninfo, autocommit=True) for _ in range(2)]
     bystander = psycopg.connect(ci(pg_pair.primary), autocommit=True)
     try:
-        assert pg.terminate_sessions(ci(pg_pair.primary), dbname=shop_db) == 2
+        assert admin.terminate_sessions(ci(pg_pair.primary), dbname=shop_db) == 2
         for conn in victims:
             with pytest.raises(psycopg.OperationalError):
                 conn.execute("SELECT 1")
@@ -473,18 +483,18 @@ def test_set_role_password_rotates_and_never_reveals(pg_pair: Pair, log_statemen
     primary = pg_pair.primary
     old, new = "Old-Passw0rd-111", "New-Passw0rd-222"
     _role(primary, "dr_rotate", old)
-    with pg.connect(ci(primary, user="dr_rotate", password=old)):
+    with client.connect(ci(primary, user="dr_rotate", password=old)):
         pass
 
-    change = pg.set_role_password(ci(primary), "dr_rotate", new)
+    change = admin.set_role_password(ci(primary), "dr_rotate", new)
     assert change.outcome == "updated" and change.compensable is False
     text = change.model_dump_json() + repr(change) + change.summary()
     assert new not in text and old not in text
 
     with pytest.raises(PostgresError) as info:
-        pg.connect(ci(primary, user="dr_rotate", password=old))
+        client.connect(ci(primary, user="dr_rotate", password=old))
     assert info.value.transient is False
-    with pg.connect(ci(primary, user="dr_rotate", password=new)) as conn:
+    with client.connect(ci(primary, user="dr_rotate", password=new)) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("dr_rotate",)
     # Even with every statement logged, the new password is not in the server log.
     logs = "".join(p.read_text(errors="replace") for p in primary.log_dir.glob("*.log"))
@@ -492,7 +502,7 @@ def test_set_role_password_rotates_and_never_reveals(pg_pair: Pair, log_statemen
     assert new not in logs
 
     with pytest.raises(PreconditionError):
-        pg.set_role_password(ci(primary), "dr_no_such_role", new)
+        admin.set_role_password(ci(primary), "dr_no_such_role", new)
 
 
 def test_set_role_login_false_terminates_and_blocks(pg_pair: Pair) -> None:
@@ -500,29 +510,29 @@ def test_set_role_login_false_terminates_and_blocks(pg_pair: Pair) -> None:
     password = "Login-Passw0rd-1"
     _role(primary, "dr_login", password)
     role_ci = ci(primary, user="dr_login", password=password)
-    session = pg.connect(role_ci)
-    assert pg.role_exists(ci(primary), "dr_login")
+    session = client.connect(role_ci)
+    assert admin.role_exists(ci(primary), "dr_login")
 
-    change = pg.set_role_login(ci(primary), "dr_login", False)
+    change = admin.set_role_login(ci(primary), "dr_login", False)
     assert change.outcome == "changed"
     assert change.after == {"login": False, "terminated_sessions": 1}
     with pytest.raises(psycopg.OperationalError):
         session.execute("SELECT 1")
     session.close()
     with pytest.raises(PostgresError) as info:
-        pg.connect(role_ci)
+        client.connect(role_ci)
     assert info.value.transient is False and info.value.kind == "auth"  # type: ignore[attr-defined]
-    assert pg.set_role_login(ci(primary), "dr_login", False).outcome == "unchanged"
+    assert admin.set_role_login(ci(primary), "dr_login", False).outcome == "unchanged"
 
-    assert pg.set_role_login(ci(primary), "dr_login", True).outcome == "changed"
-    with pg.connect(role_ci) as conn:
+    assert admin.set_role_login(ci(primary), "dr_login", True).outcome == "changed"
+    with client.connect(role_ci) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
     with pytest.raises(UnsafeTargetError):
-        pg.set_role_login(ci(primary), "postgres", False)
+        admin.set_role_login(ci(primary), "postgres", False)
     with pytest.raises(PreconditionError):
-        pg.set_role_login(ci(primary), "dr_no_such_role", False)
-    assert not pg.role_exists(ci(primary), "dr_no_such_role")
+        admin.set_role_login(ci(primary), "dr_no_such_role", False)
+    assert not admin.role_exists(ci(primary), "dr_no_such_role")
 
 
 def test_roles_and_privileges_as_evidence(pg_pair: Pair, shop_db: str) -> None:
@@ -533,7 +543,7 @@ def test_roles_and_privileges_as_evidence(pg_pair: Pair, shop_db: str) -> None:
         dbname=shop_db,
     )
     try:
-        roles = {r["name"]: r for r in pg.list_roles_and_privileges(ci(primary, dbname=shop_db))}
+        roles = {r["name"]: r for r in admin.list_roles_and_privileges(ci(primary, dbname=shop_db))}
         assert roles["postgres"]["superuser"] is True
         reader = roles["dr_reader"]
         assert reader["login"] is True and reader["superuser"] is False

@@ -7,10 +7,6 @@ summary as ``jsonb``. ``dr report`` and the trend chart read it back.
 The table (``history.table`` in dr.yaml, ``dr_history`` by default) is created when it is
 missing. A row is keyed by the flow run id, so writing the same run twice (a retried task)
 updates it instead of adding a duplicate.
-
-The history database is the config's ``history.dsn`` (a libpq conninfo without a password)
-plus an optional ``history.password`` secret reference; :func:`connect` is the only place a
-connection is made.
 """
 
 from __future__ import annotations
@@ -22,27 +18,19 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from dr.config import HistoryConfig
-from dr.errors import ConfigError, PostgresError, redact
+from dr.errors import PostgresError, redact
 from dr.tasking import dr_task
-
-__all__ = [
-    "COLUMNS",
-    "connect",
-    "ensure_table",
-    "query_runs",
-    "query_runs_task",
-    "record_run",
-    "record_run_task",
-]
+from tasks.history.client import connect
+from tasks.postgres.client import first_line
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_SECONDS = 5
+
 DEFAULT_LIMIT = 1000
+
 
 #: The columns of a history row (besides ``id`` and ``recorded_at``), in order.
 COLUMNS: tuple[str, ...] = (
@@ -62,6 +50,7 @@ COLUMNS: tuple[str, ...] = (
     "flow_run_id",
     "summary",
 )
+
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS {table} (
@@ -84,42 +73,6 @@ CREATE TABLE IF NOT EXISTS {table} (
     recorded_at            timestamptz NOT NULL DEFAULT pg_catalog.now()
 )
 """
-
-
-def connect(history: HistoryConfig) -> psycopg.Connection[Any]:
-    """Open a connection to the history database (the one client factory here).
-
-    Args:
-        history: the ``history`` section of dr.yaml.
-
-    Returns:
-        An autocommit connection returning rows as dicts.
-
-    Raises:
-        ConfigError: no ``history.dsn`` is configured.
-        PostgresError: the database cannot be reached (transient) or refused the login.
-    """
-    if not history.dsn:
-        raise ConfigError("no drill history configured (history.dsn)", [("history.dsn", "not set")])
-    kwargs: dict[str, Any] = {
-        "autocommit": True,
-        "row_factory": dict_row,
-        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-    }
-    if history.password is not None:
-        kwargs["password"] = history.password.resolve()
-    try:
-        return psycopg.connect(history.dsn, **kwargs)
-    except psycopg.OperationalError as exc:
-        raise PostgresError(
-            f"drill history database unreachable ({redact(history.dsn)}): {_first_line(exc)}",
-            transient=True,
-        ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = redact(str(exc)).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def ensure_table(conn: psycopg.Connection[Any], table: str) -> str:
@@ -146,7 +99,7 @@ def ensure_table(conn: psycopg.Connection[Any], table: str) -> str:
             )
         )
     except psycopg.Error as exc:
-        raise PostgresError(f"cannot create history table {table}: {_first_line(exc)}") from exc
+        raise PostgresError(f"cannot create history table {table}: {first_line(exc)}") from exc
     log.info("history table %s created", table)
     return "created"
 
@@ -207,7 +160,7 @@ def record_run(history: HistoryConfig, run: dict[str, Any]) -> int:
         try:
             row = conn.execute(query, _row_values(run)).fetchone()
         except psycopg.Error as exc:
-            raise PostgresError(f"cannot write drill history: {_first_line(exc)}") from exc
+            raise PostgresError(f"cannot write drill history: {first_line(exc)}") from exc
     row_id = int(row["id"]) if row else 0
     log.info(
         "history: recorded %s %s on %s (%s) as row %d",
@@ -271,7 +224,7 @@ def query_runs(
                 return []
             return list(conn.execute(query, params).fetchall())
         except psycopg.Error as exc:
-            raise PostgresError(f"cannot read drill history: {_first_line(exc)}") from exc
+            raise PostgresError(f"cannot read drill history: {first_line(exc)}") from exc
 
 
 # ---------------------------------------------------------------------- Prefect tasks
