@@ -53,6 +53,62 @@ def _set_key_status(
         client.update_access_key(UserName=user_name, AccessKeyId=key_id, Status=status)
 
 
+def _rotatable_key(keys: list[dict[str, Any]], user_name: str, old_key_id: str) -> dict[str, Any]:
+    """The key to retire; refuses a key of someone else, or a user already at two keys."""
+    old = next((k for k in keys if k["key_id"] == old_key_id), None)
+    if old is None:
+        raise PreconditionError(
+            f"access key {old_key_id} is not a key of IAM user {user_name} "
+            f"(its keys: {', '.join(k['key_id'] for k in keys) or 'none'})"
+        )
+    others = [k for k in keys if k["key_id"] != old_key_id]
+    if len(keys) >= IAM_MAX_KEYS_PER_USER and others:
+        other = others[0]
+        raise PreconditionError(
+            f"IAM user {user_name} already has a second access key {other['key_id']} "
+            f"({other['status']}, created {other['created']}); IAM allows "
+            f"{IAM_MAX_KEYS_PER_USER}. If it is left from an interrupted rotation its secret "
+            "is lost: deactivate and delete it, then rotate again"
+        )
+    return old
+
+
+def _deactivate_or_drop_new(
+    client: BaseClient, user_name: str, old_key_id: str, new_key_id: str
+) -> None:
+    """Deactivate the old key; if that fails, delete the new one (its secret would be lost)."""
+    try:
+        _set_key_status(client, user_name, old_key_id, "Inactive")
+    except CloudError as exc:
+        try:
+            with boundary("delete new access key of", f"IAM user {user_name}"):
+                client.delete_access_key(UserName=user_name, AccessKeyId=new_key_id)
+        except CloudError as cleanup:
+            raise CloudError(
+                f"IAM user {user_name}: could not deactivate {old_key_id} ({exc}) nor "
+                f"delete the new key {new_key_id} ({cleanup}); delete {new_key_id} by hand",
+                transient=False,
+            ) from exc
+        log.warning(
+            "IAM user %s: deactivating %s failed; new key %s deleted again",
+            user_name,
+            old_key_id,
+            new_key_id,
+        )
+        raise
+
+
+def _verify_rotated(client: BaseClient, user_name: str, new_key_id: str, old_key_id: str) -> None:
+    """Check that IAM lists the new key Active and the old one Inactive."""
+    status = {k["key_id"]: k["status"] for k in list_access_keys(client, user_name)}
+    if status.get(new_key_id) != "Active" or status.get(old_key_id) != "Inactive":
+        raise VerificationError(
+            f"IAM user {user_name}: after rotation IAM lists new key {new_key_id} as "
+            f"{status.get(new_key_id, 'absent')} and old key {old_key_id} as "
+            f"{status.get(old_key_id, 'absent')}"
+        )
+
+
 def rotate_access_key(
     client: BaseClient, user_name: str, old_key_id: str
 ) -> tuple[str, SecretStr, Change]:
@@ -82,21 +138,7 @@ def rotate_access_key(
     """
     obj = f"user/{user_name}"
     keys = list_access_keys(client, user_name)
-    old = next((k for k in keys if k["key_id"] == old_key_id), None)
-    if old is None:
-        raise PreconditionError(
-            f"access key {old_key_id} is not a key of IAM user {user_name} "
-            f"(its keys: {', '.join(k['key_id'] for k in keys) or 'none'})"
-        )
-    others = [k for k in keys if k["key_id"] != old_key_id]
-    if len(keys) >= IAM_MAX_KEYS_PER_USER and others:
-        other = others[0]
-        raise PreconditionError(
-            f"IAM user {user_name} already has a second access key {other['key_id']} "
-            f"({other['status']}, created {other['created']}); IAM allows "
-            f"{IAM_MAX_KEYS_PER_USER}. If it is left from an interrupted rotation its secret "
-            "is lost: deactivate and delete it, then rotate again"
-        )
+    old = _rotatable_key(keys, user_name, old_key_id)
     with boundary("create access key for", f"IAM user {user_name}"):
         created = client.create_access_key(UserName=user_name)["AccessKey"]
     new_key_id = str(created["AccessKeyId"])
@@ -104,35 +146,11 @@ def rotate_access_key(
     register_secret(secret.get_secret_value())
     log.info("IAM user %s: created access key %s", user_name, new_key_id)
     if old["status"] != "Inactive":
-        try:
-            _set_key_status(client, user_name, old_key_id, "Inactive")
-        except CloudError as exc:
-            try:
-                with boundary("delete new access key of", f"IAM user {user_name}"):
-                    client.delete_access_key(UserName=user_name, AccessKeyId=new_key_id)
-            except CloudError as cleanup:
-                raise CloudError(
-                    f"IAM user {user_name}: could not deactivate {old_key_id} ({exc}) nor "
-                    f"delete the new key {new_key_id} ({cleanup}); delete {new_key_id} by hand",
-                    transient=False,
-                ) from exc
-            log.warning(
-                "IAM user %s: deactivating %s failed; new key %s deleted again",
-                user_name,
-                old_key_id,
-                new_key_id,
-            )
-            raise
+        _deactivate_or_drop_new(client, user_name, old_key_id, new_key_id)
         log.info("IAM user %s: access key %s deactivated", user_name, old_key_id)
     else:
         log.info("IAM user %s: access key %s was already inactive", user_name, old_key_id)
-    status = {k["key_id"]: k["status"] for k in list_access_keys(client, user_name)}
-    if status.get(new_key_id) != "Active" or status.get(old_key_id) != "Inactive":
-        raise VerificationError(
-            f"IAM user {user_name}: after rotation IAM lists new key {new_key_id} as "
-            f"{status.get(new_key_id, 'absent')} and old key {old_key_id} as "
-            f"{status.get(old_key_id, 'absent')}"
-        )
+    _verify_rotated(client, user_name, new_key_id, old_key_id)
     change = make_change(
         "iam",
         obj,

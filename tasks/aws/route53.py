@@ -251,26 +251,14 @@ def ensure_record(
     desired = RecordState(name=_fqdn(name), type=record_type, ttl=ttl, values=values)
     obj = f"{_zone(zone_id)}/{desired.name} {record_type}"
     current = get_record(client, zone_id, name, record_type)
-    target = {"zone_id": _zone(zone_id), "record": desired.model_dump()}
-    if (
-        current is not None
-        and current.alias_target is None
-        and current.ttl == ttl
-        and _same_values(record_type, current.values, values)
-    ):
+    if current is not None and _holds(current, desired):
         log.info("route53 %s already %s (ttl %s): unchanged", obj, ", ".join(values), ttl)
-        return make_change(
-            "route53",
-            obj,
-            "upsert-record",
-            "unchanged",
-            before={"zone_id": _zone(zone_id), "record": current.model_dump()},
-            after=target,
-        )
-    if current is None:
-        undo = _cli_change(zone_id, "DELETE", desired)
-    else:
-        undo = _cli_change(zone_id, "UPSERT", current)
+        return _record_change(obj, "upsert-record", "unchanged", _zone(zone_id), current, desired)
+    undo = (
+        _cli_change(zone_id, "DELETE", desired)
+        if current is None
+        else _cli_change(zone_id, "UPSERT", current)
+    )
     change_id = _submit(
         client,
         zone_id,
@@ -281,30 +269,42 @@ def ensure_record(
         poll_seconds=poll_seconds,
         undo=undo,
     )
+    _log_upsert(obj, current, desired, change_id)
     outcome = "created" if current is None else "updated"
+    return _record_change(
+        obj, "upsert-record", outcome, _zone(zone_id), current, desired, change_id, undo
+    )
+
+
+def _holds(current: RecordState, desired: RecordState) -> bool:
+    """True when a plain (not alias) record already has the desired values and TTL."""
+    return (
+        current.alias_target is None
+        and current.ttl == desired.ttl
+        and _same_values(desired.type, current.values, desired.values)
+    )
+
+
+def _log_upsert(
+    obj: str, current: RecordState | None, desired: RecordState, change_id: str
+) -> None:
     if current is None:
-        log.info("route53 %s created as %s (ttl %s), change %s", obj, values, ttl, change_id)
-    else:
         log.info(
-            "route53 %s updated from %s to %s (ttl %s -> %s), change %s",
+            "route53 %s created as %s (ttl %s), change %s",
             obj,
-            current.values or current.alias_target,
-            values,
-            current.ttl,
-            ttl,
+            desired.values,
+            desired.ttl,
             change_id,
         )
-    return make_change(
-        "route53",
+        return
+    log.info(
+        "route53 %s updated from %s to %s (ttl %s -> %s), change %s",
         obj,
-        "upsert-record",
-        outcome,
-        before={
-            "zone_id": _zone(zone_id),
-            "record": current.model_dump() if current is not None else None,
-        },
-        after={**target, "change_id": change_id},
-        undo=undo,
+        current.values or current.alias_target,
+        desired.values,
+        current.ttl,
+        desired.ttl,
+        change_id,
     )
 
 
@@ -367,14 +367,9 @@ def restore_record(
             poll_seconds=poll_seconds,
         )
         log.info("route53 %s deleted (undo of its creation), change %s", obj, change_id)
-        return make_change(
-            "route53",
-            obj,
-            "restore-record",
-            "deleted",
-            before={"zone_id": zone_id, "record": current.model_dump()},
-            after={"zone_id": zone_id, "record": None, "change_id": change_id},
-            undo=_cli_change(zone_id, "UPSERT", current),
+        undo = _cli_change(zone_id, "UPSERT", current)
+        return _record_change(
+            obj, "restore-record", "deleted", zone_id, current, None, change_id, undo
         )
     previous = RecordState.model_validate(old)
     change_id = _submit(
@@ -392,14 +387,37 @@ def restore_record(
         previous.values or previous.alias_target,
         change_id,
     )
+    undo = _cli_change(zone_id, "UPSERT", current)
+    return _record_change(
+        obj, "restore-record", "updated", zone_id, current, previous, change_id, undo
+    )
+
+
+def _record_change(
+    obj: str,
+    action: str,
+    outcome: str,
+    zone_id: str,
+    before: RecordState | None,
+    after: RecordState | None,
+    change_id: str | None = None,
+    undo: str = "",
+) -> Change:
+    """A Route 53 Change recording the record before and after (None: no such record)."""
+    after_fields: dict[str, Any] = {
+        "zone_id": zone_id,
+        "record": after.model_dump() if after is not None else None,
+    }
+    if change_id is not None:
+        after_fields["change_id"] = change_id
     return make_change(
         "route53",
         obj,
-        "restore-record",
-        "updated",
-        before={"zone_id": zone_id, "record": current.model_dump()},
-        after={"zone_id": zone_id, "record": previous.model_dump(), "change_id": change_id},
-        undo=_cli_change(zone_id, "UPSERT", current),
+        action,
+        outcome,
+        before={"zone_id": zone_id, "record": before.model_dump() if before is not None else None},
+        after=after_fields,
+        undo=undo,
     )
 
 

@@ -302,6 +302,40 @@ def revoke_ingress(client: BaseClient, group_id: str, *, keep_cidrs: Iterable[st
     )
 
 
+def _sort_for_blocking(
+    group_id: str,
+    rules: Iterable[IngressRule],
+    blocked: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> tuple[list[IngressRule], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split rules into: to revoke, still admitting a blocked network, not checkable.
+
+    Revoked: wholly inside a blocked network. Still admitting (logged): broader rules.
+    Not checkable: sources that are groups or prefix lists, not address ranges.
+    """
+    revoke: list[IngressRule] = []
+    still_allowing: list[dict[str, Any]] = []
+    not_checked: list[dict[str, Any]] = []
+    for rule in rules:
+        net = rule.network()
+        if net is None:
+            not_checked.append(rule.model_dump())
+            continue
+        if _within(net, blocked) is not None:
+            revoke.append(rule)
+            continue
+        for b in blocked:
+            if b.version == net.version and b.subnet_of(net):  # type: ignore[arg-type]
+                still_allowing.append({"rule": rule.model_dump(), "blocked": str(b)})
+                log.warning(
+                    "security group %s: rule %s admits blocked %s and cannot be narrowed "
+                    "(security groups have no deny rule)",
+                    group_id,
+                    rule.describe(),
+                    b,
+                )
+    return revoke, still_allowing, not_checked
+
+
 def block_cidrs(client: BaseClient, group_id: str, cidrs: Iterable[str]) -> Change:
     """Stop a security group admitting traffic from ``cidrs``, as far as a group can.
 
@@ -334,27 +368,7 @@ def block_cidrs(client: BaseClient, group_id: str, cidrs: Iterable[str]) -> Chan
     if not blocked:
         raise ConfigError(f"block_cidrs on {group_id}: no CIDR given")
     rules = describe_ingress(client, group_id)
-    revoke: list[IngressRule] = []
-    still_allowing: list[dict[str, Any]] = []
-    not_checked: list[dict[str, Any]] = []
-    for rule in rules:
-        net = rule.network()
-        if net is None:
-            not_checked.append(rule.model_dump())
-            continue
-        if _within(net, blocked) is not None:
-            revoke.append(rule)
-            continue
-        for b in blocked:
-            if b.version == net.version and b.subnet_of(net):  # type: ignore[arg-type]
-                still_allowing.append({"rule": rule.model_dump(), "blocked": str(b)})
-                log.warning(
-                    "security group %s: rule %s admits blocked %s and cannot be narrowed "
-                    "(security groups have no deny rule)",
-                    group_id,
-                    rule.describe(),
-                    b,
-                )
+    revoke, still_allowing, not_checked = _sort_for_blocking(group_id, rules, blocked)
     after = {
         "group_id": group_id,
         "blocked": [str(b) for b in blocked],
