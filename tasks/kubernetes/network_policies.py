@@ -69,6 +69,49 @@ def _ensure_ours(policy: Any, obj: str) -> None:
         )
 
 
+def _create_policy(api: k8s.ApiClient, namespace: str, name: str, spec: Mapping[str, Any]) -> None:
+    """Create the deny-all policy, labelled as ours."""
+    body = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE},
+        },
+        "spec": spec,
+    }
+    with boundary("create", f"networkpolicy {namespace}/{name}"):
+        k8s.NetworkingV1Api(api).create_namespaced_network_policy(
+            namespace, body, _request_timeout=REQUEST_TIMEOUT_SECONDS
+        )
+
+
+def _repoint_policy(
+    api: k8s.ApiClient,
+    namespace: str,
+    name: str,
+    old_selector: Mapping[str, str],
+    pod_selector: Mapping[str, str],
+) -> None:
+    """Patch our policy to select ``pod_selector`` and deny all again."""
+    # Null out what must go: labels not wanted any more, expressions and any rules.
+    match_labels: dict[str, str | None] = {k: None for k in old_selector if k not in pod_selector}
+    match_labels.update(pod_selector)
+    patch = {
+        "spec": {
+            "podSelector": {"matchLabels": match_labels, "matchExpressions": None},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": None,
+            "egress": None,
+        }
+    }
+    with boundary("patch", f"networkpolicy {namespace}/{name}"):
+        k8s.NetworkingV1Api(api).patch_namespaced_network_policy(
+            name, namespace, patch, _request_timeout=REQUEST_TIMEOUT_SECONDS
+        )
+
+
 def apply_isolation_policy(
     api: k8s.ApiClient,
     namespace: str,
@@ -106,20 +149,7 @@ def apply_isolation_policy(
     existing = _read_policy(api, namespace, name)
     undo = f"kubectl -n {namespace} delete networkpolicy {name}"
     if existing is None:
-        body = {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "NetworkPolicy",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE},
-            },
-            "spec": spec,
-        }
-        with boundary("create", f"networkpolicy {obj}"):
-            k8s.NetworkingV1Api(api).create_namespaced_network_policy(
-                namespace, body, _request_timeout=REQUEST_TIMEOUT_SECONDS
-            )
+        _create_policy(api, namespace, name, spec)
         log.info("created networkpolicy %s isolating pods %s", obj, dict(pod_selector))
         return make_change(
             obj,
@@ -139,21 +169,7 @@ def apply_isolation_policy(
             before={"pod_selector": old_selector},
             after={"pod_selector": old_selector},
         )
-    # Null out what must go: labels not wanted any more, expressions and any rules.
-    match_labels: dict[str, str | None] = {k: None for k in old_selector if k not in pod_selector}
-    match_labels.update(pod_selector)
-    patch = {
-        "spec": {
-            "podSelector": {"matchLabels": match_labels, "matchExpressions": None},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": None,
-            "egress": None,
-        }
-    }
-    with boundary("patch", f"networkpolicy {obj}"):
-        k8s.NetworkingV1Api(api).patch_namespaced_network_policy(
-            name, namespace, patch, _request_timeout=REQUEST_TIMEOUT_SECONDS
-        )
+    _repoint_policy(api, namespace, name, old_selector, pod_selector)
     log.info("updated networkpolicy %s: pods %s -> %s", obj, old_selector, dict(pod_selector))
     return make_change(
         obj,
