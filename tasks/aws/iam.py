@@ -122,7 +122,7 @@ def rotate_access_key(
     is raised.
 
     Args:
-        client: an ``iam`` client from :func:`make_client`.
+        client: an ``iam`` client from :func:`~tasks.aws.client.make_client`.
         user_name: the IAM user owning the key.
         old_key_id: the key to retire.
 

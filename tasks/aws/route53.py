@@ -98,7 +98,7 @@ def get_record(client: BaseClient, zone_id: str, name: str, type: str) -> Record
     """Read one simple record set from a hosted zone.
 
     Args:
-        client: a ``route53`` client from :func:`make_client`.
+        client: a ``route53`` client from :func:`~tasks.aws.client.make_client`.
         zone_id: the hosted zone id (``Z123...`` or ``/hostedzone/Z123...``).
         name: the record name (trailing dot optional).
         type: the record type (``A``, ``AAAA``, ``CNAME``, ...).
@@ -225,7 +225,7 @@ def ensure_record(
     the new value (``INSYNC``); resolvers may still cache the old one for up to the old TTL.
 
     Args:
-        client: a ``route53`` client from :func:`make_client`.
+        client: a ``route53`` client from :func:`~tasks.aws.client.make_client`.
         zone_id: the hosted zone id.
         name: the record name.
         type: the record type.

@@ -47,7 +47,7 @@ def read_secret(client: BaseClient, secret_id: str) -> SecretStr:
     """Read a secret's current value (the version staged ``AWSCURRENT``).
 
     Args:
-        client: a ``secretsmanager`` client from :func:`make_client`.
+        client: a ``secretsmanager`` client from :func:`~tasks.aws.client.make_client`.
         secret_id: the secret's name or ARN.
 
     Returns:
@@ -78,7 +78,7 @@ def put_secret_value(client: BaseClient, secret_id: str, value: SecretStr | str)
     can move the stage back without this run ever holding the old value.
 
     Args:
-        client: a ``secretsmanager`` client from :func:`make_client`.
+        client: a ``secretsmanager`` client from :func:`~tasks.aws.client.make_client`.
         secret_id: the secret's name or ARN (it must exist).
         value: the new value.
 

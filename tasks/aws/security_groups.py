@@ -142,7 +142,7 @@ def describe_ingress(client: BaseClient, group_id: str) -> list[IngressRule]:
     """List a security group's inbound rules, one per source.
 
     Args:
-        client: an ``ec2`` client from :func:`make_client`.
+        client: an ``ec2`` client from :func:`~tasks.aws.client.make_client`.
         group_id: the security group id (``sg-...``).
 
     Returns:
@@ -250,7 +250,7 @@ def revoke_ingress(client: BaseClient, group_id: str, *, keep_cidrs: Iterable[st
     """Isolate a security group: revoke every inbound rule except from ``keep_cidrs``.
 
     Args:
-        client: an ``ec2`` client from :func:`make_client`.
+        client: an ``ec2`` client from :func:`~tasks.aws.client.make_client`.
         group_id: the security group id.
         keep_cidrs: networks whose rules stay (say, the responders' bastion); a rule is kept
             when its source lies wholly inside one of them. Rules whose source is another
@@ -349,7 +349,7 @@ def block_cidrs(client: BaseClient, group_id: str, cidrs: Iterable[str]) -> Chan
     addresses here and are listed in ``after["not_checked"]``.
 
     Args:
-        client: an ``ec2`` client from :func:`make_client`.
+        client: an ``ec2`` client from :func:`~tasks.aws.client.make_client`.
         group_id: the security group id.
         cidrs: networks to block (``203.0.113.7/32``; a bare address means ``/32``/``/128``).
 

@@ -75,7 +75,7 @@ def create_volume_snapshots(
     incident (``{"dr:incident": "<id>"}``); with no tags every call makes new snapshots.
 
     Args:
-        client: an ``ec2`` client from :func:`make_client`.
+        client: an ``ec2`` client from :func:`~tasks.aws.client.make_client`.
         volume_ids: EBS volume ids (``vol-...``).
         description: the snapshots' description (who and why).
         tags: tags put on every snapshot.
@@ -126,7 +126,7 @@ def wait_snapshots(
     """Wait until every snapshot is ``completed``; fail at once if one is in ``error``.
 
     Args:
-        client: an ``ec2`` client from :func:`make_client`.
+        client: an ``ec2`` client from :func:`~tasks.aws.client.make_client`.
         snapshot_ids: from :func:`create_volume_snapshots`.
         timeout_seconds: how long to wait in all.
         poll_seconds: delay between polls.

@@ -14,17 +14,17 @@ from tasks.aws.security_groups import restore_ingress
 
 
 def undo_change(aws: AWSConfig, change: Change) -> Change:
-    """Undo any compensable Change made by this module (for rollback hooks).
+    """Undo any compensable Change made by :mod:`tasks.aws` (for rollback hooks).
 
     Args:
         aws: the ``aws`` section; the client for the change's service is built here.
-        change: a Change returned by this module.
+        change: a Change returned by a step of :mod:`tasks.aws`.
 
     Returns:
         The Change made by undoing (``unchanged`` when there was nothing to undo).
 
     Raises:
-        PreconditionError: the change is not this module's or cannot be undone automatically
+        PreconditionError: the change is not an AWS step's or cannot be undone automatically
             (a key rotation, a deletion).
         CloudError: as the matching ``restore_*`` function.
     """

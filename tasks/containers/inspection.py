@@ -23,7 +23,7 @@ def find_containers(
     """List containers (running or not) with exactly this name and/or all these labels.
 
     Args:
-        client: from :func:`make_client`.
+        client: from :func:`~tasks.containers.client.make_client`.
         name: exact container name (not a pattern).
         labels: every one of these ``key: value`` labels must be present.
 
@@ -78,7 +78,7 @@ def container_logs(
     """Read a container's stdout and stderr, as evidence for the incident report.
 
     Args:
-        client: from :func:`make_client`.
+        client: from :func:`~tasks.containers.client.make_client`.
         name: container name or id.
         since: only lines after this time (datetime or UNIX seconds).
         tail: only the last N lines.

@@ -33,7 +33,7 @@ def ensure_stopped(
     """Stop a container unless it already is; record its status so it can be restored.
 
     Args:
-        client: from :func:`make_client`.
+        client: from :func:`~tasks.containers.client.make_client`.
         name: container name or id.
         timeout_seconds: grace period after SIGTERM before the engine sends SIGKILL.
 
@@ -143,16 +143,17 @@ def _set_status(client: docker.DockerClient, name: str, target: str) -> Change:
 
 
 def restore_state(client: docker.DockerClient, change: Change) -> Change:
-    """Undo a Change made by this module: put the container back exactly as it was.
+    """Undo a Change made by a container step: put the container back exactly as it was.
 
     A container that ran before :func:`ensure_stopped` is started again; one that was
-    already stopped stays stopped. A :func:`recreate_with_env` change is undone by
-    recreating the container with its previous environment values.
+    already stopped stays stopped. A
+    :func:`~tasks.containers.recreate.recreate_with_env` change is undone by recreating the
+    container with its previous environment values.
 
     Args:
-        client: from :func:`make_client`.
+        client: from :func:`~tasks.containers.client.make_client`.
         change: a Change returned by :func:`ensure_stopped`, :func:`ensure_started` or
-            :func:`recreate_with_env` in this process.
+            :func:`~tasks.containers.recreate.recreate_with_env` in this process.
 
     Returns:
         The Change made by restoring (``unchanged`` when there was nothing to undo).

@@ -190,14 +190,15 @@ def recreate_with_env(
     these values.
 
     Args:
-        client: from :func:`make_client`.
+        client: from :func:`~tasks.containers.client.make_client`.
         name: container name.
         env_updates: variables to set; their values are never logged or recorded.
         timeout_seconds: stop grace period for the old container.
 
     Returns:
         A Change whose ``before`` lists variable names and which keys changed; the old
-        values are kept only in ``undo_data`` (not serialized) for :func:`restore_state`.
+        values are kept only in ``undo_data`` (not serialized) for
+        :func:`~tasks.containers.lifecycle.restore_state`.
 
     Raises:
         ContainerError: unknown container (permanent) or engine failure; on failure the

@@ -68,7 +68,7 @@ def scale_deployment(api: k8s.ApiClient, namespace: str, name: str, replicas: in
     """Set a Deployment's replica count unless it already has it.
 
     Args:
-        api: from :func:`make_client`.
+        api: from :func:`~tasks.kubernetes.client.make_client`.
         namespace: the Deployment's namespace.
         name: the Deployment's name.
         replicas: the wanted count (0 stops the application).

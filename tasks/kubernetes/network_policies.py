@@ -125,7 +125,7 @@ def apply_isolation_policy(
     selector is patched. A policy of that name not created by this project is refused.
 
     Args:
-        api: from :func:`make_client`.
+        api: from :func:`~tasks.kubernetes.client.make_client`.
         namespace: where the pods run.
         pod_selector: ``matchLabels`` of the pods to isolate (must not be empty:
             an empty selector would isolate every pod in the namespace).
@@ -133,7 +133,7 @@ def apply_isolation_policy(
 
     Returns:
         A Change: ``created``, ``updated`` or ``unchanged``; undone by
-        :func:`remove_isolation_policy` (or :func:`undo_change`).
+        :func:`remove_isolation_policy` (or :func:`~tasks.kubernetes.undo.undo_change`).
 
     Raises:
         PreconditionError: empty selector, or a foreign policy with that name.

@@ -76,7 +76,7 @@ def replace_secret_key(
     """Set one key of a Secret (e.g. a rotated password) unless it already holds ``value``.
 
     Args:
-        api: from :func:`make_client`.
+        api: from :func:`~tasks.kubernetes.client.make_client`.
         namespace: the Secret's namespace.
         name: the Secret's name.
         key: the data key to set (created if missing).

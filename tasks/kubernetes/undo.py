@@ -15,7 +15,7 @@ from tasks.kubernetes.secrets import restore_secret_key
 
 
 def undo_change(api: k8s.ApiClient, change: Change) -> Change:
-    """Undo any compensable Change made by this module (for rollback hooks).
+    """Undo any compensable Change made by :mod:`tasks.kubernetes` (for rollback hooks).
 
     Returns:
         The Change made by undoing (``unchanged`` when there was nothing to undo).
