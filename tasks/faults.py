@@ -18,14 +18,19 @@ import logging
 import os
 import signal
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from dr.changes import Change
+from dr.clock import utcnow
 from dr.errors import PostgresError, PreconditionError
 from dr.tasking import dr_task
 
-__all__ = ["kill_local_server", "kill_local_server_task", "server_processes"]
+__all__ = [
+    "kill_local_server",
+    "kill_local_server_task",
+    "server_processes",
+    "server_processes_task",
+]
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +148,7 @@ def kill_local_server(
         )
         log.info("%s", change.summary())
         return change
-    killed_at = datetime.now(UTC)
+    killed_at = utcnow()
     try:
         for pid in pids:
             _signal(pid, signal.SIGSTOP)
@@ -193,4 +198,7 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 
 # A crash is injected once: a retry after a partial kill would hide what happened.
-kill_local_server_task = dr_task(kill_local_server, name="inject-kill-local-server", retries=0)
+kill_local_server_task = dr_task(kill_local_server, name="faults-kill-local-server", retries=0)
+server_processes_task = dr_task(
+    server_processes, name="faults-server-processes", timeout_seconds=30
+)

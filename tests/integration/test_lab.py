@@ -48,7 +48,7 @@ def _postmaster_pid(data_dir: Path) -> int | None:
 def _kill_app(state: manager.LabState) -> None:
     """Kill the heartbeat writer hard, wherever it runs."""
     if state.engine == "podman":
-        from tasks.containers import make_client
+        from tasks.containers.client import make_client
 
         client = make_client(state.podman_base_url)
         client.containers.get(state.app_container).kill()
@@ -312,7 +312,8 @@ def test_heal_switches_back_after_a_failover_without_losing_rows(lab: manager.La
     replica.promote()
     env = {**manager.app_env(state), "DB_PORT": str(replica.port)}
     if state.engine == "podman":
-        from tasks.containers import make_client, recreate_with_env
+        from tasks.containers.client import make_client
+        from tasks.containers.recreate import recreate_with_env
 
         recreate_with_env(make_client(state.podman_base_url), state.app_container, env)
     else:

@@ -1,4 +1,4 @@
-"""How tasks.cloud classifies AWS errors and keeps secrets out of botocore's logs (no I/O).
+"""How tasks.aws classifies AWS errors and keeps secrets out of botocore's logs (no I/O).
 
 Responses come from botocore's Stubber or from an event handler, so no request leaves the
 process.
@@ -15,14 +15,11 @@ from botocore.stub import Stubber
 
 from dr.config import AWSConfig, SecretRef
 from dr.errors import CloudError, register_secret
-from tasks.cloud import (
-    describe_ingress,
-    ensure_record,
-    get_record,
-    make_client,
-    read_secret,
-    rotate_access_key,
-)
+from tasks.aws.client import make_client
+from tasks.aws.iam import rotate_access_key
+from tasks.aws.route53 import ensure_record, get_record
+from tasks.aws.secrets_manager import read_secret
+from tasks.aws.security_groups import describe_ingress
 
 ZONE = "Z0FAKEZONE0001"
 

@@ -22,7 +22,8 @@ import pytest
 
 from dr.changes import Change
 from dr.config import load_config
-from tasks import containers
+from tasks.containers import inspection
+from tasks.containers.client import make_client
 from tasks.postgres import hba, intruder, security
 
 from .conftest import BreachLab
@@ -77,7 +78,7 @@ def test_services_resume_only_after_approval(breach_lab: BreachLab) -> None:
         f"host=127.0.0.1 port={breach_lab.lab.primary.port} dbname=app user={SUSPECT} "
         f"password={SUSPECT_PASSWORD}"
     ).start()
-    docker = containers.make_client(load_config(breach_lab.config_path).docker.base_url)
+    docker = make_client(load_config(breach_lab.config_path).docker.base_url)
     box: dict[str, Any] = {}
     started = time.time()
 
@@ -94,12 +95,12 @@ def test_services_resume_only_after_approval(breach_lab: BreachLab) -> None:
     try:
         run_id = _wait_for(lambda: _paused_run(started), 120, "the approval gate")
         # Paused at the gate: contained, and nothing came back on its own.
-        assert not containers.health(docker, "dr-lab-app").running
+        assert not inspection.health(docker, "dr-lab-app").running
         assert suspect.wait_ended(5)
         assert security.role_can_login(admin, SUSPECT) is False
         assert any(ATTACKER in line for line in breach_lab.hba_blocks())
         time.sleep(1.0)
-        assert not containers.health(docker, "dr-lab-app").running
+        assert not inspection.health(docker, "dr-lab-app").running
         resume_flow_run(
             run_id, run_input={"approve": True, "who": "alice", "why": "evidence reviewed"}
         )
@@ -118,7 +119,7 @@ def test_services_resume_only_after_approval(breach_lab: BreachLab) -> None:
         timeline = result["details"]["breach"]["timeline"]
         resumed = datetime.fromisoformat(timeline["resume_started_at"])
         assert resumed >= datetime.fromisoformat(approval["at"].replace("Z", "+00:00"))
-        assert containers.health(docker, "dr-lab-app").running
+        assert inspection.health(docker, "dr-lab-app").running
         assert breach_lab.wait_app_writing()
         # An incident keeps the containment: the role stays disabled, the network blocked.
         assert security.role_can_login(admin, SUSPECT) is False

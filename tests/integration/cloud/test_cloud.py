@@ -11,25 +11,23 @@ from pydantic import SecretStr
 
 from dr.config import AWSConfig, SecretRef
 from dr.errors import CloudError, ConfigError, PreconditionError
-from tasks.cloud import (
-    IngressRule,
-    block_cidrs,
-    create_volume_snapshots,
-    describe_ingress,
-    ensure_record,
-    get_record,
-    make_client,
-    make_session,
+from tasks.aws.client import make_client, make_session
+from tasks.aws.route53 import ensure_record, get_record, restore_record
+from tasks.aws.secrets_manager import (
     put_secret_value,
     read_secret,
-    restore_ingress,
-    restore_record,
     restore_secret_version,
-    revoke_ingress,
     secret_versions,
-    undo_change,
-    wait_snapshots,
 )
+from tasks.aws.security_groups import (
+    IngressRule,
+    block_cidrs,
+    describe_ingress,
+    restore_ingress,
+    revoke_ingress,
+)
+from tasks.aws.snapshots import create_volume_snapshots, wait_snapshots
+from tasks.aws.undo import undo_change
 
 pytestmark = pytest.mark.integration
 
@@ -287,7 +285,7 @@ def test_block_cidrs_revokes_covered_rules_and_reports_broader_ones(
 ) -> None:
     ec2 = make_client(aws, "ec2")
     original = _rules(ec2, group)
-    caplog.set_level(logging.WARNING, logger="tasks.cloud")
+    caplog.set_level(logging.WARNING, logger="tasks.aws")
 
     change = block_cidrs(ec2, group, ["198.51.100.0/24"])
 

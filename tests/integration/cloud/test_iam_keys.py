@@ -16,14 +16,10 @@ from pydantic import SecretStr
 
 from dr.config import AWSConfig
 from dr.errors import PreconditionError, VerificationError
-from tasks.cloud import (
-    delete_access_key,
-    make_client,
-    prove_key_rejected,
-    prove_key_works,
-    rotate_access_key,
-    undo_change,
-)
+from tasks.aws.client import make_client
+from tasks.aws.iam import delete_access_key, rotate_access_key
+from tasks.aws.key_proofs import prove_key_rejected, prove_key_works
+from tasks.aws.undo import undo_change
 
 pytestmark = pytest.mark.integration
 

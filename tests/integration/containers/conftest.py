@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from lab.podman import DEFAULT_IMAGE, PodmanService, available, ensure_busybox_image
-from tasks.containers import make_client
+from tasks.containers.client import make_client
 
 log = logging.getLogger(__name__)
 

@@ -16,17 +16,10 @@ from lab.podman import (
     host_python,
     run_python_container,
 )
-from tasks.containers import (
-    container_logs,
-    ensure_started,
-    ensure_stopped,
-    find_containers,
-    health,
-    make_client,
-    recreate_with_env,
-    restart,
-    restore_state,
-)
+from tasks.containers.client import make_client
+from tasks.containers.inspection import container_logs, find_containers, health
+from tasks.containers.lifecycle import ensure_started, ensure_stopped, restart, restore_state
+from tasks.containers.recreate import recreate_with_env
 
 pytestmark = pytest.mark.integration
 

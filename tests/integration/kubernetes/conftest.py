@@ -2,7 +2,7 @@
 
 No Kubernetes API server can run on these machines (no kube-apiserver, kind or k3s on
 Debian or PyPI), so the tests use kmock's in-memory emulator as a stand-in. The adapter's
-code path is the production one: the client is built by ``tasks.kubernetes.make_client``
+code path is the production one: the client is built by ``tasks.kubernetes.client.make_client``
 from a kubeconfig file that points at the emulator's loopback URL.
 
 The emulator is asyncio-based and the kubernetes client is synchronous, so the emulator
@@ -24,7 +24,7 @@ import kmock
 import pytest
 import yaml
 
-from tasks.kubernetes import make_client
+from tasks.kubernetes.client import make_client
 
 NAMESPACE = "dr-test"
 

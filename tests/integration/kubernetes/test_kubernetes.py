@@ -11,24 +11,23 @@ import yaml
 
 from dr.changes import Change
 from dr.errors import KubernetesError, PreconditionError, redact
-from tasks.kubernetes import (
-    MANAGED_BY_LABEL,
+from tasks.kubernetes.client import make_client
+from tasks.kubernetes.config_maps import patch_config_map_key, read_config_map
+from tasks.kubernetes.deployments import (
     RESTARTED_AT_ANNOTATION,
-    apply_isolation_policy,
-    list_events,
-    make_client,
-    patch_config_map_key,
-    read_config_map,
     read_deployment,
-    read_secret,
-    remove_isolation_policy,
-    replace_secret_key,
     restore_scale,
-    restore_secret_key,
     rollout_restart,
     scale_deployment,
-    undo_change,
 )
+from tasks.kubernetes.events import list_events
+from tasks.kubernetes.network_policies import (
+    MANAGED_BY_LABEL,
+    apply_isolation_policy,
+    remove_isolation_policy,
+)
+from tasks.kubernetes.secrets import read_secret, replace_secret_key, restore_secret_key
+from tasks.kubernetes.undo import undo_change
 
 pytestmark = pytest.mark.integration
 
