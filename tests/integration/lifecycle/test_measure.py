@@ -18,8 +18,8 @@ import psycopg
 import pytest
 
 from dr.config import parse_config
-from lab.pgcluster import Cluster, free_port, temporary_cluster
 from flows.lifecycle.measure import heartbeat_rpo, probe_rpo
+from lab.pgcluster import Cluster, free_port, temporary_cluster
 from tasks.health.checks import wait_until_healthy
 from tasks.postgres.heartbeat import HeartbeatProbe, heartbeat_conninfo
 
