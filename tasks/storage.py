@@ -1826,3 +1826,21 @@ copy_to_local_dir_task = dr_task(copy_to_local_dir, name="storage-copy-to-local-
 list_objects_task = dr_task(list_objects, name="storage-list-objects")
 delete_object_task = dr_task(delete_object, name="storage-delete-object")
 delete_prefix_task = dr_task(delete_prefix, name="storage-delete-prefix")
+
+
+# --- wrappers added for flows (lead: move on merge)
+
+
+def read_object(repo: Repository, key: str, max_bytes: int = -1) -> bytes:
+    """The bytes of one small object (a manifest), or its first ``max_bytes``."""
+    with repo.open_read(key) as fh:
+        return fh.read(max_bytes)
+
+
+def glob_objects(repo: Repository, pattern: str) -> list[ObjectInfo]:
+    """Objects whose key matches a glob pattern (see :meth:`Repository.glob`)."""
+    return repo.glob(pattern)
+
+
+read_object_task = dr_task(read_object, name="storage-read-object")
+glob_objects_task = dr_task(glob_objects, name="storage-glob-objects")

@@ -1786,3 +1786,6 @@ list_roles_and_privileges_task = dr_task(
 server_log_files_task = dr_task(
     server_log_files, name="postgres-server-log-files", timeout_seconds=60
 )
+
+# --- wrappers added for flows (lead: move on merge)
+database_exists_task = dr_task(database_exists, name="postgres-database-exists", timeout_seconds=60)
