@@ -6,9 +6,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from dr.errors import redact
+from flows.common.options import AlertOptions
 from tasks import backups as bk
 
 __all__ = [
@@ -31,23 +32,16 @@ class Injection(StrEnum):
     bad_backup_truncate = "bad-backup-truncate"
 
 
-class BackupVerificationOptions(BaseModel):
+class BackupVerificationOptions(AlertOptions):
     """Options of the drill (``dr drill backup-verification --option k=v``)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    inject: Injection | None = None
+    inject: Injection | None = Field(
+        None, description="Make the drill go red on purpose, on a copy of the newest backup."
+    )
     heapallindexed: bool = Field(
         False, description="pg_amcheck --heapallindexed: slower, also checks index coverage."
     )
     include_foreign: bool = Field(True, description="Also verify backup.foreign dumps.")
-    # Alert-started runs carry these (deployments/alerts.py: flow_parameters); the
-    # lifecycle reads auto_approve and declared_at from the options.
-    severity: str | None = Field(None, description="Overrides the severity parameter.")
-    auto_approve: bool = False
-    declared_at: datetime | None = None
-    alert_fingerprint: str | None = None
-    alert_labels: dict[str, str] | None = None
 
 
 class CheckOutcome(BaseModel):
