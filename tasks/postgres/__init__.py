@@ -14,6 +14,7 @@ from tasks.postgres.admin import (  # noqa: F401
     create_database,
     create_database_task,
     database_exists,
+    database_exists_task,
     drop_database,
     drop_database_task,
     list_roles_and_privileges,

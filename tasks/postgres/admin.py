@@ -442,3 +442,4 @@ list_roles_and_privileges_task = dr_task(
     name="postgres-list-roles",
     timeout_seconds=120,
 )
+database_exists_task = dr_task(database_exists, name="postgres-database-exists", timeout_seconds=60)

@@ -25,12 +25,16 @@ from tasks.storage.operations import (  # noqa: F401
     delete_prefix_task,
     get_to_file,
     get_to_file_task,
+    glob_objects,
+    glob_objects_task,
     list_objects,
     list_objects_task,
     put_bytes,
     put_bytes_task,
     put_file,
     put_file_task,
+    read_object,
+    read_object_task,
 )
 from tasks.storage.s3 import (  # noqa: F401
     S3_DELETE_MAX_KEYS,

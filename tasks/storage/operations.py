@@ -87,6 +87,17 @@ def delete_prefix(repo: Repository, prefix: str) -> int:
     return repo.delete_prefix(prefix)
 
 
+def read_object(repo: Repository, key: str, max_bytes: int = -1) -> bytes:
+    """The bytes of one small object (a manifest), or its first ``max_bytes``."""
+    with repo.open_read(key) as fh:
+        return fh.read(max_bytes)
+
+
+def glob_objects(repo: Repository, pattern: str) -> list[ObjectInfo]:
+    """Objects whose key matches a glob pattern (see :meth:`Repository.glob`)."""
+    return repo.glob(pattern)
+
+
 put_file_task = dr_task(put_file, name="storage-put-file")
 put_bytes_task = dr_task(put_bytes, name="storage-put-bytes")
 get_to_file_task = dr_task(get_to_file, name="storage-get-to-file")
@@ -94,3 +105,5 @@ copy_to_local_dir_task = dr_task(copy_to_local_dir, name="storage-copy-to-local-
 list_objects_task = dr_task(list_objects, name="storage-list-objects")
 delete_object_task = dr_task(delete_object, name="storage-delete-object")
 delete_prefix_task = dr_task(delete_prefix, name="storage-delete-prefix")
+read_object_task = dr_task(read_object, name="storage-read-object")
+glob_objects_task = dr_task(glob_objects, name="storage-glob-objects")

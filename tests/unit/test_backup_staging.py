@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from dr.errors import PreconditionError, StorageError
-from flows import backup as fb
+from flows.common import backup_staging as fb
+from flows.common.backups import backup_id_time
 from tasks import backups as bk
 from tasks import storage
 
@@ -58,7 +59,7 @@ class FlakyRepo(storage.FileRepository):
 
 
 def run(repo, stage: Path, calls: list[str]) -> fb.DatabaseBackupResult:
-    return fb._stage_and_upload(repo, "t/db", stage, maker(calls), lambda *a: None, label="t/db")
+    return fb.stage_and_upload(repo, "t/db", stage, maker(calls), lambda *a: None, label="t/db")
 
 
 def test_interrupted_upload_resumes_the_same_dump_without_resending(tmp_path):
@@ -116,15 +117,15 @@ def test_two_runs_never_share_a_staging_folder(tmp_path):
 
 def test_backup_ids_encode_their_time_for_listing():
     backup_id = bk.new_backup_id(datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC))
-    assert fb.backup_id_time(backup_id) == datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
-    assert fb.backup_id_time("not-an-id") is None
+    assert backup_id_time(backup_id) == datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
+    assert backup_id_time("not-an-id") is None
 
 
 def test_progress_board_travels_to_another_process() -> None:
     """Dask ships task arguments with cloudpickle: a branch's progress callback must survive."""
     import cloudpickle
 
-    from flows.backup import ProgressBoard
+    from flows.common.progress import ProgressBoard
 
     board = ProgressBoard(None, "verify", ["app", "shop"], bars=False)
     board.update("app", 0.5, "restoring")

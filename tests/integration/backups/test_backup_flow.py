@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from dr.errors import StorageError
-from flows.backup import PARTIAL_MARKER, backup_flow
+from flows.backup import backup_flow
 from flows.backup_verification import backup_verification_flow
+from flows.common.backup_staging import PARTIAL_MARKER
 from tasks import backups as bk
 from tasks import storage
 

@@ -19,12 +19,10 @@ import pytest
 from dr.config import load_config
 from dr.errors import UnsafeTargetError
 from flows.backup import backup_flow
-from flows.backup_verification import (
-    backup_verification_flow,
-    find_newest_backup,
-    verify_database_backup,
-    verify_foreign_backup,
-)
+from flows.backup_verification import backup_verification_flow
+from flows.backup_verification.foreign import verify_foreign_backup
+from flows.backup_verification.newest import find_newest_backup
+from flows.backup_verification.restore import verify_database_backup
 from tasks import backups as bk
 from tasks.storage import open_repository
 

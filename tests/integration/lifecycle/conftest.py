@@ -26,7 +26,7 @@ import yaml
 from dr.changes import Change
 from dr.config import parse_config
 from lab.pgcluster import free_port
-from tasks.measure import multi_host_conninfo
+from tasks.postgres.heartbeat import heartbeat_conninfo
 
 LAB_TARGET = "lab"
 
@@ -155,7 +155,7 @@ class LifecycleEnv:
     def app_conninfo(self) -> str:
         """The lab's ``app`` database on whichever node is the primary now."""
         target = parse_config(self.lab_config).target(LAB_TARGET)
-        return multi_host_conninfo(target.postgres)
+        return heartbeat_conninfo(target.postgres)
 
     def thing(self, name: str) -> Thing:
         if name not in self.things:

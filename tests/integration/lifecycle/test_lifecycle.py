@@ -309,7 +309,7 @@ def test_drill_end_to_end_artifacts_slack_history_and_report(lifecycle_env, cli,
 
 
 def test_slack_down_run_still_recovers_and_reports_slack_failures(lifecycle_env, monkeypatch):
-    monkeypatch.setattr(lifecycle, "SLACK_FLUSH_SECONDS", 1.0)
+    monkeypatch.setattr(lifecycle.finish, "SLACK_FLUSH_SECONDS", 1.0)
     config = lifecycle_env.write_config()
     lifecycle_env.slack.set_down(True, "503")
     try:

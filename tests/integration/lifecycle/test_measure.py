@@ -18,8 +18,10 @@ import psycopg
 import pytest
 
 from dr.config import parse_config
+from flows.lifecycle.measure import heartbeat_rpo, probe_rpo
 from lab.pgcluster import Cluster, free_port, temporary_cluster
-from tasks.measure import HeartbeatProbe, heartbeat_rpo, multi_host_conninfo, wait_until_healthy
+from tasks.health.checks import wait_until_healthy
+from tasks.postgres.heartbeat import HeartbeatProbe, heartbeat_conninfo
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -94,7 +96,7 @@ def test_probe_follows_the_primary_through_a_failover_and_measures_rpo(pair):
         replica,
         health_checks={"sql": [{"name": "writable", "sql": "SELECT NOT pg_is_in_recovery()"}]},
     )
-    conninfo = multi_host_conninfo(target.postgres)
+    conninfo = heartbeat_conninfo(target.postgres)
     assert "target_session_attrs=read-write" in conninfo
     probe = HeartbeatProbe(conninfo, writer="failover-test").start()
     try:
@@ -120,7 +122,7 @@ def test_probe_follows_the_primary_through_a_failover_and_measures_rpo(pair):
     assert seqs == sorted(set(seqs)), "each seq acknowledged once, in order"
     assert 0 < probe.outage(failure_at) < 15
 
-    rpo = probe.rpo(conninfo, failure_at)
+    rpo = probe_rpo(probe, conninfo, failure_at)
     last = probe.last_acked_before(failure_at)
     assert last is not None and rpo.newest_acked_seq == last.seq
     # Asynchronous replication on loopback: nothing acknowledged is lost (lab/postgres.md).
@@ -134,7 +136,7 @@ def test_probe_follows_the_primary_through_a_failover_and_measures_rpo(pair):
             "DELETE FROM public.dr_heartbeat WHERE writer = %s AND seq > %s",
             ("failover-test", last.seq - 5),
         )
-    lost = probe.rpo(conninfo, failure_at)
+    lost = probe_rpo(probe, conninfo, failure_at)
     by_seq = {a.seq: a for a in probe.acked}
     assert lost.lost_rows == 5 and lost.newest_present_seq == last.seq - 5
     expected = (last.ts - by_seq[last.seq - 5].ts).total_seconds()

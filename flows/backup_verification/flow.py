@@ -1,0 +1,216 @@
+"""The backup-verification drill: prove the newest backups restore, and measure how fast.
+
+The runbooks it replaces (seeds 001 and 003): a daily "latest backup exists" check and a
+monthly test restore ("create test database, restore, verify, document"). For every
+database of the target, in parallel:
+
+1. find the newest *complete* backup (its manifest is present) and refuse one of another
+   target or database;
+2. check its age against the tier's RPO (the RPO of a restore is the backup's age);
+3. download every file, verifying its SHA-256 against the manifest while it streams;
+4. restore it with ``pg_restore`` into an isolated scratch database
+   ``dr_verify_<db>_<shortid>`` on the primary: never the source, never a name that
+   exists (:class:`~dr.errors.UnsafeTargetError` then, before anything is written);
+5. check it: row counts against the manifest (counted in the dump's own snapshot), the
+   schema fingerprint against the source's at backup time, the target's validation
+   queries, ``pg_amcheck`` on heap and B-tree indexes;
+6. drop the scratch database (always), and mark the backup verified (``verified.json``,
+   which retention honours: the newest verified backup is never deleted).
+
+Backups made by something else (``backup.foreign``: a location and a name pattern, like
+seed 001's ``backups/db_backup_*.sql.gz``) get the checks that apply without a manifest:
+age from the file's modification time, restorable (plain SQL streamed through psql, gunzip
+on the fly; or a custom-format archive through pg_restore), validation queries, amcheck.
+
+``inject`` makes the drill go red on purpose, on a COPY of the newest backup in a scratch
+prefix of the repository (the real backup is never written): ``bad-backup`` flips one byte
+in the largest data file (storage bit rot: the checksum gate must catch it);
+``bad-backup-truncate`` cuts that file in half and re-seals the copy's manifest (a dump
+that was already bad when written: the restore must catch it).
+
+Every check is recorded through the incident lifecycle (artifacts, history, Slack); a
+failed check fails the drill with its reason. RTO is the restore's wall time (download,
+checksum verification and ``pg_restore`` of every database, in parallel); RPO is the
+age of the oldest of the newest backups at the drill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from prefect import flow
+
+from dr.clock import utcnow
+from dr.config import ForeignBackups, Mode, Scenario
+from dr.errors import DRError, VerificationError
+from flows.backup_verification.inject import choose_injection, inject_failure
+from flows.backup_verification.measure import measure_restore
+from flows.backup_verification.models import (
+    BackupVerificationOptions,
+    DatabaseVerification,
+    Injection,
+    NewestBackup,
+)
+from flows.backup_verification.newest import find_newest_backup_task
+from flows.backup_verification.parallel import verify_in_parallel
+from flows.backup_verification.record import mark_verified, record_results
+from flows.common.backups import open_target_repository
+from flows.lifecycle import RunContext, run_scenario
+from tasks import backups as bk
+from tasks import storage
+
+__all__ = ["backup_verification_flow"]
+
+
+@flow(name="backup-verification")
+def backup_verification_flow(
+    target: str,
+    mode: Mode = Mode.drill,
+    inject: Injection | None = None,
+    config_path: str | None = None,
+    severity: str = "SEV3",
+    options: BackupVerificationOptions | None = None,
+    fail_flow: bool = False,
+) -> dict[str, Any]:
+    """Verify the newest backups of a target by restoring them; measure restore RTO and RPO.
+
+    Args:
+        target: a target of the config.
+        mode: ``drill`` (default), ``incident`` (the same checks, e.g. after an alert that
+            backups may be bad) or ``dry-run`` (find the backups, plan, change nothing).
+        inject: ``bad-backup`` or ``bad-backup-truncate`` to prove the drill goes red.
+        config_path: the config file (default: $DR_CONFIG, ./dr.yaml, the lab's).
+        severity: recorded in the report.
+        options: more options (``inject`` may also be given here, as the CLI does).
+        fail_flow: end the flow run Failed when the drill did not pass.
+
+    Returns:
+        The lifecycle's ``RunResult`` as a JSON-ready dict; ``details.databases`` holds
+        per-database timings, ages and locations.
+    """
+    opts = options or BackupVerificationOptions()
+    if inject is not None:
+        opts = opts.model_copy(update={"inject": Injection(inject)})
+    result = run_scenario(
+        Scenario.backup_verification,
+        target,
+        mode,
+        _make_body(opts),
+        config_path=config_path,
+        severity=opts.severity or severity,
+        options=opts.model_dump(mode="json"),
+        fail_flow=fail_flow,
+    )
+    return result.model_dump(mode="json")
+
+
+def _make_body(options: BackupVerificationOptions) -> Callable[[RunContext], None]:
+    def body(ctx: RunContext) -> None:
+        _verify(ctx, options)
+
+    return body
+
+
+def _verify(ctx: RunContext, options: BackupVerificationOptions) -> None:
+    """The drill's phases, top to bottom: assess, (plan), inject, restore and check, measure,
+    mark verified; every check goes into the run at the end."""
+    repo = open_target_repository(ctx.config, ctx.target.backup.repository)
+    short_id = _short_id(ctx)
+    drill_time = utcnow()
+    results: list[DatabaseVerification] = []
+    foreign = list(ctx.target.backup.foreign) if options.include_foreign else []
+
+    with ctx.phase("assess", detail=f"newest complete backup of {', '.join(_databases(ctx))}"):
+        newest = _find_newest(ctx, repo, drill_time, results)
+
+    if ctx.dry_run:
+        with ctx.phase("plan"):
+            _plan(ctx, newest, foreign, short_id)
+        record_results(ctx, results)
+        return
+
+    scratch_prefix: str | None = None
+    injected_db: str | None = None
+    try:
+        if options.inject is not None:
+            with ctx.phase("inject", detail=f"{options.inject.value} on a copy"):
+                injected_db, scratch_prefix = choose_injection(ctx, newest, short_id)
+                inject_failure(ctx, repo, newest, injected_db, options.inject, scratch_prefix)
+        ctx.stamp_failure()
+        with ctx.phase(
+            "restore and check",
+            detail=f"{len(newest)} database(s) and {len(foreign)} foreign dump(s) in parallel",
+        ):
+            results += verify_in_parallel(
+                ctx, newest, foreign, short_id=short_id, options=options, drill_time=drill_time
+            )
+        ctx.progress(1.0, "verification finished")
+    finally:
+        if scratch_prefix is not None:
+            with contextlib.suppress(DRError):
+                storage.delete_prefix_task(repo, scratch_prefix + "/")
+
+    with ctx.phase("measure"):
+        measure_restore(ctx, results)
+
+    with ctx.phase("mark verified"):
+        for r in results:
+            if r.source != "repository" or not r.ok or r.database == injected_db:
+                continue
+            mark_verified(ctx, repo, r, f"{ctx.target_name}/{r.database}")
+
+    record_results(ctx, results)
+
+
+def _databases(ctx: RunContext) -> list[str]:
+    return list(ctx.target.postgres.databases)
+
+
+def _short_id(ctx: RunContext) -> str:
+    raw = (ctx.flow_run_id or "").replace("-", "")
+    return (raw[:8] or utcnow().strftime("%H%M%S%f")).lower()
+
+
+def _find_newest(
+    ctx: RunContext,
+    repo: storage.Repository,
+    drill_time: datetime,
+    results: list[DatabaseVerification],
+) -> dict[str, NewestBackup]:
+    """The newest complete backup per database; a database without one is a failed check."""
+    newest: dict[str, NewestBackup] = {}
+    for db in _databases(ctx):
+        try:
+            newest[db] = find_newest_backup_task(repo, ctx.target_name, db)
+        except VerificationError as exc:
+            failed = DatabaseVerification(database=db)
+            failed.check("newest backup", False, str(exc))
+            results.append(failed)
+    for db, chosen in newest.items():
+        age = (drill_time - chosen.manifest.started_at).total_seconds()
+        ctx.note(f"{db}: newest backup {chosen.backup_id}, {age:.0f} s old")
+    return newest
+
+
+def _plan(
+    ctx: RunContext,
+    newest: dict[str, NewestBackup],
+    foreign: list[ForeignBackups],
+    short_id: str,
+) -> None:
+    """A dry run: list what the drill would download, restore and drop."""
+    for db, chosen in newest.items():
+        ctx.plan(
+            "download and verify",
+            f"{len(chosen.manifest.files)} files of {chosen.location}",
+        )
+        ctx.plan(
+            "restore",
+            f"{chosen.location} into scratch database "
+            f"{bk.scratch_database_name(db, short_id)}, check it, then drop it",
+        )
+    for entry in foreign:
+        ctx.plan("restore", f"the newest {entry.pattern} of {entry.location} into scratch")

@@ -1,0 +1,126 @@
+"""Make the drill go red on purpose: a corrupted COPY of the newest backup (never the real one)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from dr.changes import Change
+from dr.errors import VerificationError
+from dr.tasking import dr_task
+from flows.backup_verification.models import SCRATCH_FOLDER, Injection, NewestBackup
+from flows.lifecycle import RunContext
+from tasks import backups as bk
+from tasks import storage
+
+__all__ = ["choose_injection", "inject_failure", "inject_into_copy", "inject_into_copy_task"]
+
+
+def inject_into_copy(
+    repo: storage.Repository,
+    newest: NewestBackup,
+    injection: Injection,
+    *,
+    scratch_prefix: str,
+    work_dir: str | None = None,
+) -> tuple[NewestBackup, bk.InjectionInfo]:
+    """Copy the newest backup to ``scratch_prefix`` in the repository, corrupted.
+
+    The real backup is only read (and its checksums verified on the way down).
+
+    Returns:
+        The corrupted copy as a :class:`NewestBackup`, and where it was damaged.
+    """
+    with tempfile.TemporaryDirectory(prefix="dr-inject-", dir=work_dir) as tmp:
+        real = Path(tmp) / "real"
+        bad = Path(tmp) / "bad"
+        real_prefix = f"{newest.folder}/{newest.backup_id}"
+        for entry in newest.manifest.files:
+            repo.get_to_file(
+                f"{real_prefix}/{entry.path}", real / entry.path, expected_sha256=entry.sha256
+            )
+        bk.write_manifest(newest.manifest, real / bk.MANIFEST_NAME)
+        kind = "flip" if injection is Injection.bad_backup else "truncate"
+        info = bk.inject_bad_backup(
+            real, bad, kind, reseal_manifest=injection is Injection.bad_backup_truncate
+        )
+        manifest = bk.read_manifest(bad / bk.MANIFEST_NAME)
+        for entry in manifest.files:
+            with open(bad / entry.path, "rb") as fh:
+                # The copy's bytes are what they are: no expected checksum on the way up.
+                repo.put_stream(f"{scratch_prefix}/{entry.path}", fh)
+        repo.put_bytes(
+            f"{scratch_prefix}/{bk.MANIFEST_NAME}", (bad / bk.MANIFEST_NAME).read_bytes()
+        )
+    folder, _, backup_id = scratch_prefix.rpartition("/")
+    copy = NewestBackup(
+        database=newest.database,
+        folder=folder,
+        backup_id=backup_id,
+        manifest=manifest,
+        location=repo.url_for(scratch_prefix),
+    )
+    return copy, info
+
+
+inject_into_copy_task = dr_task(inject_into_copy, name="inject-into-copy", retries=0)
+
+
+def choose_injection(
+    ctx: RunContext, newest: dict[str, NewestBackup], short_id: str
+) -> tuple[str, str]:
+    """The database whose backup gets a corrupted copy, and the copy's scratch prefix.
+
+    Raises:
+        VerificationError: no complete backup to copy.
+    """
+    if not newest:
+        raise VerificationError("nothing to corrupt: no complete backup found")
+    databases = list(ctx.target.postgres.databases)
+    injected_db = databases[0] if databases[0] in newest else next(iter(newest))
+    chosen = newest[injected_db]
+    prefix = f"{SCRATCH_FOLDER}/{short_id}/{ctx.target_name}/{injected_db}/{chosen.backup_id}"
+    return injected_db, prefix
+
+
+def inject_failure(
+    ctx: RunContext,
+    repo: storage.Repository,
+    newest: dict[str, NewestBackup],
+    injected_db: str,
+    injection: Injection,
+    scratch_prefix: str,
+) -> None:
+    """Put a corrupted copy in place of ``newest[injected_db]``; record it as an undoable change."""
+    chosen = newest[injected_db]
+    if not ctx.plan("corrupt a copy of", chosen.location):
+        return
+    copy, info = inject_into_copy_task(repo, chosen, injection, scratch_prefix=scratch_prefix)
+    newest[injected_db] = copy
+    prefix = scratch_prefix
+    ctx.record_change(
+        Change(
+            system="storage",
+            action="put-corrupted-copy",
+            object=copy.location,
+            outcome="created",
+            undo=f"delete {copy.location}",
+        ),
+        undo=lambda: storage.delete_prefix_task(repo, prefix + "/"),
+    )
+    ctx.details["injection"] = {
+        "injection": injection.value,
+        "database": injected_db,
+        "real_backup": chosen.location,
+        "corrupted_copy": copy.location,
+        "damage": info.kind,
+        "file": info.file,
+        "offset": info.offset,
+        "original_size": info.original_size,
+        "new_size": info.new_size,
+        "manifest_resealed": info.resealed,
+    }
+    ctx.note(
+        f"injected {injection.value}: {info.kind} in {info.file} of a copy "
+        f"of {chosen.backup_id} at {copy.location}; the real backup is untouched"
+    )

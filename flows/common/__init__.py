@@ -1,0 +1,1 @@
+"""What scenario flows share (a scenario never imports another scenario)."""

@@ -1,0 +1,131 @@
+"""What a run records and returns: phases, checks, approvals, the measurement, the result."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from dr.changes import Change
+from dr.config import Mode, Objectives
+from dr.errors import DRError
+
+__all__ = [
+    "ApprovalRecord",
+    "CheckRecord",
+    "Measurement",
+    "PhaseOutcome",
+    "PhaseRecord",
+    "RunFailed",
+    "RunOutcome",
+    "RunResult",
+]
+
+PhaseOutcome = Literal["ok", "failed", "skipped", "planned", "aborted"]
+RunOutcome = Literal["passed", "failed", "aborted"]
+
+
+class PhaseRecord(BaseModel):
+    """One phase of the timeline (UTC)."""
+
+    name: str
+    started_at: datetime
+    ended_at: datetime | None = None
+    outcome: PhaseOutcome = "ok"
+    detail: str = ""
+
+    @property
+    def duration_seconds(self) -> float | None:
+        """Seconds from start to end, once ended."""
+        if self.ended_at is None:
+            return None
+        return (self.ended_at - self.started_at).total_seconds()
+
+
+class CheckRecord(BaseModel):
+    """A check that ran, with its answer. Critical failures fail the run."""
+
+    name: str
+    ok: bool
+    critical: bool = True
+    detail: str = ""
+    value: Any = None
+
+
+class Measurement(BaseModel):
+    """RTO and RPO as measured, and how."""
+
+    rto_seconds: float | None = None
+    rpo_seconds: float | None = None
+    lost_rows: int | None = None
+    rto_basis: str = ""
+    rpo_basis: str = ""
+
+
+class ApprovalRecord(BaseModel):
+    """The answer at an approval gate (by a person or by policy)."""
+
+    step: str
+    approved: bool
+    who: str
+    why: str
+    at: datetime
+    automatic: bool = False
+    timed_out: bool = False
+
+
+class RunResult(BaseModel):
+    """What every scenario flow returns; ``dr ... --json`` prints it."""
+
+    scenario: str
+    target: str
+    mode: str
+    severity: str = ""
+    outcome: RunOutcome
+    objectives_met: bool
+    rto_seconds: float | None = None
+    rpo_seconds: float | None = None
+    lost_rows: int | None = None
+    objectives: Objectives
+    rto_basis: str = ""
+    rpo_basis: str = ""
+    declared_at: datetime
+    failure_at: datetime | None = None
+    restored_at: datetime | None = None
+    phases: list[PhaseRecord] = Field(default_factory=list)
+    checks: list[CheckRecord] = Field(default_factory=list)
+    changes: list[Change] = Field(default_factory=list)
+    undone: list[str] = Field(default_factory=list)
+    not_undone: list[str] = Field(default_factory=list)
+    plan: list[str] = Field(default_factory=list)
+    approvals: list[ApprovalRecord] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    slack_failures: list[str] = Field(default_factory=list)
+    reason: str = ""
+    history_written: bool = False
+    artifacts: dict[str, str] = Field(default_factory=dict)
+    flow_run_id: str | None = None
+    flow_run_url: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when a CI pipeline should pass: outcome passed and objectives met.
+
+        A dry run measures nothing, so it only needs to have passed.
+        """
+        if self.outcome != "passed":
+            return False
+        return self.mode == Mode.dry_run.value or self.objectives_met
+
+
+class RunFailed(DRError):
+    """Raised by a scenario flow after reporting, when asked to end Failed (``fail_flow``)."""
+
+    def __init__(self, result: RunResult) -> None:
+        super().__init__(
+            f"{result.mode} {result.scenario} on {result.target}: {result.outcome}"
+            + (f" ({result.reason})" if result.reason else "")
+        )
+        self.result = result
