@@ -28,6 +28,14 @@ from tasks.pitr.checksums import (
     make_stopped_copy_task,
     parse_checksums_output,
 )
+from tasks.pitr.cluster import (
+    cluster_is_running,
+    control_data,
+    remove_cluster,
+    start_cluster,
+    stop_cluster,
+    system_identifier,
+)
 from tasks.pitr.damage_finder import (
     DamageCandidate,
     archive_window_start,
@@ -47,15 +55,9 @@ from tasks.pitr.lsn import (
 )
 from tasks.pitr.recovery import (
     RecoveredCluster,
-    cluster_is_running,
-    control_data,
-    remove_cluster,
     render_recovery_settings,
-    start_cluster,
     start_recovery,
     start_recovery_task,
-    stop_cluster,
-    system_identifier,
 )
 from tasks.pitr.relation_restore import (
     RelationRestoreResult,

@@ -48,7 +48,7 @@ from tasks.pitr.base_backup import (
     BaseBackup,
     file_sha256,
 )
-from tasks.pitr.recovery import control_data
+from tasks.pitr.cluster import control_data
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,7 @@ from dr.localexec import chown_for_server, run_as_server, server_tool, tool_fail
 from dr.tasking import dr_task
 from tasks.pitr.base_backup import file_sha256
 from tasks.pitr.base_restore import prepare_dir
-from tasks.pitr.recovery import (
-    COPY_OVERRIDES,
+from tasks.pitr.cluster import (
     cluster_is_running,
     control_data,
     free_port,
@@ -30,6 +29,7 @@ from tasks.pitr.recovery import (
     server_log_file,
     system_identifier,
 )
+from tasks.pitr.recovery import COPY_OVERRIDES
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,10 @@ own next failover (one archive folder per initdb, shared/lab/postgres.md).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,9 +33,11 @@ from dr.errors import (
     PreconditionError,
     UnsafeTargetError,
 )
-from dr.localexec import chown_for_server, run_as_server, server_tool, tool_failed
+from dr.localexec import chown_for_server
 from dr.tasking import dr_task
+from tasks.pitr.cluster import cluster_is_running, control_data, free_port, pg_ctl, server_log_file
 from tasks.pitr.target import RecoveryTarget
+from tasks.postgres.client import connect
 
 log = logging.getLogger(__name__)
 
@@ -77,38 +75,6 @@ COPY_OVERRIDES: dict[str, str] = {
     "logging_collector": "off",
     "listen_addresses": "'127.0.0.1'",
 }
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1, never 5432 (the machine's own PostgreSQL)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port != 5432:
-            return port
-
-
-def control_data(data_dir: str | Path, *, bin_dir: str | Path | None = None) -> dict[str, str]:
-    """``pg_controldata`` of a data directory, as a dict of its lines.
-
-    Raises:
-        PostgresError: the tool failed (not a data directory).
-    """
-    proc = run_as_server([server_tool("pg_controldata", bin_dir), "-D", data_dir], timeout=60)
-    if proc.returncode != 0:
-        raise tool_failed("pg_controldata", proc)
-    out: dict[str, str] = {}
-    for line in proc.stdout.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            out[key.strip()] = value.strip()
-    return out
-
-
-def system_identifier(control: Mapping[str, str]) -> str | None:
-    """The database system identifier from :func:`control_data` output."""
-    return control.get("Database system identifier")
 
 
 class RecoveredCluster(_Model):
@@ -185,48 +151,6 @@ def _write_recovery_config(data_dir: Path, settings: Mapping[str, str]) -> None:
     (data_dir / "recovery.signal").write_text("")
     chown_for_server(data_dir)
     os.chmod(data_dir, 0o700)
-
-
-def pg_ctl(
-    action: str,
-    data_dir: Path,
-    *,
-    bin_dir: str | Path | None,
-    extra: Sequence[str] = (),
-    timeout: float = 120,
-) -> subprocess.CompletedProcess[str]:
-    return run_as_server(
-        [server_tool("pg_ctl", bin_dir), action, "-D", data_dir, *extra], timeout=timeout + 10
-    )
-
-
-def server_log_file(data_dir: Path, *, fresh: bool = False) -> Path:
-    """``<data_dir>.log`` next to the data directory, writable by the server user."""
-    log_file = data_dir.parent / f"{data_dir.name}.log"
-    if fresh:
-        log_file.unlink(missing_ok=True)
-    log_file.touch()
-    chown_for_server(log_file)
-    return log_file
-
-
-def _postmaster_pid(data_dir: Path) -> int | None:
-    try:
-        pid = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
-    except (FileNotFoundError, IndexError, ValueError, PermissionError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
-
-
-def cluster_is_running(data_dir: str | Path) -> bool:
-    """Tell whether a postmaster runs on ``data_dir``."""
-    return _postmaster_pid(Path(data_dir)) is not None
 
 
 def _fatal_in_log(log_file: Path) -> str | None:
@@ -329,6 +253,43 @@ def start_recovery(
     before = control_data(data, bin_dir=bin_dir)
     started = utcnow()
     t0 = time.perf_counter()
+    _start_for_recovery(data, bin_dir, log_file, timeout_seconds)
+    consistent_at = utcnow()
+    conninfo = _local_conninfo(port, user=user, password=password)
+    promoted_at = _wait_until_promoted(data, conninfo, log_file, bin_dir, timeout_seconds)
+    last_replayed_at, timeline_after = _replay_outcome(conninfo)
+    result = RecoveredCluster(
+        data_dir=str(data),
+        port=port,
+        socket_dir=str(socket_dir),
+        bin_dir=str(bin_dir) if bin_dir else None,
+        log_file=str(log_file),
+        base_backup_id=base_backup_id,
+        target=target,
+        timeline_before=_int_or_none(before.get("Latest checkpoint's TimeLineID")),
+        timeline_after=_int_or_none(timeline_after),
+        started_at=started,
+        consistent_at=consistent_at,
+        promoted_at=promoted_at,
+        replay_seconds=round(time.perf_counter() - t0, 3),
+        last_replayed_at=last_replayed_at,
+        stop_message=_stop_message(log_file),
+    )
+    log.info(
+        "recovered %s on port %s in %.1f s (%s); last replayed commit %s",
+        data,
+        port,
+        result.replay_seconds,
+        target.describe(),
+        result.last_replayed_at,
+    )
+    return result
+
+
+def _start_for_recovery(
+    data: Path, bin_dir: str | Path | None, log_file: Path, timeout_seconds: float
+) -> None:
+    """``pg_ctl start -w``: returns once the copy is consistent (replay goes on after)."""
     proc = pg_ctl(
         "start",
         data,
@@ -344,10 +305,37 @@ def start_recovery(
             f"the recovered server did not start: {(proc.stderr or proc.stdout).strip()[-500:]}"
             f" (log {log_file})"
         )
-    consistent_at = utcnow()
-    conninfo = _local_conninfo(port, user=user, password=password)
+
+
+def _promoted(conninfo: str) -> bool:
+    """Whether the server has left recovery; refuses a recovery paused at its target."""
+    with connect(conninfo, autocommit=True) as conn:
+        in_recovery = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]  # type: ignore[index]
+        if not in_recovery:
+            return True
+        state = conn.execute("SELECT pg_catalog.pg_get_wal_replay_pause_state()").fetchone()[0]  # type: ignore[index]
+    if state == "paused":
+        raise PreconditionError(
+            "recovery paused at its target instead of promoting "
+            "(recovery_target_action was overridden?)"
+        )
+    return False
+
+
+def _wait_until_promoted(
+    data: Path,
+    conninfo: str,
+    log_file: Path,
+    bin_dir: str | Path | None,
+    timeout_seconds: float,
+) -> datetime:
+    """Poll until the server promotes; a server that exits or times out is reported.
+
+    Raises:
+        PreconditionError: the server stopped during recovery (the log line is quoted).
+        PostgresError: no promotion within the timeout (the server is then stopped).
+    """
     deadline = time.monotonic() + timeout_seconds
-    promoted_at: datetime | None = None
     last_error = ""
     while time.monotonic() < deadline:
         if not cluster_is_running(data):
@@ -356,62 +344,28 @@ def start_recovery(
                 f"recovery stopped: {fatal or 'the server exited during recovery'} (log {log_file})"
             )
         try:
-            with psycopg.connect(conninfo, autocommit=True) as conn:
-                in_recovery = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]  # type: ignore[index]
-                if in_recovery:
-                    state = conn.execute(
-                        "SELECT pg_catalog.pg_get_wal_replay_pause_state()"
-                    ).fetchone()[0]  # type: ignore[index]
-                    if state == "paused":
-                        raise PreconditionError(
-                            "recovery paused at its target instead of promoting "
-                            "(recovery_target_action was overridden?)"
-                        )
-                else:
-                    promoted_at = utcnow()
-                    break
-        except psycopg.OperationalError as exc:
+            if _promoted(conninfo):
+                return utcnow()
+        except (PostgresError, psycopg.OperationalError) as exc:
             last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         time.sleep(POLL_SECONDS)
-    if promoted_at is None:
-        pg_ctl("stop", data, bin_dir=bin_dir, extra=["-m", "fast", "-w"])
-        raise PostgresError(
-            f"recovery did not finish within {timeout_seconds:.0f} s ({last_error}); "
-            f"the server was stopped (log {log_file})",
-            transient=False,
-        )
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    pg_ctl("stop", data, bin_dir=bin_dir, extra=["-m", "fast", "-w"])
+    raise PostgresError(
+        f"recovery did not finish within {timeout_seconds:.0f} s ({last_error}); "
+        f"the server was stopped (log {log_file})",
+        transient=False,
+    )
+
+
+def _replay_outcome(conninfo: str) -> tuple[datetime | None, Any]:
+    """The last replayed commit's time and the new timeline, once promoted."""
+    with connect(conninfo, autocommit=True) as conn:
         row = conn.execute(
             "SELECT pg_catalog.pg_last_xact_replay_timestamp(), "
             "(SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())"
         ).fetchone()
     assert row is not None
-    result = RecoveredCluster(
-        data_dir=str(data),
-        port=port,
-        socket_dir=str(socket_dir),
-        bin_dir=str(bin_dir) if bin_dir else None,
-        log_file=str(log_file),
-        base_backup_id=base_backup_id,
-        target=target,
-        timeline_before=_int_or_none(before.get("Latest checkpoint's TimeLineID")),
-        timeline_after=_int_or_none(row[1]),
-        started_at=started,
-        consistent_at=consistent_at,
-        promoted_at=promoted_at,
-        replay_seconds=round(time.perf_counter() - t0, 3),
-        last_replayed_at=row[0],
-        stop_message=_stop_message(log_file),
-    )
-    log.info(
-        "recovered %s on port %s in %.1f s (%s); last replayed commit %s",
-        data,
-        port,
-        result.replay_seconds,
-        target.describe(),
-        result.last_replayed_at,
-    )
-    return result
+    return row[0], row[1]
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -419,78 +373,6 @@ def _int_or_none(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
-
-
-def stop_cluster(
-    data_dir: str | Path, *, bin_dir: str | Path | None = None, mode: str = "fast"
-) -> bool:
-    """Stop a server started by this module (no-op when it is not running).
-
-    Returns:
-        True when a running server was stopped.
-    """
-    data = Path(data_dir)
-    if not cluster_is_running(data):
-        return False
-    proc = pg_ctl("stop", data, bin_dir=bin_dir, extra=["-m", mode, "-w", "-t", "60"])
-    if proc.returncode != 0 and cluster_is_running(data):
-        raise tool_failed("pg_ctl stop", proc)
-    log.info("stopped the server on %s (%s)", data, mode)
-    return True
-
-
-def start_cluster(
-    data_dir: str | Path, *, bin_dir: str | Path | None = None, timeout_seconds: float = 120
-) -> bool:
-    """Start a stopped server on ``data_dir`` (its settings unchanged); no-op when running.
-
-    Returns:
-        True when it was started.
-    """
-    data = Path(data_dir)
-    if cluster_is_running(data):
-        return False
-    log_file = server_log_file(data)
-    proc = pg_ctl(
-        "start",
-        data,
-        bin_dir=bin_dir,
-        extra=["-w", "-t", str(int(timeout_seconds)), "-l", str(log_file)],
-        timeout=timeout_seconds,
-    )
-    if proc.returncode != 0:
-        raise tool_failed("pg_ctl start", proc)
-    return True
-
-
-def remove_cluster(data_dir: str | Path, *, bin_dir: str | Path | None = None) -> bool:
-    """Stop (immediately) and delete a server folder this module created.
-
-    Refuses a folder without the ``recovery.signal``-era marker written by
-    :func:`start_recovery` or :func:`make_stopped_copy`, so it can never remove a server it
-    did not make.
-
-    Returns:
-        True when something was removed.
-
-    Raises:
-        UnsafeTargetError: the folder was not made here.
-    """
-    data = Path(data_dir)
-    if not data.exists():
-        return False
-    auto = data / "postgresql.auto.conf"
-    marker = auto.exists() and "by DR pipelines" in auto.read_text(errors="replace")
-    if not marker:
-        raise UnsafeTargetError(f"refusing to remove {data}: not a copy made by DR pipelines")
-    with contextlib.suppress(PostgresError):
-        stop_cluster(data, bin_dir=bin_dir, mode="immediate")
-    shutil.rmtree(data, ignore_errors=True)
-    shutil.rmtree(data.parent / f"{data.name}.sock", ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        (data.parent / f"{data.name}.log").unlink()
-    log.info("removed server folder %s", data)
-    return True
 
 
 # A recovery attempt is not retried blindly: its folder is half-configured after a failure.

@@ -26,10 +26,11 @@ from tasks import storage
 from tasks.pitr.base_backup import choose_base_backup, list_base_backups
 from tasks.pitr.base_restore import download_base_backup, extract_base_backup
 from tasks.pitr.checksums import check_checksums, damage_heap_page, make_stopped_copy
+from tasks.pitr.cluster import cluster_is_running, remove_cluster
 from tasks.pitr.damage_finder import find_damage
 from tasks.pitr.drill import run_drill_statement
 from tasks.pitr.lsn import format_lsn, parse_lsn
-from tasks.pitr.recovery import RecoveredCluster, cluster_is_running, remove_cluster, start_recovery
+from tasks.pitr.recovery import RecoveredCluster, start_recovery
 from tasks.pitr.relation_restore import restore_relations
 from tasks.pitr.relations import relation_digests, relation_filepaths, resolve_filenodes
 from tasks.pitr.target import RecoveryTarget
