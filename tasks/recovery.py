@@ -4,6 +4,7 @@ in tasks.postgres.heartbeat.
 
 # ruff: noqa: F401
 
+from tasks.pitr.archiving import server_position, switch_wal_and_wait, switch_wal_and_wait_task
 from tasks.pitr.base_backup import (
     BaseBackup,
     choose_base_backup,
@@ -84,10 +85,7 @@ from tasks.pitr.wal import (
     plan_wal,
     plan_wal_task,
     restore_command_for,
-    server_position,
     stage_wal,
     stage_wal_task,
-    switch_wal_and_wait,
-    switch_wal_and_wait_task,
 )
 from tasks.postgres.heartbeat import first_heartbeat_after, heartbeat_rows_after, heartbeat_state

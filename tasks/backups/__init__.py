@@ -53,5 +53,5 @@ from tasks.backups.verify import (
     amcheck_task,
     parse_amcheck_output,
 )
+from tasks.pitr.archiving import newest_wal_segment, wal_archive_age
 from tasks.pitr.base_backup import BaseBackupInfo, base_backup, base_backup_task
-from tasks.pitr.wal import newest_wal_segment, wal_archive_age

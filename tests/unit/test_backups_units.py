@@ -42,7 +42,7 @@ from tasks.backups.retention import (
 )
 from tasks.backups.toc import choose_restore_jobs, parse_toc_listing
 from tasks.backups.verify import AmcheckResult, parse_amcheck_output
-from tasks.pitr.wal import newest_wal_segment, wal_archive_age
+from tasks.pitr.archiving import newest_wal_segment, wal_archive_age
 
 NOW = datetime(2025, 6, 18, 12, 30, tzinfo=UTC)  # a Wednesday
 

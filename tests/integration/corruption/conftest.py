@@ -28,9 +28,9 @@ import yaml
 from lab.pgcluster import Cluster, free_port
 from tasks import storage
 from tasks.backups.manifest import BASE_KIND, MANIFEST_NAME, build_manifest
+from tasks.pitr.archiving import switch_wal_and_wait
 from tasks.pitr.base_backup import BaseBackup, base_backup, list_base_backups
 from tasks.pitr.cluster import remove_cluster
-from tasks.pitr.wal import switch_wal_and_wait
 
 TARGET = "pitr"
 ROWS = 20_000

@@ -23,6 +23,7 @@ from dr.errors import (
     VerificationError,
 )
 from tasks import storage
+from tasks.pitr.archiving import server_position, switch_wal_and_wait
 from tasks.pitr.base_backup import choose_base_backup, list_base_backups
 from tasks.pitr.base_restore import download_base_backup, extract_base_backup
 from tasks.pitr.checksums import check_checksums, damage_heap_page, make_stopped_copy
@@ -34,13 +35,7 @@ from tasks.pitr.recovery import RecoveredCluster, start_recovery
 from tasks.pitr.relation_restore import restore_relations
 from tasks.pitr.relations import relation_digests, relation_filepaths, resolve_filenodes
 from tasks.pitr.target import RecoveryTarget
-from tasks.pitr.wal import (
-    plan_wal,
-    restore_command_for,
-    server_position,
-    stage_wal,
-    switch_wal_and_wait,
-)
+from tasks.pitr.wal import plan_wal, restore_command_for, stage_wal
 
 from .conftest import ROWS, Pitr
 
