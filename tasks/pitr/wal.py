@@ -173,25 +173,13 @@ def plan_wal(
     first, stop_seg, target_seg = _segment_bounds(backup, target, size)
     walk = _Walk(repo.url, backup, target, segments, spans, size)
     in_backup = [walk.expected(s) for s in range(first, stop_seg)]
-    newest_segno = max(
-        (
-            parse_segment_name(n, size)[1]
-            for n in segments
-            if parse_segment_name(n, size)[0] in ancestry
-        ),
-        default=-1,
-    )
+    newest_segno = walk.newest_on_path(ancestry)
     needed, segno, end_reason, unarchived = walk.to_end(
         stop_seg, target_seg, newest_segno, allow_unarchived_end
     )
     extra, later_gap = walk.after_end(segno, newest_segno)
     if later_gap and target.time is not None:
-        log.warning(
-            "segment %s is missing after the estimated end %s: if no transaction commits "
-            "between the recovery time and it, replay stops early (reported at start)",
-            later_gap,
-            needed[-1],
-        )
+        _warn_later_gap(later_gap, needed[-1])
     plan = WalPlan(
         archive=repo.url,
         segment_size=size,
@@ -214,6 +202,15 @@ def plan_wal(
         end_reason,
     )
     return plan
+
+
+def _warn_later_gap(later_gap: str, end: str) -> None:
+    log.warning(
+        "segment %s is missing after the estimated end %s: if no transaction commits "
+        "between the recovery time and it, replay stops early (reported at start)",
+        later_gap,
+        end,
+    )
 
 
 def _segment_bounds(
@@ -293,6 +290,11 @@ class _Walk:
     segments: Mapping[str, ArchivedFile]
     spans: Sequence[TimelineSpan]
     size: int
+
+    def newest_on_path(self, timelines: set[int]) -> int:
+        """The newest archived segment number on the given timelines (-1: none)."""
+        numbers = [parse_segment_name(n, self.size) for n in self.segments]
+        return max((segno for tli, segno in numbers if tli in timelines), default=-1)
 
     def expected(self, segno: int) -> str:
         return segment_name(_timeline_for_segment(self.spans, segno, self.size), segno, self.size)
