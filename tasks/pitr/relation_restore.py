@@ -10,7 +10,8 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -196,120 +197,19 @@ def restore_relations(
         raise ConfigError("no relation to restore", [("relations", "empty")])
     parts = [split_relation(r) for r in rels]
     t0 = time.perf_counter()
-    with (
-        session(
-            source_conninfo, "restore relations", statement_timeout_seconds=None, autocommit=False
-        ) as src,
-        session(
-            dest_conninfo, "restore relations", statement_timeout_seconds=None, autocommit=False
-        ) as dst,
-    ):
+    with _transaction(source_conninfo) as src, _transaction(dest_conninfo) as dst:
         src.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         apply_digest_settings(src)
-        columns: dict[str, list[str]] = {}
-        for rel, (schema, table) in zip(rels, parts, strict=True):
-            s_cols, d_cols = _columns(src, schema, table), _columns(dst, schema, table)
-            if not s_cols:
-                raise PreconditionError(f"table {rel} does not exist in the recovered database")
-            if not d_cols:
-                raise PreconditionError(f"table {rel} does not exist in the live database")
-            if s_cols != d_cols:
-                raise PreconditionError(
-                    f"table {rel} has other columns in the live database than at the recovery "
-                    f"point ({d_cols} vs {s_cols}); restore it by hand"
-                )
-            columns[rel] = [c for c, _ in s_cols]
-        expected = {}
-        for rel, (schema, table) in zip(rels, parts, strict=True):
-            row = src.execute(digest_query(schema, table)).fetchone()
-            assert row is not None
-            expected[rel] = RelationDigest(relation=rel, rows=int(row[0]), digest=str(row[1]))
-        dst.execute(
-            "SELECT pg_catalog.set_config('lock_timeout', %s, true)",
-            [f"{int(lock_timeout_seconds * 1000)}ms"],
-        )
-        suppressed = False
-        is_super = dst.execute(
-            "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"
-        ).fetchone()
-        if is_super and is_super[0]:
-            dst.execute("SET LOCAL session_replication_role = replica")
-            suppressed = True
-        oids = [
-            dst.execute(
-                "SELECT %s::regclass::oid", [f"{quote_ident(s)}.{quote_ident(t)}"]
-            ).fetchone()[0]  # type: ignore[index]
-            for s, t in parts
-        ]
-        fks = dst.execute(
-            "SELECT c.conname, c.conrelid::regclass::text, "
-            "pg_catalog.pg_get_constraintdef(c.oid), n.nspname, r.relname "
-            "FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class r ON r.oid = c.conrelid "
-            "JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace "
-            "WHERE c.contype = 'f' AND (c.conrelid = ANY(%s) OR c.confrelid = ANY(%s)) "
-            "ORDER BY 2, 1",
-            [oids, oids],
-        ).fetchall()
-        tables_to_lock = {f"{quote_ident(s)}.{quote_ident(t)}" for s, t in parts}
-        tables_to_lock |= {f"{quote_ident(fk[3])}.{quote_ident(fk[4])}" for fk in fks}
-        dst.execute(
-            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-                sql.SQL(", ").join(sql.SQL(t) for t in sorted(tables_to_lock))
-            )
-        )
-        for name, _rel, _def, schema, table in fks:
-            dst.execute(
-                sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
-                    sql.Identifier(schema, table), sql.Identifier(name)
-                )
-            )
-        dst.execute(
-            sql.SQL("TRUNCATE {}").format(
-                sql.SQL(", ").join(sql.Identifier(s, t) for s, t in parts)
-            )
-        )
-        for rel, (schema, table) in zip(rels, parts, strict=True):
-            cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns[rel])
-            q_out = sql.SQL("COPY {} ({}) TO STDOUT (FORMAT binary)").format(
-                sql.Identifier(schema, table), cols
-            )
-            q_in = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
-                sql.Identifier(schema, table), cols
-            )
-            with src.cursor().copy(q_out) as out, dst.cursor().copy(q_in) as inp:
-                for block in out:
-                    inp.write(block)
-        recreated = []
-        for name, _rel, definition, schema, table in fks:
-            try:
-                dst.execute(
-                    sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-                        sql.Identifier(schema, table), sql.Identifier(name), sql.SQL(definition)
-                    )
-                )
-            except psycopg.errors.IntegrityError as exc:
-                dst.rollback()
-                first = str(exc).strip().splitlines()[0]
-                raise VerificationError(
-                    f"the recovered rows break foreign key {schema}.{table}.{name} against the "
-                    f"live data ({first}); rolled back, nothing changed: restore the related "
-                    "tables together (relations=...) or switch the whole database"
-                ) from exc
-            recreated.append(f"{schema}.{table}.{name}")
+        columns = _matching_columns(src, dst, rels, parts)
+        expected = _digests(src, rels, parts)
+        suppressed = _prepare_live_side(dst, lock_timeout_seconds)
+        fks = _foreign_keys(dst, parts)
+        _lock_and_truncate(dst, parts, fks)
+        _copy_rows(src, dst, rels, parts, columns)
+        recreated = _recreate_foreign_keys(dst, fks)
         apply_digest_settings(dst)
-        got: dict[str, RelationDigest] = {}
-        for rel, (schema, table) in zip(rels, parts, strict=True):
-            row = dst.execute(digest_query(schema, table)).fetchone()
-            assert row is not None
-            got[rel] = RelationDigest(relation=rel, rows=int(row[0]), digest=str(row[1]))
-        wrong = [r for r in rels if got[r] != expected[r]]
-        if wrong:
-            dst.rollback()
-            raise VerificationError(
-                "restored rows differ from the recovered ones for "
-                + ", ".join(f"{r} ({got[r].rows} vs {expected[r].rows} rows)" for r in wrong)
-                + "; rolled back, nothing changed"
-            )
+        got = _digests(dst, rels, parts)
+        _check_restored(dst, rels, got, expected)
         dst.commit()
         committed_at = utcnow()
         src.rollback()
@@ -328,6 +228,163 @@ def restore_relations(
         seconds=seconds,
         committed_at=committed_at,
     )
+
+
+def _transaction(conninfo: str) -> AbstractContextManager[psycopg.Connection[Any]]:
+    """One explicit transaction, no statement timeout (a big table copies for long)."""
+    return session(conninfo, "restore relations", statement_timeout_seconds=None, autocommit=False)
+
+
+Conn = psycopg.Connection[Any]
+#: A foreign key as :func:`_foreign_keys` reads it: name, table, definition, schema, table.
+ForeignKey = tuple[str, str, str, str, str]
+
+
+def _matching_columns(
+    src: Conn, dst: Conn, rels: Sequence[str], parts: Sequence[tuple[str, str]]
+) -> dict[str, list[str]]:
+    """Each table's columns, refused unless both sides have the table with the same ones."""
+    columns: dict[str, list[str]] = {}
+    for rel, (schema, table) in zip(rels, parts, strict=True):
+        s_cols, d_cols = _columns(src, schema, table), _columns(dst, schema, table)
+        if not s_cols:
+            raise PreconditionError(f"table {rel} does not exist in the recovered database")
+        if not d_cols:
+            raise PreconditionError(f"table {rel} does not exist in the live database")
+        if s_cols != d_cols:
+            raise PreconditionError(
+                f"table {rel} has other columns in the live database than at the recovery "
+                f"point ({d_cols} vs {s_cols}); restore it by hand"
+            )
+        columns[rel] = [c for c, _ in s_cols]
+    return columns
+
+
+def _digests(
+    conn: Conn, rels: Sequence[str], parts: Sequence[tuple[str, str]]
+) -> dict[str, RelationDigest]:
+    out = {}
+    for rel, (schema, table) in zip(rels, parts, strict=True):
+        row = conn.execute(digest_query(schema, table)).fetchone()
+        assert row is not None
+        out[rel] = RelationDigest(relation=rel, rows=int(row[0]), digest=str(row[1]))
+    return out
+
+
+def _prepare_live_side(dst: Conn, lock_timeout_seconds: float) -> bool:
+    """Set the lock timeout; suppress triggers when we are superuser (returns whether)."""
+    dst.execute(
+        "SELECT pg_catalog.set_config('lock_timeout', %s, true)",
+        [f"{int(lock_timeout_seconds * 1000)}ms"],
+    )
+    is_super = dst.execute(
+        "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    if is_super and is_super[0]:
+        dst.execute("SET LOCAL session_replication_role = replica")
+        return True
+    return False
+
+
+def _foreign_keys(dst: Conn, parts: Sequence[tuple[str, str]]) -> list[ForeignKey]:
+    """The foreign keys from or to the tables (they are dropped and re-added around the copy)."""
+    oids = [
+        dst.execute("SELECT %s::regclass::oid", [f"{quote_ident(s)}.{quote_ident(t)}"]).fetchone()[
+            0
+        ]  # type: ignore[index]
+        for s, t in parts
+    ]
+    return dst.execute(
+        "SELECT c.conname, c.conrelid::regclass::text, "
+        "pg_catalog.pg_get_constraintdef(c.oid), n.nspname, r.relname "
+        "FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class r ON r.oid = c.conrelid "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace "
+        "WHERE c.contype = 'f' AND (c.conrelid = ANY(%s) OR c.confrelid = ANY(%s)) "
+        "ORDER BY 2, 1",
+        [oids, oids],
+    ).fetchall()
+
+
+def _lock_and_truncate(
+    dst: Conn, parts: Sequence[tuple[str, str]], fks: Sequence[ForeignKey]
+) -> None:
+    """Lock the tables and their neighbours, drop the foreign keys, truncate the tables."""
+    tables_to_lock = {f"{quote_ident(s)}.{quote_ident(t)}" for s, t in parts}
+    tables_to_lock |= {f"{quote_ident(fk[3])}.{quote_ident(fk[4])}" for fk in fks}
+    dst.execute(
+        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+            sql.SQL(", ").join(sql.SQL(t) for t in sorted(tables_to_lock))
+        )
+    )
+    for name, _rel, _def, schema, table in fks:
+        dst.execute(
+            sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                sql.Identifier(schema, table), sql.Identifier(name)
+            )
+        )
+    dst.execute(
+        sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(sql.Identifier(s, t) for s, t in parts))
+    )
+
+
+def _copy_rows(
+    src: Conn,
+    dst: Conn,
+    rels: Sequence[str],
+    parts: Sequence[tuple[str, str]],
+    columns: Mapping[str, list[str]],
+) -> None:
+    """Stream each table's rows with binary ``COPY`` from the recovered server to the live one."""
+    for rel, (schema, table) in zip(rels, parts, strict=True):
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns[rel])
+        q_out = sql.SQL("COPY {} ({}) TO STDOUT (FORMAT binary)").format(
+            sql.Identifier(schema, table), cols
+        )
+        q_in = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
+            sql.Identifier(schema, table), cols
+        )
+        with src.cursor().copy(q_out) as out, dst.cursor().copy(q_in) as inp:
+            for block in out:
+                inp.write(block)
+
+
+def _recreate_foreign_keys(dst: Conn, fks: Sequence[ForeignKey]) -> list[str]:
+    """Re-add the foreign keys (validating them against the rows now there)."""
+    recreated = []
+    for name, _rel, definition, schema, table in fks:
+        try:
+            dst.execute(
+                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                    sql.Identifier(schema, table), sql.Identifier(name), sql.SQL(definition)
+                )
+            )
+        except psycopg.errors.IntegrityError as exc:
+            dst.rollback()
+            first = str(exc).strip().splitlines()[0]
+            raise VerificationError(
+                f"the recovered rows break foreign key {schema}.{table}.{name} against the "
+                f"live data ({first}); rolled back, nothing changed: restore the related "
+                "tables together (relations=...) or switch the whole database"
+            ) from exc
+        recreated.append(f"{schema}.{table}.{name}")
+    return recreated
+
+
+def _check_restored(
+    dst: Conn,
+    rels: Sequence[str],
+    got: Mapping[str, RelationDigest],
+    expected: Mapping[str, RelationDigest],
+) -> None:
+    """Roll back unless every restored table has the recovered rows."""
+    wrong = [r for r in rels if got[r] != expected[r]]
+    if wrong:
+        dst.rollback()
+        raise VerificationError(
+            "restored rows differ from the recovered ones for "
+            + ", ".join(f"{r} ({got[r].rows} vs {expected[r].rows} rows)" for r in wrong)
+            + "; rolled back, nothing changed"
+        )
 
 
 restore_relations_task = dr_task(restore_relations, name="recovery-restore-relations", retries=0)
