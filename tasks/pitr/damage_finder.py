@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -261,28 +261,83 @@ def find_damage(
         storage = pool.submit(_collect, folder, timeline, start_lsn, end, "Storage", bin_dir)
         xact = pool.submit(_collect, folder, timeline, start_lsn, end, "Transaction", bin_dir)
         heap_records, storage_records, xact_records = heap.result(), storage.result(), xact.result()
-    counts: dict[tuple[int, str], dict[str, int]] = {}
-    first: dict[tuple[int, str], str] = {}
-    for rec in heap_records:
+    counts, first = _row_changes(heap_records, only)
+    created = _created_files(storage_records, only)
+    commits = _outcomes(xact_records, created)
+    out = _row_candidates(counts, first, commits, min_rows) + _rewrite_candidates(created, commits)
+    out.sort(key=lambda c: parse_lsn(c.commit_lsn or c.first_lsn))
+    log.info(
+        "damage finder from %s on timeline %s: %d candidate(s)%s",
+        start_lsn,
+        timeline,
+        len(out),
+        f", first xid {out[0].xid} on {out[0].locator} committed {out[0].commit_time}"
+        if out
+        else "",
+    )
+    return out
+
+
+#: Per (xid, relation file): a transaction's work on one relation.
+_Key = tuple[int, str]
+#: Per xid: commit (or abort) LSN, commit time, committed.
+_Outcome = tuple[str, datetime | None, bool]
+
+
+def _in_databases(locator: str, only: set[int] | None) -> bool:
+    return only is None or int(locator.split("/")[1]) in only
+
+
+def _row_changes(
+    records: Iterable[Mapping[str, Any]], only: set[int] | None
+) -> tuple[dict[_Key, dict[str, int]], dict[_Key, str]]:
+    """Row-changing heap records counted per transaction and relation, and each one's first LSN."""
+    counts: dict[_Key, dict[str, int]] = {}
+    first: dict[_Key, str] = {}
+    for rec in records:
         loc = rec["locator"]
-        if only is not None and int(loc.split("/")[1]) not in only:
+        if not _in_databases(loc, only):
             continue
         key = (rec["xid"], loc)
         ops = counts.setdefault(key, {})
         ops[rec["verb"]] = ops.get(rec["verb"], 0) + 1
         first.setdefault(key, rec["lsn"])
+    return counts, first
+
+
+def _created_files(
+    records: Iterable[Mapping[str, Any]], only: set[int] | None
+) -> dict[int, list[tuple[str, str]]]:
+    """Relation files each transaction created (locator, LSN)."""
     created: dict[int, list[tuple[str, str]]] = {}
-    for rec in storage_records:
+    for rec in records:
         match = re.search(r"(base/\d+/\d+)", rec["rest"])
-        if match and (only is None or int(match[1].split("/")[1]) in only):
+        if match and _in_databases(match[1], only):
             created.setdefault(rec["xid"], []).append((match[1], rec["lsn"]))
-    commits: dict[int, tuple[str, datetime | None, bool]] = {}
-    for rec in xact_records:
+    return created
+
+
+def _outcomes(
+    records: Iterable[Mapping[str, Any]], created: dict[int, list[tuple[str, str]]]
+) -> dict[int, _Outcome]:
+    """Each transaction's end; a commit that dropped no file is no rewrite (taken out of
+    ``created``, in place)."""
+    commits: dict[int, _Outcome] = {}
+    for rec in records:
         if rec["verb"] in ("COMMIT", "ABORT"):
             dropped = "rels:" in rec["rest"]
             commits[rec["xid"]] = (rec["lsn"], _commit_time(rec["rest"]), rec["verb"] == "COMMIT")
             if rec["verb"] == "COMMIT" and not dropped:
                 created.pop(rec["xid"], None)
+    return commits
+
+
+def _row_candidates(
+    counts: Mapping[_Key, dict[str, int]],
+    first: Mapping[_Key, str],
+    commits: Mapping[int, _Outcome],
+    min_rows: int,
+) -> list[DamageCandidate]:
     out: list[DamageCandidate] = []
     for (xid, loc), ops in counts.items():
         total = sum(ops.values())
@@ -300,6 +355,13 @@ def find_damage(
                 commit_time=commit[1],
             )
         )
+    return out
+
+
+def _rewrite_candidates(
+    created: Mapping[int, list[tuple[str, str]]], commits: Mapping[int, _Outcome]
+) -> list[DamageCandidate]:
+    out: list[DamageCandidate] = []
     for xid, files in created.items():
         commit = commits.get(xid)
         if commit is None or not commit[2]:
@@ -317,16 +379,6 @@ def find_damage(
                     kind="rewrite",
                 )
             )
-    out.sort(key=lambda c: parse_lsn(c.commit_lsn or c.first_lsn))
-    log.info(
-        "damage finder from %s on timeline %s: %d candidate(s)%s",
-        start_lsn,
-        timeline,
-        len(out),
-        f", first xid {out[0].xid} on {out[0].locator} committed {out[0].commit_time}"
-        if out
-        else "",
-    )
     return out
 
 
