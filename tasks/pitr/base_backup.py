@@ -166,32 +166,7 @@ def choose_base_backup(
         PreconditionError: the point is in the future, after the damage, before the oldest
             base backup, or there is no base backup; the message says which and why.
     """
-    moment = (now or utcnow()).astimezone(UTC)
-    if target.time is not None:
-        when = target.time.astimezone(UTC)
-        if when > moment:
-            raise PreconditionError(
-                f"recovery point {when.isoformat()} is in the future (now {moment.isoformat()}):"
-                " nothing can be recovered to a moment that has not happened"
-            )
-        if damage_at is not None and when > damage_at.astimezone(UTC):
-            raise PreconditionError(
-                f"recovery point {when.isoformat()} is after the damage began "
-                f"({damage_at.astimezone(UTC).isoformat()}): recovering there would bring the "
-                "damage back; choose a point before it"
-            )
-    else:
-        assert target.lsn is not None
-        lsn = parse_lsn(target.lsn)
-        if current_lsn is not None and lsn > parse_lsn(current_lsn):
-            raise PreconditionError(
-                f"recovery LSN {target.lsn} is in the future: the server is at {current_lsn}"
-            )
-        if damage_lsn is not None and lsn > parse_lsn(damage_lsn):
-            raise PreconditionError(
-                f"recovery LSN {target.lsn} is after the damage (commit at {damage_lsn}): "
-                "recovering there would bring the damage back; choose a position before it"
-            )
+    _refuse_unsafe_point(target, damage_at, damage_lsn, now, current_lsn)
     if not backups:
         raise PreconditionError(
             "no base backup in the repository: point-in-time recovery needs one taken before "
@@ -230,6 +205,42 @@ def file_sha256(path: Path) -> str:
         while chunk := fh.read(1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _refuse_unsafe_point(
+    target: RecoveryTarget,
+    damage_at: datetime | None,
+    damage_lsn: str | None,
+    now: datetime | None,
+    current_lsn: str | None,
+) -> None:
+    """Refuse a recovery point in the future or after the damage (it would bring it back)."""
+    moment = (now or utcnow()).astimezone(UTC)
+    if target.time is not None:
+        when = target.time.astimezone(UTC)
+        if when > moment:
+            raise PreconditionError(
+                f"recovery point {when.isoformat()} is in the future (now {moment.isoformat()}):"
+                " nothing can be recovered to a moment that has not happened"
+            )
+        if damage_at is not None and when > damage_at.astimezone(UTC):
+            raise PreconditionError(
+                f"recovery point {when.isoformat()} is after the damage began "
+                f"({damage_at.astimezone(UTC).isoformat()}): recovering there would bring the "
+                "damage back; choose a point before it"
+            )
+    else:
+        assert target.lsn is not None
+        lsn = parse_lsn(target.lsn)
+        if current_lsn is not None and lsn > parse_lsn(current_lsn):
+            raise PreconditionError(
+                f"recovery LSN {target.lsn} is in the future: the server is at {current_lsn}"
+            )
+        if damage_lsn is not None and lsn > parse_lsn(damage_lsn):
+            raise PreconditionError(
+                f"recovery LSN {target.lsn} is after the damage (commit at {damage_lsn}): "
+                "recovering there would bring the damage back; choose a position before it"
+            )
 
 
 class BaseBackupInfo(BaseModel):

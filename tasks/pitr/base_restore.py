@@ -218,17 +218,10 @@ def restore_base_backup(
 ) -> dict[str, Any]:
     """Put a base backup into a new data directory, every byte checked against its manifest.
 
-    Two ways, chosen by where the repository is:
-
-    - a ``file://`` repository is read once: each tar file is streamed into ``tar -x`` while
-      its SHA-256 is computed, and a mismatch at the end removes the data directory (one
-      read instead of copy + read; a transient read error restarts the extraction);
-    - any other repository (``s3://``) is downloaded first with the repository's resumable,
-      verified downloads (:func:`download_base_backup`), then untarred.
-
-    Then ``pg_verifybackup`` checks the files against ``backup_manifest``: by default that
-    every file is there with its size (``sizes``), since the archives' SHA-256 already
-    proved their content; ``full`` also re-reads every file for its checksum.
+    A ``file://`` repository is streamed into ``tar -x`` while hashed (one read instead of
+    copy + read; a mismatch removes the data directory); any other is downloaded first
+    (:func:`download_base_backup`). Then ``pg_verifybackup`` (``verify``) checks the files
+    against ``backup_manifest``.
 
     Args:
         repo: the backup repository.
@@ -255,36 +248,10 @@ def restore_base_backup(
     if marker.exists():
         shutil.rmtree(data, ignore_errors=True)
     if not str(getattr(repo, "url", "")).startswith("file://"):
-        t0 = time.perf_counter()
-        sha = download_base_backup(repo, backup, work / "download")
-        t1 = time.perf_counter()
-        extracted = extract_base_backup(work / "download", data, bin_dir=bin_dir, verify=verify)
-        shutil.rmtree(work / "download", ignore_errors=True)
-        return {
-            **extracted,
-            "seconds": round(time.perf_counter() - t0, 3),
-            "download_seconds": round(t1 - t0, 3),
-            "extract_seconds": extracted["seconds"],
-            "sha256": sha,
-            "streamed": False,
-        }
-    if data.exists() and any(data.iterdir()):
-        raise UnsafeTargetError(f"data directory {data} is not empty; refusing to restore into it")
-    others = [n for n in backup.files if n.endswith(".tar") and n not in (BASE_TAR, WAL_TAR)]
-    if others:
-        raise PreconditionError(
-            f"base backup {backup.backup_id} has tablespace archives {others}: restoring "
-            "tablespaces needs their locations mapped, which this recovery does not do"
-        )
+        return _download_and_extract(repo, backup, data, work, bin_dir, verify)
+    _check_restorable_here(backup, data)
     t0 = time.perf_counter()
-    work.mkdir(parents=True, exist_ok=True)
-    manifest = work / PG_MANIFEST
-    sha: dict[str, str] = {}
-    if PG_MANIFEST in backup.files:
-        sha[PG_MANIFEST] = repo.get_to_file(
-            backup.prefix + PG_MANIFEST, manifest, expected_sha256=backup.files[PG_MANIFEST]
-        )
-        chown_for_server(work)
+    sha = _fetch_pg_manifest(repo, backup, work)
     prepare_dir(data.parent)
     marker.touch()
     data.mkdir(mode=0o700, exist_ok=True)
@@ -299,7 +266,7 @@ def restore_base_backup(
         raise
     os.chmod(data, 0o700)
     t1 = time.perf_counter()
-    verified = _verify_backup(data, manifest, verify, bin_dir)
+    verified = _verify_backup(data, work / PG_MANIFEST, verify, bin_dir)
     marker.unlink(missing_ok=True)
     control = control_data(data, bin_dir=bin_dir)
     seconds = round(time.perf_counter() - t0, 3)
@@ -319,6 +286,56 @@ def restore_base_backup(
         "sha256": sha,
         "streamed": True,
     }
+
+
+def _download_and_extract(
+    repo: Repository,
+    backup: BaseBackup,
+    data: Path,
+    work: Path,
+    bin_dir: str | Path | None,
+    verify: VerifyMode,
+) -> dict[str, Any]:
+    """A remote repository: resumable verified downloads first, then untar."""
+    t0 = time.perf_counter()
+    sha = download_base_backup(repo, backup, work / "download")
+    t1 = time.perf_counter()
+    extracted = extract_base_backup(work / "download", data, bin_dir=bin_dir, verify=verify)
+    shutil.rmtree(work / "download", ignore_errors=True)
+    return {
+        **extracted,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "download_seconds": round(t1 - t0, 3),
+        "extract_seconds": extracted["seconds"],
+        "sha256": sha,
+        "streamed": False,
+    }
+
+
+def _check_restorable_here(backup: BaseBackup, data: Path) -> None:
+    """Refuse a non-empty data directory, and tablespace archives (locations not mapped)."""
+    if data.exists() and any(data.iterdir()):
+        raise UnsafeTargetError(f"data directory {data} is not empty; refusing to restore into it")
+    others = [n for n in backup.files if n.endswith(".tar") and n not in (BASE_TAR, WAL_TAR)]
+    if others:
+        raise PreconditionError(
+            f"base backup {backup.backup_id} has tablespace archives {others}: restoring "
+            "tablespaces needs their locations mapped, which this recovery does not do"
+        )
+
+
+def _fetch_pg_manifest(repo: Repository, backup: BaseBackup, work: Path) -> dict[str, str]:
+    """PostgreSQL's ``backup_manifest`` into ``work`` (for pg_verifybackup), when it has one."""
+    work.mkdir(parents=True, exist_ok=True)
+    sha: dict[str, str] = {}
+    if PG_MANIFEST in backup.files:
+        sha[PG_MANIFEST] = repo.get_to_file(
+            backup.prefix + PG_MANIFEST,
+            work / PG_MANIFEST,
+            expected_sha256=backup.files[PG_MANIFEST],
+        )
+        chown_for_server(work)
+    return sha
 
 
 def _stream_untar(repo: Repository, backup: BaseBackup, name: str, dest: Path) -> str:

@@ -180,6 +180,20 @@ def make_stopped_copy(
     if proc.returncode != 0:
         shutil.rmtree(dest, ignore_errors=True)
         raise tool_failed("pg_basebackup", proc)
+    _configure_copy(dest)
+    _start_and_stop_copy(dest, bin_dir)
+    control = control_data(dest, bin_dir=bin_dir)
+    seconds = round(time.perf_counter() - t0, 3)
+    log.info("stopped copy of %s in %s (%.1f s)", redact(conninfo), dest, seconds)
+    return {
+        "data_dir": str(dest),
+        "seconds": seconds,
+        "system_identifier": system_identifier(control),
+    }
+
+
+def _configure_copy(dest: Path) -> None:
+    """Settings for the copy's one start: a free port, its own socket, archiving off."""
     port = free_port()
     socket_dir = dest.parent / f"{dest.name}.sock"
     socket_dir.mkdir(exist_ok=True)
@@ -202,6 +216,10 @@ def make_stopped_copy(
     )
     (dest / "standby.signal").unlink(missing_ok=True)
     chown_for_server(dest)
+
+
+def _start_and_stop_copy(dest: Path, bin_dir: str | Path | None) -> None:
+    """Start once (crash recovery to the consistent point) and stop cleanly."""
     log_file = server_log_file(dest, fresh=True)
     started = pg_ctl("start", dest, bin_dir=bin_dir, extra=["-w", "-t", "120", "-l", str(log_file)])
     if started.returncode != 0:
@@ -209,14 +227,6 @@ def make_stopped_copy(
     stopped = pg_ctl("stop", dest, bin_dir=bin_dir, extra=["-m", "fast", "-w", "-t", "120"])
     if stopped.returncode != 0:
         raise tool_failed("pg_ctl stop (copy)", stopped)
-    control = control_data(dest, bin_dir=bin_dir)
-    seconds = round(time.perf_counter() - t0, 3)
-    log.info("stopped copy of %s in %s (%.1f s)", redact(conninfo), dest, seconds)
-    return {
-        "data_dir": str(dest),
-        "seconds": seconds,
-        "system_identifier": system_identifier(control),
-    }
 
 
 def damage_heap_page(

@@ -237,19 +237,9 @@ def start_recovery(
     if cluster_is_running(data):
         raise UnsafeTargetError(f"{data} is already running; refusing to reconfigure it")
     port = port or free_port()
-    socket_dir = data.parent / f"{data.name}.sock"
-    socket_dir.mkdir(exist_ok=True)
-    chown_for_server(socket_dir)
-    log_file = server_log_file(data, fresh=True)
-    settings = render_recovery_settings(
-        target,
-        restore_command=restore_command,
-        port=port,
-        socket_dir=socket_dir,
-        cluster_name=cluster_name,
-        extra_settings=extra_settings,
+    socket_dir, log_file = _configure_recovery(
+        data, target, restore_command, port, cluster_name, extra_settings
     )
-    _write_recovery_config(data, settings)
     before = control_data(data, bin_dir=bin_dir)
     started = utcnow()
     t0 = time.perf_counter()
@@ -284,6 +274,31 @@ def start_recovery(
         result.last_replayed_at,
     )
     return result
+
+
+def _configure_recovery(
+    data: Path,
+    target: RecoveryTarget,
+    restore_command: str,
+    port: int,
+    cluster_name: str,
+    extra_settings: Mapping[str, str] | None,
+) -> tuple[Path, Path]:
+    """Write the recovery settings and signal; returns the socket folder and the log file."""
+    socket_dir = data.parent / f"{data.name}.sock"
+    socket_dir.mkdir(exist_ok=True)
+    chown_for_server(socket_dir)
+    log_file = server_log_file(data, fresh=True)
+    settings = render_recovery_settings(
+        target,
+        restore_command=restore_command,
+        port=port,
+        socket_dir=socket_dir,
+        cluster_name=cluster_name,
+        extra_settings=extra_settings,
+    )
+    _write_recovery_config(data, settings)
+    return socket_dir, log_file
 
 
 def _start_for_recovery(
