@@ -236,11 +236,7 @@ def dump_database(
         PostgresError: pg_dump failed (transient when the server was unreachable).
     """
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise UnsafeTargetError(f"dump folder {out} is not empty; refusing to write into it")
-    if out.exists():
-        out.rmdir()  # pg_dump -Fd creates the folder itself
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_dump_folder(out)
     n_jobs = max(1, jobs or os.cpu_count() or 1)
     tool = find_tool("pg_dump", bin_dir)
     argv: list[str | os.PathLike[str]] = [
@@ -284,6 +280,15 @@ def dump_database(
         n_jobs,
     )
     return info
+
+
+def _prepare_dump_folder(out: Path) -> None:
+    """Refuse a non-empty folder; leave none (``pg_dump -Fd`` creates it itself)."""
+    if out.exists() and any(out.iterdir()):
+        raise UnsafeTargetError(f"dump folder {out} is not empty; refusing to write into it")
+    if out.exists():
+        out.rmdir()
+    out.parent.mkdir(parents=True, exist_ok=True)
 
 
 dump_database_task = dr_task(dump_database, name="pg-dump")

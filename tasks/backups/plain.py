@@ -125,27 +125,7 @@ def restore_plain(
             env=tool_env(password, {"PGOPTIONS": pgoptions} if pgoptions else None),
         )
         assert proc.stdin is not None
-        failure: BaseException | None = None
-        last_report = 0.0
-        try:
-            for line in source:
-                guard.check(line)
-                proc.stdin.write(line)
-                if progress_cb is not None and total_bytes and time.monotonic() - last_report > 0.5:
-                    last_report = time.monotonic()
-                    with contextlib.suppress(Exception):
-                        progress_cb(min(counter.count / total_bytes, 0.99), "restoring plain SQL")
-        except BrokenPipeError:
-            pass  # psql stopped on an error; its message is read below
-        except UnsafeTargetError as exc:
-            failure = exc
-        except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            failure = VerificationError(f"plain dump is corrupt or truncated: {exc}")
-        if failure is not None:
-            # Kill before closing stdin: a closed stdin would let psql COMMIT what it read.
-            proc.kill()
-            proc.wait()
-            raise failure
+        _feed(proc, source, guard, counter, progress_cb, total_bytes)
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.close()
         try:
@@ -170,6 +150,44 @@ def restore_plain(
         ended_at=utcnow(),
         duration_seconds=round(duration, 3),
     )
+
+
+def _feed(
+    proc: subprocess.Popen[bytes],
+    source: IO[bytes],
+    guard: _PlainGuard,
+    counter: _CountingReader,
+    progress_cb: ProgressCallback | None,
+    total_bytes: int | None,
+) -> None:
+    """Write the dump into psql line by line, each line checked first.
+
+    Raises:
+        UnsafeTargetError: a refused statement (psql is killed: nothing is committed).
+        VerificationError: the stream is corrupt or truncated (psql is killed).
+    """
+    assert proc.stdin is not None
+    failure: BaseException | None = None
+    last_report = 0.0
+    try:
+        for line in source:
+            guard.check(line)
+            proc.stdin.write(line)
+            if progress_cb is not None and total_bytes and time.monotonic() - last_report > 0.5:
+                last_report = time.monotonic()
+                with contextlib.suppress(Exception):
+                    progress_cb(min(counter.count / total_bytes, 0.99), "restoring plain SQL")
+    except BrokenPipeError:
+        pass  # psql stopped on an error; the caller reads its message
+    except UnsafeTargetError as exc:
+        failure = exc
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        failure = VerificationError(f"plain dump is corrupt or truncated: {exc}")
+    if failure is not None:
+        # Kill before closing stdin: a closed stdin would let psql COMMIT what it read.
+        proc.kill()
+        proc.wait()
+        raise failure
 
 
 class _CountingReader:

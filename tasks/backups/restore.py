@@ -200,7 +200,6 @@ def restore_dump(
     n_jobs = jobs if jobs is not None else (choose_restore_jobs(sizes) if fmt == "directory" else 1)
     n_jobs = max(1, n_jobs)
     settings = RESTORE_SESSION_SETTINGS if session_settings is None else session_settings
-    pgoptions = " ".join(f"-c {k}={v}" for k, v in settings.items())
     argv = [
         str(tool),
         "--exit-on-error",
@@ -214,6 +213,38 @@ def restore_dump(
     tracker = _RestoreProgress(sizes, by_id, post_items, n_jobs > 1, progress_cb)
     started = utcnow()
     t0 = time.perf_counter()
+    returncode, lines = _run_pg_restore(argv, password, settings, tracker, timeout_seconds)
+    duration = time.perf_counter() - t0
+    if returncode != 0:
+        errors = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()]
+        raise tool_error("pg_restore", returncode, "".join(errors[-12:] or lines[-12:]))
+    if progress_cb is not None:
+        with contextlib.suppress(Exception):
+            progress_cb(1.0, "restore finished")
+    log.info("restored %s (%s, -j %s) in %.1f s", path.name, fmt, n_jobs, duration)
+    return RestoreInfo(
+        format=fmt,
+        jobs=n_jobs,
+        started_at=started,
+        ended_at=utcnow(),
+        duration_seconds=round(duration, 3),
+        tables=len(entries),
+    )
+
+
+def _run_pg_restore(
+    argv: list[str],
+    password: str | None,
+    settings: Mapping[str, str],
+    tracker: _RestoreProgress,
+    timeout_seconds: float | None,
+) -> tuple[int, list[str]]:
+    """Run pg_restore, its stderr fed to the progress tracker; ``(return code, stderr lines)``.
+
+    Raises:
+        PostgresError: it did not finish in time (killed; transient).
+    """
+    pgoptions = " ".join(f"-c {k}={v}" for k, v in settings.items())
     proc = subprocess.Popen(
         argv,
         stdout=subprocess.DEVNULL,
@@ -234,22 +265,7 @@ def restore_dump(
         ) from exc
     finally:
         reader.join(timeout=10)
-    duration = time.perf_counter() - t0
-    if returncode != 0:
-        errors = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()]
-        raise tool_error("pg_restore", returncode, "".join(errors[-12:] or lines[-12:]))
-    if progress_cb is not None:
-        with contextlib.suppress(Exception):
-            progress_cb(1.0, "restore finished")
-    log.info("restored %s (%s, -j %s) in %.1f s", path.name, fmt, n_jobs, duration)
-    return RestoreInfo(
-        format=fmt,
-        jobs=n_jobs,
-        started_at=started,
-        ended_at=utcnow(),
-        duration_seconds=round(duration, 3),
-        tables=len(entries),
-    )
+    return returncode, lines
 
 
 def restore_custom(
