@@ -16,11 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from dr.clock import utcnow
-from dr.errors import (
-    ConfigError,
-    PostgresError,
-    UnsafeTargetError,
-)
+from dr.errors import ConfigError, PostgresError, UnsafeTargetError
 from dr.localexec import find_tool, run_tool, tool_env, tool_error, tool_version
 from dr.tasking import dr_task
 
@@ -291,4 +287,4 @@ def _prepare_dump_folder(out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
 
 
-dump_database_task = dr_task(dump_database, name="pg-dump")
+dump_database_task = dr_task(dump_database, name="backups-dump-database")

@@ -11,11 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from dr.errors import (
-    ConfigError,
-    UnsafeTargetError,
-    VerificationError,
-)
+from dr.errors import ConfigError, UnsafeTargetError, VerificationError
+from dr.tasking import dr_task
 from tasks.backups.manifest import (
     MANIFEST_NAME,
     VERIFIED_NAME,
@@ -124,3 +121,8 @@ def inject_bad_backup(
         new_size=new_size,
         resealed=reseal_manifest and manifest_path.exists(),
     )
+
+
+inject_bad_backup_task = dr_task(
+    inject_bad_backup, name="backups-inject-bad-backup", retries=0, timeout_seconds=600
+)

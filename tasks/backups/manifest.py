@@ -9,7 +9,6 @@ without its manifest is incomplete.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import zlib
@@ -21,13 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from dr.clock import utcnow
-from dr.errors import (
-    ConfigError,
-    VerificationError,
-)
-
-log = logging.getLogger(__name__)
-
+from dr.errors import ConfigError, VerificationError
 
 FORMAT_VERSION = 1
 

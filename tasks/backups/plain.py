@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import logging
 import os
 import subprocess
 import tempfile
@@ -14,16 +13,10 @@ from collections.abc import Iterator
 from typing import IO
 
 from dr.clock import utcnow
-from dr.errors import (
-    PostgresError,
-    UnsafeTargetError,
-    VerificationError,
-)
+from dr.errors import PostgresError, UnsafeTargetError, VerificationError
 from dr.localexec import find_tool, tool_env, tool_error
+from dr.tasking import dr_task
 from tasks.backups.restore import RESTORE_SESSION_SETTINGS, ProgressCallback, RestoreInfo
-
-log = logging.getLogger(__name__)
-
 
 #: psql meta-commands that pg_dump itself writes into plain dumps (``\restrict`` since the
 #: 2025 security releases); any other meta-command in a foreign dump is refused, because
@@ -213,3 +206,6 @@ class _CountingReader:
 
     def readable(self) -> bool:
         return True
+
+
+restore_plain_task = dr_task(restore_plain, name="backups-restore-plain", retries=0)

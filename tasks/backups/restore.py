@@ -20,10 +20,7 @@ from typing import IO, Literal
 from pydantic import BaseModel
 
 from dr.clock import utcnow
-from dr.errors import (
-    PostgresError,
-    VerificationError,
-)
+from dr.errors import PostgresError, VerificationError
 from dr.localexec import find_tool, tool_env, tool_error
 from dr.tasking import dr_task
 from tasks.backups.manifest import HASH_CHUNK_BYTES
@@ -296,4 +293,5 @@ def restore_custom(
         )
 
 
-restore_dump_task = dr_task(restore_dump, name="pg-restore", retries=0)
+restore_dump_task = dr_task(restore_dump, name="backups-restore-dump", retries=0)
+restore_custom_task = dr_task(restore_custom, name="backups-restore-custom", retries=0)

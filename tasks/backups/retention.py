@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -11,8 +10,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from dr.config import Retention
-
-log = logging.getLogger(__name__)
 
 
 class BackupEntry(BaseModel):

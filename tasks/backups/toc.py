@@ -9,7 +9,6 @@ enough to keep a worker busy.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -18,9 +17,6 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from dr.localexec import find_tool, run_tool
-
-log = logging.getLogger(__name__)
-
 
 #: A table gets its own restore worker when its data is at least this share of the largest.
 JOB_SHARE_THRESHOLD = 0.25

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import subprocess
@@ -10,13 +9,9 @@ import time
 
 from pydantic import BaseModel, Field
 
-from dr.errors import (
-    PostgresError,
-)
+from dr.errors import PostgresError
 from dr.localexec import find_tool, tool_env, tool_error
 from dr.tasking import dr_task
-
-log = logging.getLogger(__name__)
 
 
 class AmcheckFailure(BaseModel):
@@ -135,4 +130,4 @@ def amcheck(
     raise tool_error("pg_amcheck", proc.returncode, proc.stderr or proc.stdout)
 
 
-amcheck_task = dr_task(amcheck, name="pg-amcheck")
+amcheck_task = dr_task(amcheck, name="backups-amcheck")

@@ -14,18 +14,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from dr.clock import utcnow
-from dr.errors import (
-    PostgresError,
-)
+from dr.errors import PostgresError
 from dr.tasking import dr_task
 from tasks.postgres.client import session
 
 if TYPE_CHECKING:
     pass
 
-from tasks.pitr.lsn import (
-    SEGMENT_RE,
-)
+from tasks.pitr.lsn import SEGMENT_RE
 
 log = logging.getLogger(__name__)
 
@@ -164,4 +160,6 @@ def wal_archive_age(source: Any, *, now: datetime | None = None) -> float | None
     return max(0.0, (moment - newest[1]).total_seconds())
 
 
-switch_wal_and_wait_task = dr_task(switch_wal_and_wait, name="recovery-switch-wal")
+server_position_task = dr_task(server_position, name="pitr-server-position", timeout_seconds=60)
+switch_wal_and_wait_task = dr_task(switch_wal_and_wait, name="pitr-switch-wal-and-wait")
+wal_archive_age_task = dr_task(wal_archive_age, name="pitr-wal-archive-age", timeout_seconds=120)

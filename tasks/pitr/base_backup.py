@@ -22,19 +22,14 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from dr.clock import utcnow
-from dr.errors import (
-    PreconditionError,
-    StorageError,
-    UnsafeTargetError,
-)
+from dr.errors import PreconditionError, StorageError, UnsafeTargetError
 from dr.localexec import find_tool, run_tool, tool_version
 from dr.tasking import dr_task
+from tasks.pitr.lsn import parse_lsn
+from tasks.pitr.target import RecoveryTarget
 
 if TYPE_CHECKING:
     from tasks.storage.client import Repository
-
-from tasks.pitr.lsn import parse_lsn
-from tasks.pitr.target import RecoveryTarget
 
 log = logging.getLogger(__name__)
 
@@ -331,5 +326,5 @@ def base_backup(
     return info
 
 
-list_base_backups_task = dr_task(list_base_backups, name="recovery-list-base-backups")
-base_backup_task = dr_task(base_backup, name="pg-basebackup")
+list_base_backups_task = dr_task(list_base_backups, name="pitr-list-base-backups")
+base_backup_task = dr_task(base_backup, name="pitr-base-backup")

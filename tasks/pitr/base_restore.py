@@ -36,10 +36,6 @@ from dr.localexec import (
     tool_failed,
 )
 from dr.tasking import dr_task
-
-if TYPE_CHECKING:
-    from tasks.storage.client import Repository
-
 from tasks.pitr.base_backup import (
     BASE_TAR,
     DR_MANIFEST,
@@ -49,6 +45,9 @@ from tasks.pitr.base_backup import (
     file_sha256,
 )
 from tasks.pitr.cluster import control_data
+
+if TYPE_CHECKING:
+    from tasks.storage.client import Repository
 
 log = logging.getLogger(__name__)
 
@@ -371,5 +370,8 @@ def _stream_untar(repo: Repository, backup: BaseBackup, name: str, dest: Path) -
     return actual
 
 
-download_base_backup_task = dr_task(download_base_backup, name="recovery-download-base-backup")
-restore_base_backup_task = dr_task(restore_base_backup, name="recovery-restore-base-backup")
+download_base_backup_task = dr_task(download_base_backup, name="pitr-download-base-backup")
+extract_base_backup_task = dr_task(
+    extract_base_backup, name="pitr-extract-base-backup", retries=0, timeout_seconds=3600
+)
+restore_base_backup_task = dr_task(restore_base_backup, name="pitr-restore-base-backup")

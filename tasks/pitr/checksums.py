@@ -12,11 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dr.errors import (
-    PreconditionError,
-    UnsafeTargetError,
-    redact,
-)
+from dr.errors import PreconditionError, UnsafeTargetError, redact
 from dr.localexec import chown_for_server, run_as_server, server_tool, tool_failed
 from dr.tasking import dr_task
 from tasks.pitr.base_backup import file_sha256
@@ -285,5 +281,8 @@ def damage_heap_page(
     }
 
 
-check_checksums_task = dr_task(check_checksums, name="recovery-pg-checksums", retries=0)
-make_stopped_copy_task = dr_task(make_stopped_copy, name="recovery-stopped-copy", retries=0)
+check_checksums_task = dr_task(check_checksums, name="pitr-check-checksums", retries=0)
+make_stopped_copy_task = dr_task(make_stopped_copy, name="pitr-make-stopped-copy", retries=0)
+damage_heap_page_task = dr_task(
+    damage_heap_page, name="pitr-damage-heap-page", retries=0, timeout_seconds=120
+)

@@ -14,11 +14,9 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from dr.errors import (
-    PostgresError,
-    UnsafeTargetError,
-)
+from dr.errors import PostgresError, UnsafeTargetError
 from dr.localexec import chown_for_server, run_as_server, server_tool, tool_failed
+from dr.tasking import dr_task
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +165,9 @@ def remove_cluster(data_dir: str | Path, *, bin_dir: str | Path | None = None) -
         (data.parent / f"{data.name}.log").unlink()
     log.info("removed server folder %s", data)
     return True
+
+
+control_data_task = dr_task(control_data, name="pitr-control-data", timeout_seconds=120)
+stop_cluster_task = dr_task(stop_cluster, name="pitr-stop-cluster", timeout_seconds=300)
+start_cluster_task = dr_task(start_cluster, name="pitr-start-cluster", timeout_seconds=300)
+remove_cluster_task = dr_task(remove_cluster, name="pitr-remove-cluster", timeout_seconds=300)

@@ -17,9 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dr.errors import (
-    PostgresError,
-)
+from dr.errors import PostgresError
 from dr.localexec import server_argv, server_tool
 from dr.tasking import dr_task
 from tasks.pitr.lsn import (
@@ -382,4 +380,7 @@ def _rewrite_candidates(
     return out
 
 
-find_damage_task = dr_task(find_damage, name="recovery-find-damage")
+archive_window_start_task = dr_task(
+    archive_window_start, name="pitr-archive-window-start", timeout_seconds=120
+)
+find_damage_task = dr_task(find_damage, name="pitr-find-damage")

@@ -8,6 +8,7 @@ from typing import Any
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field
 
+from dr.tasking import dr_task
 from tasks.pitr.relations import split_relation
 from tasks.postgres.client import session
 
@@ -121,3 +122,9 @@ def drill_statement(relation: str, column: str | None = None) -> str:
     if column is None:
         return sql.SQL("DELETE FROM {}").format(rel).as_string(None)
     return sql.SQL("UPDATE {} SET {} = 0").format(rel, sql.Identifier(column)).as_string(None)
+
+
+drill_candidates_task = dr_task(drill_candidates, name="pitr-drill-candidates", timeout_seconds=600)
+run_drill_statement_task = dr_task(
+    run_drill_statement, name="pitr-run-drill-statement", retries=0, timeout_seconds=600
+)

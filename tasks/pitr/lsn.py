@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dr.errors import (
-    ConfigError,
-    VerificationError,
-)
-
-log = logging.getLogger(__name__)
-
+from dr.errors import ConfigError, VerificationError
 
 #: Full WAL segment file names: timeline (8 hex) + log (8 hex) + segment (8 hex).
 SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")

@@ -28,11 +28,7 @@ from psycopg.conninfo import make_conninfo
 from pydantic import BaseModel, ConfigDict, Field
 
 from dr.clock import utcnow
-from dr.errors import (
-    PostgresError,
-    PreconditionError,
-    UnsafeTargetError,
-)
+from dr.errors import PostgresError, PreconditionError, UnsafeTargetError
 from dr.localexec import chown_for_server
 from dr.tasking import dr_task
 from tasks.pitr.cluster import cluster_is_running, control_data, free_port, pg_ctl, server_log_file
@@ -393,4 +389,4 @@ def _int_or_none(value: Any) -> int | None:
 # A recovery attempt is not retried blindly: its folder is half-configured after a failure.
 
 
-start_recovery_task = dr_task(start_recovery, name="recovery-start", retries=0)
+start_recovery_task = dr_task(start_recovery, name="pitr-start-recovery", retries=0)

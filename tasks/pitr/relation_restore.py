@@ -22,12 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dr.changes import Change
 from dr.clock import utcnow
-from dr.errors import (
-    ConfigError,
-    PostgresError,
-    PreconditionError,
-    VerificationError,
-)
+from dr.errors import ConfigError, PostgresError, PreconditionError, VerificationError
 from dr.localexec import server_tool, tool_failed
 from dr.tasking import dr_task
 from tasks.pitr.base_backup import file_sha256
@@ -387,5 +382,8 @@ def _check_restored(
         )
 
 
-restore_relations_task = dr_task(restore_relations, name="recovery-restore-relations", retries=0)
-dump_relations_task = dr_task(dump_relations, name="recovery-dump-relations")
+preserve_database_copy_task = dr_task(
+    preserve_database_copy, name="pitr-preserve-database-copy", timeout_seconds=1800
+)
+dump_relations_task = dr_task(dump_relations, name="pitr-dump-relations")
+restore_relations_task = dr_task(restore_relations, name="pitr-restore-relations", retries=0)

@@ -5,7 +5,6 @@ Why digests and not row counts: a bad ``UPDATE`` keeps the count; only the conte
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -14,14 +13,9 @@ import psycopg
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict
 
-from dr.errors import (
-    ConfigError,
-    PostgresError,
-)
+from dr.errors import ConfigError, PostgresError
 from dr.tasking import dr_task
 from tasks.postgres.client import session
-
-log = logging.getLogger(__name__)
 
 
 class _Model(BaseModel):
@@ -192,4 +186,15 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-relation_digests_task = dr_task(relation_digests, name="recovery-relation-digests")
+relation_digests_task = dr_task(relation_digests, name="pitr-relation-digests")
+relation_filepaths_task = dr_task(
+    relation_filepaths, name="pitr-relation-filepaths", timeout_seconds=120
+)
+resolve_filenodes_task = dr_task(
+    resolve_filenodes, name="pitr-resolve-filenodes", timeout_seconds=300
+)
+database_oid_task = dr_task(database_oid, name="pitr-database-oid", timeout_seconds=60)
+extension_installed_task = dr_task(
+    extension_installed, name="pitr-extension-installed", timeout_seconds=60
+)
+ensure_schemas_task = dr_task(ensure_schemas, name="pitr-ensure-schemas", timeout_seconds=120)

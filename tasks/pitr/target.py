@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dr.errors import (
-    ConfigError,
-)
+from dr.errors import ConfigError
 from tasks.pitr.lsn import parse_lsn
-
-log = logging.getLogger(__name__)
 
 
 class _Model(BaseModel):

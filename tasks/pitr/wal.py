@@ -29,16 +29,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dr.errors import (
-    ConfigError,
-    PreconditionError,
-)
+from dr.errors import ConfigError, PreconditionError
 from dr.localexec import chown_for_server
 from dr.tasking import dr_task
-
-if TYPE_CHECKING:
-    from tasks.storage.client import Repository
-
 from tasks.pitr.base_backup import BaseBackup, read_small
 from tasks.pitr.lsn import (
     HISTORY_RE,
@@ -55,6 +48,9 @@ from tasks.pitr.lsn import (
     segment_number,
 )
 from tasks.pitr.target import RecoveryTarget
+
+if TYPE_CHECKING:
+    from tasks.storage.client import Repository
 
 log = logging.getLogger(__name__)
 
@@ -402,5 +398,5 @@ def restore_command_for(archive_url: str | None, staged_dir: str | Path | None =
     return f"cp '{quoted}/%f' '%p'"
 
 
-plan_wal_task = dr_task(plan_wal, name="recovery-plan-wal")
-stage_wal_task = dr_task(stage_wal, name="recovery-stage-wal")
+plan_wal_task = dr_task(plan_wal, name="pitr-plan-wal")
+stage_wal_task = dr_task(stage_wal, name="pitr-stage-wal")

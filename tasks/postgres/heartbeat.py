@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from typing import Any
 
 from psycopg import sql
 
-from dr.errors import (
-    ConfigError,
-)
+from dr.errors import ConfigError
+from dr.tasking import dr_task
 from tasks.postgres.client import session
-
-log = logging.getLogger(__name__)
 
 
 def heartbeat_state(conninfo: str, table: str = "public.dr_heartbeat") -> dict[str, dict[str, Any]]:
@@ -90,3 +86,12 @@ def _split_relation(name: str) -> tuple[str, str]:
             f"relation {name!r} must be schema-qualified (schema.table)", [("relations", name)]
         )
     return schema, table
+
+
+heartbeat_state_task = dr_task(heartbeat_state, name="postgres-heartbeat-state", timeout_seconds=60)
+first_heartbeat_after_task = dr_task(
+    first_heartbeat_after, name="postgres-first-heartbeat-after", timeout_seconds=60
+)
+heartbeat_rows_after_task = dr_task(
+    heartbeat_rows_after, name="postgres-heartbeat-rows-after", timeout_seconds=60
+)
