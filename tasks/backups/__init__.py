@@ -16,7 +16,6 @@ from tasks.backups.inject import InjectionInfo, inject_bad_backup
 from tasks.backups.manifest import (
     BASE_KIND,
     DUMP_KIND,
-    FOREIGN_KIND,
     MANIFEST_NAME,
     VERIFIED_NAME,
     Manifest,

@@ -43,11 +43,7 @@ def conninfo_with(conninfo: str, **params: str | int | None) -> str:
 
 
 _FIELD_SEP = "\x1f"
-
-
 _END_MARK = "__dr_backups_end__"
-
-
 #: Rows of every user table (leaf tables, as tasks.postgres.table_row_counts names them),
 #: counted inside the current transaction, so inside the exported snapshot.
 _ROW_COUNTS_SQL = (

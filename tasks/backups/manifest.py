@@ -23,34 +23,15 @@ from dr.clock import utcnow
 from dr.errors import ConfigError, VerificationError
 
 FORMAT_VERSION = 1
-
-
 MANIFEST_NAME = "manifest.json"
-
-
 #: Written next to a manifest after a green drill (the manifest itself is immutable).
 VERIFIED_NAME = "verified.json"
-
-
 DUMP_KIND = "pg_dump-directory"
-
-
 BASE_KIND = "basebackup"
-
-
-FOREIGN_KIND = "foreign"
-
-
 BackupKindName = Literal["pg_dump-directory", "basebackup", "foreign"]
-
-
 HASH_CHUNK_BYTES = 1024 * 1024
-
-
 #: PostgreSQL identifiers are at most 63 bytes (NAMEDATALEN - 1).
 MAX_IDENTIFIER_BYTES = 63
-
-
 SCRATCH_PREFIX = "dr_verify_"
 
 

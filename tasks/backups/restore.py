@@ -27,16 +27,12 @@ from tasks.backups.manifest import HASH_CHUNK_BYTES
 from tasks.backups.toc import choose_restore_jobs, data_sizes, read_toc
 
 log = logging.getLogger(__name__)
-
-
 #: Server settings for the restore sessions (PGOPTIONS), empty by default. Measured on the
 #: lab machine (pgbench scale 50, 2 cores, interleaved runs): neither a bigger
 #: ``maintenance_work_mem`` (256MB) nor ``synchronous_commit=off`` restored faster than
 #: the defaults, and the bigger sort memory starts more parallel index workers than there
 #: are cores. Kept as a parameter for servers where it does help.
 RESTORE_SESSION_SETTINGS: dict[str, str] = {}
-
-
 ProgressCallback = Callable[[float, str], None]
 
 

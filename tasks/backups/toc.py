@@ -35,8 +35,6 @@ class TocEntry(BaseModel):
 
 
 _TOC_DATA_RE = re.compile(r"^(\d+); \d+ \d+ TABLE DATA (\S+) (.+) (\S+)$")
-
-
 _TOC_POST_DATA = (" INDEX ", " CONSTRAINT ", " FK CONSTRAINT ", " TRIGGER ", " POLICY ")
 
 

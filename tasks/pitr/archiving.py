@@ -24,11 +24,7 @@ if TYPE_CHECKING:
 from tasks.pitr.lsn import SEGMENT_RE
 
 log = logging.getLogger(__name__)
-
-
 POLL_SECONDS = 0.1
-
-
 DEFAULT_SWITCH_WAIT_SECONDS = 60.0
 
 

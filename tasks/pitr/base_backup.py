@@ -40,14 +40,8 @@ class _Model(BaseModel):
 
 #: Names of base backup files (``pg_basebackup -Ft``) this module restores.
 BASE_TAR = "base.tar"
-
-
 WAL_TAR = "pg_wal.tar"
-
-
 PG_MANIFEST = "backup_manifest"
-
-
 DR_MANIFEST = "manifest.json"
 
 

@@ -50,12 +50,8 @@ if TYPE_CHECKING:
     from tasks.storage.client import Repository
 
 log = logging.getLogger(__name__)
-
-
 #: Read size when streaming a tar file from a local repository into ``tar -x``.
 STREAM_CHUNK_BYTES = 1024 * 1024
-
-
 VerifyMode = Literal["full", "sizes", "off"]
 
 

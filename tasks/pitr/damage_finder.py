@@ -39,8 +39,6 @@ class _Model(BaseModel):
 
 #: How much archived WAL the damage finder reads when no base backup says where to start.
 DEFAULT_SCAN_WINDOW_BYTES = 1024 * 1024 * 1024
-
-
 #: Heap records that change rows (pg_waldump ``desc:`` verbs), counted by :func:`find_damage`.
 _ROW_CHANGES = frozenset({"UPDATE", "HOT_UPDATE", "DELETE"})
 
@@ -63,11 +61,7 @@ _WALDUMP_RE = re.compile(
     r"rmgr:\s*(\w+)\s+len \(rec/tot\):\s*\d+/\s*\d+, tx:\s*(\d+), lsn: ([0-9A-F]+/[0-9A-F]+),"
     r" prev [0-9A-F]+/[0-9A-F]+, desc: (\w+)(.*)$"
 )
-
-
 _BLKREF_RE = re.compile(r"blkref #0: rel (\d+)/(\d+)/(\d+)")
-
-
 _COMMIT_TIME_RE = re.compile(r"^\s*(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) (\S+)")
 
 

@@ -10,14 +10,8 @@ from dr.errors import ConfigError, VerificationError
 
 #: Full WAL segment file names: timeline (8 hex) + log (8 hex) + segment (8 hex).
 SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
-
-
 HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
-
-
 LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
-
-
 #: WAL segment sizes PostgreSQL allows (initdb --wal-segsize: powers of two, 1 MiB..1 GiB).
 VALID_SEGMENT_SIZES = frozenset(2**n for n in range(20, 31))
 

@@ -43,11 +43,7 @@ class _Model(BaseModel):
 
 
 DEFAULT_RECOVERY_TIMEOUT_SECONDS = 900.0
-
-
 POLL_SECONDS = 0.1
-
-
 #: Failures of the recovered server that mean "this recovery can never reach its target".
 _FATAL_MARKERS = (
     "recovery ended before configured recovery target was reached",
@@ -57,8 +53,6 @@ _FATAL_MARKERS = (
     "WAL file is from different database system",
     "requested timeline",
 )
-
-
 #: Settings a recovered copy must not inherit from the source (replication, archiving,
 #: collector): it is a new, independent server until someone repoints an application to it.
 COPY_OVERRIDES: dict[str, str] = {

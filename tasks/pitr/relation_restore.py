@@ -27,7 +27,6 @@ from dr.localexec import server_tool, tool_failed
 from dr.tasking import dr_task
 from tasks.pitr.base_backup import file_sha256
 from tasks.pitr.relations import (
-    SYSTEM,
     RelationDigest,
     apply_digest_settings,
     digest_query,
@@ -37,6 +36,8 @@ from tasks.pitr.relations import (
 from tasks.postgres.client import session
 
 log = logging.getLogger(__name__)
+#: The system a :class:`~dr.changes.Change` made here belongs to.
+SYSTEM = "postgres"
 
 
 class _Model(BaseModel):

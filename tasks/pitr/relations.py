@@ -22,9 +22,6 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-SYSTEM = "postgres"
-
-
 #: Session settings under which row digests are computed, so two servers print alike.
 _DIGEST_SETTINGS = {"TimeZone": "UTC", "DateStyle": "ISO, YMD", "extra_float_digits": "1"}
 
