@@ -34,15 +34,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 #: Names of base backup files (``pg_basebackup -Ft``) this module restores.
 BASE_TAR = "base.tar"
 WAL_TAR = "pg_wal.tar"
 PG_MANIFEST = "backup_manifest"
 DR_MANIFEST = "manifest.json"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
 class BaseBackup(_Model):
@@ -67,6 +67,7 @@ class BaseBackup(_Model):
 
 
 def read_small(repo: Repository, key: str) -> bytes:
+    """A small object (a manifest, a history file) read whole."""
     with repo.open_read(key) as stream:
         return stream.read()
 
@@ -189,6 +190,7 @@ def choose_base_backup(
 
 
 def file_sha256(path: Path) -> str:
+    """The SHA-256 of a local file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1024 * 1024):

@@ -30,12 +30,12 @@ from tasks.pitr.recovery import COPY_OVERRIDES
 log = logging.getLogger(__name__)
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 #: PostgreSQL's page size (``BLCKSZ``); every build this project meets uses the default.
 BLOCK_SIZE = 8192
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
 class BadBlock(_Model):

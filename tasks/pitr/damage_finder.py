@@ -33,14 +33,14 @@ from tasks.pitr.lsn import (
 log = logging.getLogger(__name__)
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 #: How much archived WAL the damage finder reads when no base backup says where to start.
 DEFAULT_SCAN_WINDOW_BYTES = 1024 * 1024 * 1024
 #: Heap records that change rows (pg_waldump ``desc:`` verbs), counted by :func:`find_damage`.
 _ROW_CHANGES = frozenset({"UPDATE", "HOT_UPDATE", "DELETE"})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
 class DamageCandidate(_Model):

@@ -1,4 +1,4 @@
-"""Start a restored data directory in recovery, and start/stop/remove recovered clusters.
+"""Recover a restored data directory to the recovery point: settings, start, wait until promoted.
 
 :func:`start_recovery` writes the recovery settings (``restore_command``, the target,
 ``recovery_target_inclusive = off``, ``recovery_target_action = promote``, the timeline, a
@@ -38,10 +38,6 @@ from tasks.postgres.client import connect
 log = logging.getLogger(__name__)
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 DEFAULT_RECOVERY_TIMEOUT_SECONDS = 900.0
 POLL_SECONDS = 0.1
 #: Failures of the recovered server that mean "this recovery can never reach its target".
@@ -65,6 +61,10 @@ COPY_OVERRIDES: dict[str, str] = {
     "logging_collector": "off",
     "listen_addresses": "'127.0.0.1'",
 }
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
 class RecoveredCluster(_Model):

@@ -17,16 +17,16 @@ from dr.errors import ConfigError, PostgresError
 from dr.tasking import dr_task
 from tasks.postgres.client import session
 
+#: Session settings under which row digests are computed, so two servers print alike.
+_DIGEST_SETTINGS = {"TimeZone": "UTC", "DateStyle": "ISO, YMD", "extra_float_digits": "1"}
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-#: Session settings under which row digests are computed, so two servers print alike.
-_DIGEST_SETTINGS = {"TimeZone": "UTC", "DateStyle": "ISO, YMD", "extra_float_digits": "1"}
-
-
 def split_relation(name: str) -> tuple[str, str]:
+    """``schema.table`` → ``(schema, table)``; refuses an unqualified name (ConfigError)."""
     schema, dot, table = name.partition(".")
     if not dot or not schema or not table:
         raise ConfigError(
@@ -44,6 +44,7 @@ class RelationDigest(_Model):
 
 
 def digest_query(schema: str, table: str) -> sql.Composed:
+    """Rows and the MD5 of the sorted row hashes of one table (order-independent)."""
     return sql.SQL(
         "SELECT count(*), coalesce(pg_catalog.md5(pg_catalog.string_agg(h, '' ORDER BY h)), '') "
         "FROM (SELECT pg_catalog.md5(t::text) AS h FROM {} AS t) AS s"
@@ -51,6 +52,7 @@ def digest_query(schema: str, table: str) -> sql.Composed:
 
 
 def apply_digest_settings(conn: psycopg.Connection[Any]) -> None:
+    """Session settings under which rows print alike on any server (UTC, ISO dates)."""
     for name, value in _DIGEST_SETTINGS.items():
         conn.execute("SELECT pg_catalog.set_config(%s, %s, false)", [name, value])
 

@@ -55,13 +55,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 #: For a time target the end segment is estimated from archive times; when the WAL must be
 #: staged locally (``s3://``), this many segments after it are staged too, when present.
 EXTRA_STAGED_SEGMENTS = 8
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 - ``pitr``: a cluster of the tests' own (data checksums on, 1 MiB WAL segments) archiving
   into its own folder, a base backup of it in its own file repository (with the same
   manifest the backup flow writes), and a table whose rows the tests compare. The recovery
-  machinery (tasks/recovery.py) is exercised against it without the lab: gaps are made in
+  machinery (tasks/pitr/) is exercised against it without the lab: gaps are made in
   COPIES of its archive, never in the archive itself.
 - ``corruption_lab``: the session's lab with this process's Prefect pointed at the lab's
   server (settings and environment, so background threads see it too), a folder for
