@@ -15,18 +15,25 @@ import pytest
 from dr.errors import PreconditionError, StorageError
 from flows.common import backup_staging as fb
 from flows.common.backups import backup_id_time
-from tasks import backups as bk
 from tasks import storage
+from tasks.backups.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    build_manifest,
+    new_backup_id,
+    read_manifest,
+    verify_local_files,
+)
 
 
 def maker(calls: list[str]):
-    def make(backup_id: str, out_dir: Path) -> tuple[bk.Manifest, float]:
+    def make(backup_id: str, out_dir: Path) -> tuple[Manifest, float]:
         calls.append(backup_id)
         out_dir.mkdir(parents=True)
         (out_dir / "toc.dat").write_bytes(b"toc " + backup_id.encode())
         (out_dir / "1.dat.gz").write_bytes(b"data " * 1000 + backup_id.encode())
         now = datetime.now(UTC)
-        manifest = bk.build_manifest(
+        manifest = build_manifest(
             out_dir,
             target="t",
             database="db",
@@ -72,15 +79,15 @@ def test_interrupted_upload_resumes_the_same_dump_without_resending(tmp_path):
     folder = root / "t" / "db" / marker["backup_id"]
     first = next(folder.iterdir())
     mtime = first.stat().st_mtime_ns
-    assert not (folder / bk.MANIFEST_NAME).exists()
+    assert not (folder / MANIFEST_NAME).exists()
 
     result = run(storage.FileRepository(root), stage, calls)
     assert calls == [marker["backup_id"]]  # no second dump
     assert result.resumed and result.backup_id == marker["backup_id"]
     assert (result.uploaded, result.unchanged) == (1, 1)
     assert first.stat().st_mtime_ns == mtime
-    manifest = bk.read_manifest(folder / bk.MANIFEST_NAME)
-    assert bk.verify_local_files(folder, manifest) == []
+    manifest = read_manifest(folder / MANIFEST_NAME)
+    assert verify_local_files(folder, manifest) == []
     assert sorted(p.name for p in stage.iterdir()) == [fb.LOCK_FILE]
 
 
@@ -116,7 +123,7 @@ def test_two_runs_never_share_a_staging_folder(tmp_path):
 
 
 def test_backup_ids_encode_their_time_for_listing():
-    backup_id = bk.new_backup_id(datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC))
+    backup_id = new_backup_id(datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC))
     assert backup_id_time(backup_id) == datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
     assert backup_id_time("not-an-id") is None
 

@@ -6,7 +6,7 @@ import pytest
 
 from dr.errors import ConfigError
 from flows.data_corruption import CorruptionOptions, Variant, choose_drill_table
-from tasks.recovery import DrillCandidate, drill_statement
+from tasks.pitr.drill import DrillCandidate, drill_statement
 
 
 def table(name: str, rows: int, referenced: bool = False, *cols: str) -> DrillCandidate:

@@ -12,7 +12,22 @@ from pydantic import ValidationError
 
 from dr.errors import ConfigError, PreconditionError, VerificationError
 from flows.data_corruption import CorruptionOptions, Variant
-from tasks import recovery as rc
+from tasks.pitr.base_backup import BaseBackup, choose_base_backup
+from tasks.pitr.checksums import parse_checksums_output
+from tasks.pitr.damage_finder import _commit_time, parse_waldump_line
+from tasks.pitr.lsn import (
+    _timeline_for_segment,
+    format_lsn,
+    history_file_name,
+    parse_history,
+    parse_lsn,
+    parse_segment_name,
+    segment_name,
+    segment_number,
+)
+from tasks.pitr.recovery import render_recovery_settings
+from tasks.pitr.target import RecoveryTarget
+from tasks.pitr.wal import plan_wal, restore_command_for
 
 MIB = 1024 * 1024
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -22,52 +37,50 @@ T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def test_lsn_round_trip_and_segment_names() -> None:
-    assert rc.parse_lsn("0/3000148") == 0x3000148
-    assert rc.parse_lsn("1/0") == 1 << 32
-    assert rc.format_lsn(0x1_0300_0148) == "1/3000148"
+    assert parse_lsn("0/3000148") == 0x3000148
+    assert parse_lsn("1/0") == 1 << 32
+    assert format_lsn(0x1_0300_0148) == "1/3000148"
     # 16 MiB segments: 256 per "log id".
-    assert rc.segment_name(1, rc.segment_number("0/3000148", 16 * MIB), 16 * MIB) == (
+    assert segment_name(1, segment_number("0/3000148", 16 * MIB), 16 * MIB) == (
         "000000010000000000000003"
     )
-    assert rc.segment_name(2, rc.segment_number("1/3000148", 16 * MIB), 16 * MIB) == (
+    assert segment_name(2, segment_number("1/3000148", 16 * MIB), 16 * MIB) == (
         "000000020000000100000003"
     )
     # 1 MiB segments (the lab's): 4096 per log id.
-    assert rc.segment_name(1, rc.segment_number("0/A03BE0", MIB), MIB) == (
-        "00000001000000000000000A"
-    )
-    assert rc.parse_segment_name("000000030000000100000003", 16 * MIB) == (3, 259)
-    assert rc.history_file_name(10) == "0000000A.history"
+    assert segment_name(1, segment_number("0/A03BE0", MIB), MIB) == ("00000001000000000000000A")
+    assert parse_segment_name("000000030000000100000003", 16 * MIB) == (3, 259)
+    assert history_file_name(10) == "0000000A.history"
     with pytest.raises(ConfigError):
-        rc.parse_lsn("3000148")
+        parse_lsn("3000148")
     with pytest.raises(ConfigError):
-        rc.parse_segment_name("00000001.history", MIB)
+        parse_segment_name("00000001.history", MIB)
 
 
 def test_history_parsing_and_which_timeline_a_segment_is_read_from() -> None:
     text = "1\t0/5000A0\tno recovery target specified\n\n2\t0/A000B8\tbefore 2026-01-01\n"
-    spans = rc.parse_history(text, 3)
+    spans = parse_history(text, 3)
     assert [(s.timeline, s.begin_lsn, s.end_lsn) for s in spans] == [
         (1, 0, 0x5000A0),
         (2, 0x5000A0, 0xA000B8),
         (3, 0xA000B8, None),
     ]
-    pick = rc._timeline_for_segment
+    pick = _timeline_for_segment
     assert pick(spans, 4, MIB) == 1
     assert pick(spans, 5, MIB) == 2  # the switch segment is read from the new timeline
     assert pick(spans, 9, MIB) == 2
     assert pick(spans, 10, MIB) == 3
     with pytest.raises(VerificationError):
-        rc.parse_history("2\t0/10\tx\n1\t0/20\ty\n", 3)
+        parse_history("2\t0/10\tx\n1\t0/20\ty\n", 3)
     with pytest.raises(VerificationError):
-        rc.parse_history("garbage\n", 2)
+        parse_history("garbage\n", 2)
 
 
 # --------------------------------------------------------------------------- choosing
 
 
-def backup(bid: str, ended: datetime, start: str, stop: str, tli: int = 1) -> rc.BaseBackup:
-    return rc.BaseBackup(
+def backup(bid: str, ended: datetime, start: str, stop: str, tli: int = 1) -> BaseBackup:
+    return BaseBackup(
         backup_id=bid,
         prefix=f"lab/base/{bid}/",
         location=f"file:///repo/lab/base/{bid}",
@@ -90,54 +103,54 @@ BACKUPS = [
 def test_the_newest_backup_before_the_point_is_chosen() -> None:
     now = T0 + timedelta(hours=2)
     assert (
-        rc.choose_base_backup(
-            BACKUPS, rc.RecoveryTarget(time=T0 + timedelta(minutes=30)), now=now
+        choose_base_backup(
+            BACKUPS, RecoveryTarget(time=T0 + timedelta(minutes=30)), now=now
         ).backup_id
         == "b1"
     )
     assert (
-        rc.choose_base_backup(
-            BACKUPS, rc.RecoveryTarget(time=T0 + timedelta(minutes=90)), now=now
+        choose_base_backup(
+            BACKUPS, RecoveryTarget(time=T0 + timedelta(minutes=90)), now=now
         ).backup_id
         == "b2"
     )
-    assert rc.choose_base_backup(BACKUPS, rc.RecoveryTarget(lsn="0/5000000")).backup_id == "b1"
-    assert rc.choose_base_backup(BACKUPS, rc.RecoveryTarget(lsn="0/9000100")).backup_id == "b2"
+    assert choose_base_backup(BACKUPS, RecoveryTarget(lsn="0/5000000")).backup_id == "b1"
+    assert choose_base_backup(BACKUPS, RecoveryTarget(lsn="0/9000100")).backup_id == "b2"
 
 
 @pytest.mark.parametrize(
     ("target", "kwargs", "words"),
     [
-        (rc.RecoveryTarget(time=T0 + timedelta(hours=3)), {}, "in the future"),
-        (rc.RecoveryTarget(time=T0 - timedelta(minutes=1)), {}, "before the oldest base backup"),
+        (RecoveryTarget(time=T0 + timedelta(hours=3)), {}, "in the future"),
+        (RecoveryTarget(time=T0 - timedelta(minutes=1)), {}, "before the oldest base backup"),
         (
-            rc.RecoveryTarget(time=T0 + timedelta(minutes=50)),
+            RecoveryTarget(time=T0 + timedelta(minutes=50)),
             {"damage_at": T0 + timedelta(minutes=40)},
             "after the damage began",
         ),
-        (rc.RecoveryTarget(lsn="0/2000000"), {}, "before the oldest base backup"),
-        (rc.RecoveryTarget(lsn="0/A000000"), {"damage_lsn": "0/9800000"}, "after the damage"),
-        (rc.RecoveryTarget(lsn="0/F000000"), {"current_lsn": "0/A000000"}, "in the future"),
+        (RecoveryTarget(lsn="0/2000000"), {}, "before the oldest base backup"),
+        (RecoveryTarget(lsn="0/A000000"), {"damage_lsn": "0/9800000"}, "after the damage"),
+        (RecoveryTarget(lsn="0/F000000"), {"current_lsn": "0/A000000"}, "in the future"),
     ],
 )
-def test_unsafe_points_are_refused(target: rc.RecoveryTarget, kwargs: Any, words: str) -> None:
+def test_unsafe_points_are_refused(target: RecoveryTarget, kwargs: Any, words: str) -> None:
     with pytest.raises(PreconditionError, match=words):
-        rc.choose_base_backup(BACKUPS, target, now=T0 + timedelta(hours=2), **kwargs)
+        choose_base_backup(BACKUPS, target, now=T0 + timedelta(hours=2), **kwargs)
 
 
 def test_no_backup_at_all_is_refused() -> None:
     with pytest.raises(PreconditionError, match="no base backup in the repository"):
-        rc.choose_base_backup([], rc.RecoveryTarget(lsn="0/1"))
+        choose_base_backup([], RecoveryTarget(lsn="0/1"))
 
 
 def test_recovery_target_needs_exactly_one_point_with_a_time_zone() -> None:
     with pytest.raises(ConfigError):
-        rc.RecoveryTarget()
+        RecoveryTarget()
     with pytest.raises(ConfigError):
-        rc.RecoveryTarget(time=T0, lsn="0/1")
+        RecoveryTarget(time=T0, lsn="0/1")
     with pytest.raises(ConfigError, match="time zone"):
-        rc.RecoveryTarget(time=datetime(2026, 1, 1))
-    assert rc.RecoveryTarget(lsn="0/1").describe() == "just before LSN 0/1"
+        RecoveryTarget(time=datetime(2026, 1, 1))
+    assert RecoveryTarget(lsn="0/1").describe() == "just before LSN 0/1"
 
 
 # --------------------------------------------------------------------------- WAL plans
@@ -179,7 +192,7 @@ class FakeArchive:
 
 
 def seg(tli: int, n: int) -> str:
-    return rc.segment_name(tli, n, MIB)
+    return segment_name(tli, n, MIB)
 
 
 B = backup("b", T0, "0/300028", "0/400100")
@@ -187,14 +200,14 @@ B = backup("b", T0, "0/300028", "0/400100")
 
 def test_plan_lists_every_segment_from_the_backup_to_the_target() -> None:
     archive = FakeArchive({seg(1, n): T0 + timedelta(minutes=n) for n in range(3, 12)})
-    plan = rc.plan_wal(archive, B, rc.RecoveryTarget(lsn="0/800010"))
+    plan = plan_wal(archive, B, RecoveryTarget(lsn="0/800010"))
     assert plan.segment_size == MIB
     assert plan.in_backup == [seg(1, 3)]
     assert plan.needed == [seg(1, n) for n in range(4, 9)]
     assert plan.staged_extra == [seg(1, n) for n in range(9, 12)]
     assert plan.later_gap is None
     # A time target ends at the first segment archived at or after it.
-    plan = rc.plan_wal(archive, B, rc.RecoveryTarget(time=T0 + timedelta(minutes=6, seconds=1)))
+    plan = plan_wal(archive, B, RecoveryTarget(time=T0 + timedelta(minutes=6, seconds=1)))
     assert plan.end_segment == seg(1, 7)
 
 
@@ -202,15 +215,15 @@ def test_a_gap_is_named_and_a_point_beyond_the_archive_is_refused() -> None:
     segments = {seg(1, n): T0 + timedelta(minutes=n) for n in range(3, 12) if n != 6}
     archive = FakeArchive(segments)
     with pytest.raises(PreconditionError, match=f"gap: segment {seg(1, 6)} is missing"):
-        rc.plan_wal(archive, B, rc.RecoveryTarget(lsn="0/800010"))
+        plan_wal(archive, B, RecoveryTarget(lsn="0/800010"))
     complete = FakeArchive({seg(1, n): T0 for n in range(3, 12)})
     with pytest.raises(PreconditionError, match=f"segment {seg(1, 12)} is not in"):
-        rc.plan_wal(complete, B, rc.RecoveryTarget(lsn="0/C00010"))
+        plan_wal(complete, B, RecoveryTarget(lsn="0/C00010"))
     # A gap after the end does not stop an LSN target; it is reported.
-    plan = rc.plan_wal(archive, B, rc.RecoveryTarget(lsn="0/500010"))
+    plan = plan_wal(archive, B, RecoveryTarget(lsn="0/500010"))
     assert plan.later_gap == seg(1, 6)
     with pytest.raises(PreconditionError, match="before the end of base backup"):
-        rc.plan_wal(archive, B, rc.RecoveryTarget(lsn="0/300100"))
+        plan_wal(archive, B, RecoveryTarget(lsn="0/300100"))
 
 
 def test_plan_follows_timeline_switches_through_the_history() -> None:
@@ -218,7 +231,7 @@ def test_plan_follows_timeline_switches_through_the_history() -> None:
     segments = {seg(1, n): T0 for n in range(3, 8)}  # timeline 1 went on a little (ignored)
     segments |= {seg(2, n): T0 for n in range(6, 10)}
     archive = FakeArchive(segments, {"00000002.history": "1\t0/600000\tfailover\n"})
-    plan = rc.plan_wal(archive, B, rc.RecoveryTarget(lsn="0/900010"))
+    plan = plan_wal(archive, B, RecoveryTarget(lsn="0/900010"))
     assert plan.target_timeline == 2
     assert plan.timelines == [1, 2]
     assert plan.history_files == ["00000002.history"]
@@ -226,7 +239,7 @@ def test_plan_follows_timeline_switches_through_the_history() -> None:
     # A backup taken on timeline 1 after it was left belongs to a dead branch.
     dead = backup("dead", T0, "0/700028", "0/700100")
     with pytest.raises(PreconditionError, match="does not lead to timeline 2"):
-        rc.plan_wal(archive, dead, rc.RecoveryTarget(lsn="0/900010"))
+        plan_wal(archive, dead, RecoveryTarget(lsn="0/900010"))
     # The history of the newest timeline missing: the chain cannot be followed.
     orphan = FakeArchive({seg(3, n): T0 for n in range(3, 10)} | segments)
     orphan.histories = {"00000003.history": "x"}
@@ -237,21 +250,21 @@ def test_plan_follows_timeline_switches_through_the_history() -> None:
         + [Obj("00000003.history", 10, T0)]
     )
     with pytest.raises(VerificationError):
-        rc.plan_wal(orphan, B, rc.RecoveryTarget(lsn="0/900010"))
+        plan_wal(orphan, B, RecoveryTarget(lsn="0/900010"))
 
 
 def test_empty_archive_is_refused() -> None:
     with pytest.raises(PreconditionError, match="holds no segment"):
-        rc.plan_wal(FakeArchive({}), B, rc.RecoveryTarget(lsn="0/500000"))
+        plan_wal(FakeArchive({}), B, RecoveryTarget(lsn="0/500000"))
 
 
 # --------------------------------------------------------------------------- settings
 
 
 def test_recovery_settings_promote_just_before_the_target_and_archive_nothing() -> None:
-    settings = rc.render_recovery_settings(
-        rc.RecoveryTarget(time=T0),
-        restore_command=rc.restore_command_for("file:///lab/it's/wal"),
+    settings = render_recovery_settings(
+        RecoveryTarget(time=T0),
+        restore_command=restore_command_for("file:///lab/it's/wal"),
         port=6543,
         socket_dir="/tmp/s",
         extra_settings={"listen_addresses": "'*'"},
@@ -264,14 +277,14 @@ def test_recovery_settings_promote_just_before_the_target_and_archive_nothing() 
     assert settings["port"] == "6543"
     assert settings["listen_addresses"] == "'*'"
     assert settings["restore_command"] == "'cp ''/lab/it''''s/wal/%f'' ''%p'''"
-    lsn = rc.render_recovery_settings(
-        rc.RecoveryTarget(lsn="0/5000", timeline=3), restore_command="true", port=1, socket_dir="/s"
+    lsn = render_recovery_settings(
+        RecoveryTarget(lsn="0/5000", timeline=3), restore_command="true", port=1, socket_dir="/s"
     )
     assert lsn["recovery_target_lsn"] == "'0/5000'" and "recovery_target_time" not in lsn
     assert lsn["recovery_target_timeline"] == "'3'"
     with pytest.raises(ConfigError):
-        rc.restore_command_for("s3://bucket/wal")
-    assert rc.restore_command_for("s3://bucket/wal", "/stage") == "cp '/stage/%f' '%p'"
+        restore_command_for("s3://bucket/wal")
+    assert restore_command_for("s3://bucket/wal", "/stage") == "cp '/stage/%f' '%p'"
 
 
 # --------------------------------------------------------------------------- parsers
@@ -288,7 +301,7 @@ def test_pg_checksums_output_is_parsed() -> None:
         'pg_checksums: error: checksum verification failed in file "/d/base/5/16389.1", block 7:'
         " calculated checksum 1 but block contains 2\n"
     )
-    report = rc.parse_checksums_output("/d", stdout, stderr)
+    report = parse_checksums_output("/d", stdout, stderr)
     assert not report.ok
     assert (report.files_scanned, report.blocks_scanned, report.bad_checksums) == (950, 2859, 2)
     assert [(b.relpath, b.block) for b in report.bad_blocks] == [
@@ -296,7 +309,7 @@ def test_pg_checksums_output_is_parsed() -> None:
         ("base/5/16389.1", 7),
     ]
     assert report.locators() == ["base/5/16389"]
-    assert rc.parse_checksums_output("/d", stdout.replace("2\nData", "0\nData"), "").ok
+    assert parse_checksums_output("/d", stdout.replace("2\nData", "0\nData"), "").ok
 
 
 def test_waldump_lines_are_parsed() -> None:
@@ -305,7 +318,7 @@ def test_waldump_lines_are_parsed() -> None:
         "0/0091F7D0, desc: UPDATE off 190 xmax 726 flags 0x00 ; new off 156 xmax 0, blkref #0: "
         "rel 1663/5/16389 blk 17, blkref #1: rel 1663/5/16389 blk 8"
     )
-    rec = rc.parse_waldump_line(update)
+    rec = parse_waldump_line(update)
     assert rec is not None
     assert (rec["rmgr"], rec["xid"], rec["lsn"], rec["verb"], rec["locator"]) == (
         "Heap",
@@ -318,11 +331,11 @@ def test_waldump_lines_are_parsed() -> None:
         "rmgr: Transaction len (rec/tot):    206/   206, tx:        725, lsn: 0/008B41B8, prev "
         "0/008B4178, desc: COMMIT 2026-11-22 00:11:00.584828 UTC; rels: base/5/16387"
     )
-    rec = rc.parse_waldump_line(commit)
+    rec = parse_waldump_line(commit)
     assert rec is not None and rec["verb"] == "COMMIT"
-    assert rc._commit_time(rec["rest"]) == datetime(2026, 11, 22, 0, 11, 0, 584828, tzinfo=UTC)
-    assert rc._commit_time(" 2026-11-22 00:11:00 CET") is None  # only UTC is trusted
-    assert rc.parse_waldump_line("first record is after 0/800028, at 0/801718") is None
+    assert _commit_time(rec["rest"]) == datetime(2026, 11, 22, 0, 11, 0, 584828, tzinfo=UTC)
+    assert _commit_time(" 2026-11-22 00:11:00 CET") is None  # only UTC is trusted
+    assert parse_waldump_line("first record is after 0/800028, at 0/801718") is None
 
 
 # --------------------------------------------------------------------------- options
@@ -356,9 +369,9 @@ def test_scenario_options() -> None:
 
 def test_a_dry_run_plan_may_end_before_the_archive_does() -> None:
     archive = FakeArchive({seg(1, n): T0 for n in range(3, 8)})
-    plan = rc.plan_wal(archive, B, rc.RecoveryTarget(lsn="0/A00010"), allow_unarchived_end=True)
+    plan = plan_wal(archive, B, RecoveryTarget(lsn="0/A00010"), allow_unarchived_end=True)
     assert plan.unarchived_from == seg(1, 8)
     assert plan.needed == [seg(1, n) for n in range(4, 8)]
     gap = FakeArchive({seg(1, n): T0 for n in range(3, 12) if n != 5})
     with pytest.raises(PreconditionError, match="gap"):
-        rc.plan_wal(gap, B, rc.RecoveryTarget(lsn="0/A00010"), allow_unarchived_end=True)
+        plan_wal(gap, B, RecoveryTarget(lsn="0/A00010"), allow_unarchived_end=True)

@@ -3,7 +3,7 @@
 - ``pitr``: a cluster of the tests' own (data checksums on, 1 MiB WAL segments) archiving
   into its own folder, a base backup of it in its own file repository (with the same
   manifest the backup flow writes), and a table whose rows the tests compare. The recovery
-  machinery (tasks/recovery.py) is exercised against it without the lab: gaps are made in
+  machinery (tasks/pitr/) is exercised against it without the lab: gaps are made in
   COPIES of its archive, never in the archive itself.
 - ``corruption_lab``: the session's lab with this process's Prefect pointed at the lab's
   server (settings and environment, so background threads see it too), a folder for
@@ -26,9 +26,11 @@ import pytest
 import yaml
 
 from lab.pgcluster import Cluster, free_port
-from tasks import backups as bk
-from tasks import recovery as rc
 from tasks import storage
+from tasks.backups.manifest import BASE_KIND, MANIFEST_NAME, build_manifest
+from tasks.pitr.archiving import switch_wal_and_wait
+from tasks.pitr.base_backup import BaseBackup, base_backup, list_base_backups
+from tasks.pitr.cluster import remove_cluster
 
 TARGET = "pitr"
 ROWS = 20_000
@@ -48,7 +50,7 @@ class Pitr:
     cluster: Cluster
     archive: Path
     repo: Any
-    backup: rc.BaseBackup
+    backup: BaseBackup
 
     @property
     def conninfo(self) -> str:
@@ -68,14 +70,14 @@ class Pitr:
     def switch_wal(self, times: int = 1) -> None:
         for _ in range(times):
             self.cluster.psql("UPDATE public.t SET v = v WHERE id = 1")
-            rc.switch_wal_and_wait(self.conninfo)
+            switch_wal_and_wait(self.conninfo)
 
 
 def take_base_backup(cluster: Cluster, repo: Any, stage: Path, backup_id: str) -> None:
     """A base backup uploaded like flows/backup.py does (files, then the manifest last)."""
     folder = stage / backup_id
-    info = bk.base_backup(cluster.conninfo(), folder)
-    manifest = bk.build_manifest(
+    info = base_backup(cluster.conninfo(), folder)
+    manifest = build_manifest(
         folder,
         target=TARGET,
         database="*",
@@ -88,12 +90,12 @@ def take_base_backup(cluster: Cluster, repo: Any, stage: Path, backup_id: str) -
         timeline=info.timeline,
         row_counts={},
         backup_id=backup_id,
-        kind=bk.BASE_KIND,
+        kind=BASE_KIND,
     )
     for entry in manifest.files:
         repo.put_file(f"{TARGET}/base/{backup_id}/{entry.path}", folder / entry.path)
     repo.put_bytes(
-        f"{TARGET}/base/{backup_id}/{bk.MANIFEST_NAME}", manifest.model_dump_json().encode()
+        f"{TARGET}/base/{backup_id}/{MANIFEST_NAME}", manifest.model_dump_json().encode()
     )
 
 
@@ -111,7 +113,7 @@ def pitr() -> Iterator[Pitr]:
         )
         repo = storage.open_repository(f"file://{root / 'repo'}")
         take_base_backup(cluster, repo, root / "stage", "20000101T000000Z-first")
-        backup = rc.list_base_backups(repo, TARGET)[0]
+        backup = list_base_backups(repo, TARGET)[0]
         yield Pitr(root=root, cluster=cluster, archive=root / "wal", repo=repo, backup=backup)
     finally:
         cluster.destroy()
@@ -210,7 +212,7 @@ class CorruptionLab:
         if self.app_env().get("DB_PORT") != str(self.primary.port) or not self.app_writing(5):
             manager.heal(self.state.base_dir)
         if recovery.get("data_dir") and Path(recovery["data_dir"]).exists():
-            rc.remove_cluster(recovery["data_dir"])
+            remove_cluster(recovery["data_dir"])
         for name in self.damaged_databases():
             self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', "postgres")
 

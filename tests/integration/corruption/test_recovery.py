@@ -22,8 +22,20 @@ from dr.errors import (
     UnsafeTargetError,
     VerificationError,
 )
-from tasks import recovery as rc
 from tasks import storage
+from tasks.pitr.archiving import server_position, switch_wal_and_wait
+from tasks.pitr.base_backup import choose_base_backup, list_base_backups
+from tasks.pitr.base_restore import download_base_backup, extract_base_backup
+from tasks.pitr.checksums import check_checksums, damage_heap_page, make_stopped_copy
+from tasks.pitr.cluster import cluster_is_running, remove_cluster
+from tasks.pitr.damage_finder import find_damage
+from tasks.pitr.drill import run_drill_statement
+from tasks.pitr.lsn import format_lsn, parse_lsn
+from tasks.pitr.recovery import RecoveredCluster, start_recovery
+from tasks.pitr.relation_restore import restore_relations
+from tasks.pitr.relations import relation_digests, relation_filepaths, resolve_filenodes
+from tasks.pitr.target import RecoveryTarget
+from tasks.pitr.wal import plan_wal, restore_command_for, stage_wal
 
 from .conftest import ROWS, Pitr
 
@@ -36,40 +48,40 @@ def checksums(folder: Path) -> dict[str, str]:
 
 def damage(pitr: Pitr, statement: str) -> dict[str, Any]:
     """Stamp, run a damaging statement, archive everything; return what the test needs."""
-    before = rc.relation_digests(pitr.conninfo, ["public.t"])
-    stamp = rc.server_position(pitr.conninfo)
-    done = rc.run_drill_statement(pitr.conninfo, statement)
-    rc.switch_wal_and_wait(pitr.conninfo)
+    before = relation_digests(pitr.conninfo, ["public.t"])
+    stamp = server_position(pitr.conninfo)
+    done = run_drill_statement(pitr.conninfo, statement)
+    switch_wal_and_wait(pitr.conninfo)
     return {"before": before, "stamp": stamp, "done": done}
 
 
-def recover(pitr: Pitr, target: rc.RecoveryTarget, work: Path) -> rc.RecoveredCluster:
-    backup = rc.choose_base_backup(rc.list_base_backups(pitr.repo, "pitr"), target)
-    plan = rc.plan_wal(pitr.wal_repo(), backup, target)
-    rc.download_base_backup(pitr.repo, backup, work / "download")
-    rc.extract_base_backup(work / "download", work / "data")
-    return rc.start_recovery(
+def recover(pitr: Pitr, target: RecoveryTarget, work: Path) -> RecoveredCluster:
+    backup = choose_base_backup(list_base_backups(pitr.repo, "pitr"), target)
+    plan = plan_wal(pitr.wal_repo(), backup, target)
+    download_base_backup(pitr.repo, backup, work / "download")
+    extract_base_backup(work / "download", work / "data")
+    return start_recovery(
         work / "data",
         target.model_copy(update={"timeline": plan.target_timeline}),
-        restore_command=rc.restore_command_for(pitr.wal_repo().url),
+        restore_command=restore_command_for(pitr.wal_repo().url),
     )
 
 
 def test_recovery_to_just_before_the_damage_brings_the_rows_back(pitr: Pitr) -> None:
     seen = damage(pitr, "UPDATE public.t SET v = 0")
-    found = rc.find_damage(pitr.archive, timeline=1, start_lsn=seen["stamp"]["lsn"])
+    found = find_damage(pitr.archive, timeline=1, start_lsn=seen["stamp"]["lsn"])
     assert len(found) == 1 and found[0].rows_changed == ROWS
     assert found[0].commit_time is not None
     assert found[0].commit_time <= seen["done"]["committed_at"]
 
     for target in (
-        rc.RecoveryTarget(lsn=found[0].commit_lsn),
-        rc.RecoveryTarget(time=seen["stamp"]["at"]),
+        RecoveryTarget(lsn=found[0].commit_lsn),
+        RecoveryTarget(time=seen["stamp"]["at"]),
     ):
         work = pitr.work()
         recovered = recover(pitr, target, work)
         try:
-            got = rc.relation_digests(recovered_conninfo(recovered), ["public.t"])
+            got = relation_digests(recovered_conninfo(recovered), ["public.t"])
             assert got == seen["before"], target.describe()
             assert recovered.timeline_after == (recovered.timeline_before or 0) + 1
             # No other transaction ran since the base backup: nothing committed was replayed.
@@ -78,11 +90,11 @@ def test_recovery_to_just_before_the_damage_brings_the_rows_back(pitr: Pitr) -> 
             )
             assert "recovery stopping before" in recovered.stop_message
         finally:
-            rc.remove_cluster(recovered.data_dir)
+            remove_cluster(recovered.data_dir)
     pitr.cluster.psql("UPDATE public.t SET v = id")
 
 
-def recovered_conninfo(recovered: rc.RecoveredCluster, dbname: str = "postgres") -> str:
+def recovered_conninfo(recovered: RecoveredCluster, dbname: str = "postgres") -> str:
     return f"host=127.0.0.1 port={recovered.port} dbname={dbname} user=postgres"
 
 
@@ -90,65 +102,63 @@ def test_gap_in_the_archive_is_reported_with_the_segment_before_anything_starts(
     pitr: Pitr,
 ) -> None:
     pitr.switch_wal(3)
-    position = rc.server_position(pitr.conninfo)
+    position = server_position(pitr.conninfo)
     pitr.switch_wal(1)
     work = pitr.work()
     archive = pitr.archive_copy(work / "wal")
     original = checksums(pitr.archive)
-    plan = rc.plan_wal(pitr.wal_repo(archive), pitr.backup, rc.RecoveryTarget(lsn=position["lsn"]))
+    plan = plan_wal(pitr.wal_repo(archive), pitr.backup, RecoveryTarget(lsn=position["lsn"]))
     missing = plan.needed[len(plan.needed) // 2]
     (archive / missing).unlink()
 
     with pytest.raises(PreconditionError, match=f"gap: segment {missing} is missing"):
-        rc.plan_wal(pitr.wal_repo(archive), pitr.backup, rc.RecoveryTarget(lsn=position["lsn"]))
+        plan_wal(pitr.wal_repo(archive), pitr.backup, RecoveryTarget(lsn=position["lsn"]))
     # Nothing restored, nothing started, the real archive untouched.
     assert not (work / "data").exists()
     assert checksums(pitr.archive) == original
 
 
 def test_target_beyond_the_archive_is_refused_and_the_server_says_so_too(pitr: Pitr) -> None:
-    position = rc.server_position(pitr.conninfo)
-    beyond = rc.format_lsn(rc.parse_lsn(position["lsn"]) + 64 * 1024 * 1024)
-    target = rc.RecoveryTarget(lsn=beyond)
+    position = server_position(pitr.conninfo)
+    beyond = format_lsn(parse_lsn(position["lsn"]) + 64 * 1024 * 1024)
+    target = RecoveryTarget(lsn=beyond)
     with pytest.raises(PreconditionError, match="beyond the archived WAL"):
-        rc.plan_wal(pitr.wal_repo(), pitr.backup, target)
+        plan_wal(pitr.wal_repo(), pitr.backup, target)
     # Without the plan's check the server replays all there is and stops with a FATAL,
     # which is read from its log and reported the same way.
     work = pitr.work()
-    rc.download_base_backup(pitr.repo, pitr.backup, work / "download")
-    rc.extract_base_backup(work / "download", work / "data")
+    download_base_backup(pitr.repo, pitr.backup, work / "download")
+    extract_base_backup(work / "download", work / "data")
     with pytest.raises(PreconditionError, match="recovery ended before configured recovery target"):
-        rc.start_recovery(
+        start_recovery(
             work / "data",
             target,
-            restore_command=rc.restore_command_for(pitr.wal_repo().url),
+            restore_command=restore_command_for(pitr.wal_repo().url),
             timeout_seconds=120,
         )
-    assert not rc.cluster_is_running(work / "data")
+    assert not cluster_is_running(work / "data")
 
 
 def test_unsafe_recovery_points_are_refused_with_the_reason(pitr: Pitr) -> None:
-    backups = rc.list_base_backups(pitr.repo, "pitr")
+    backups = list_base_backups(pitr.repo, "pitr")
     now = datetime.now(UTC)
     with pytest.raises(PreconditionError, match="in the future"):
-        rc.choose_base_backup(backups, rc.RecoveryTarget(time=now + timedelta(hours=1)), now=now)
+        choose_base_backup(backups, RecoveryTarget(time=now + timedelta(hours=1)), now=now)
     with pytest.raises(PreconditionError, match="before the oldest base backup"):
-        rc.choose_base_backup(backups, rc.RecoveryTarget(time=datetime(2000, 1, 1, tzinfo=UTC)))
+        choose_base_backup(backups, RecoveryTarget(time=datetime(2000, 1, 1, tzinfo=UTC)))
     with pytest.raises(PreconditionError, match="no base backup in the repository"):
-        rc.choose_base_backup([], rc.RecoveryTarget(time=now - timedelta(seconds=1)))
+        choose_base_backup([], RecoveryTarget(time=now - timedelta(seconds=1)))
     with pytest.raises(PreconditionError, match="after the damage began"):
-        rc.choose_base_backup(
+        choose_base_backup(
             backups,
-            rc.RecoveryTarget(time=now - timedelta(seconds=1)),
+            RecoveryTarget(time=now - timedelta(seconds=1)),
             damage_at=now - timedelta(seconds=30),
         )
-    current = rc.server_position(pitr.conninfo)["lsn"]
+    current = server_position(pitr.conninfo)["lsn"]
     with pytest.raises(PreconditionError, match="after the damage"):
-        rc.choose_base_backup(
-            backups, rc.RecoveryTarget(lsn=current), damage_lsn=pitr.backup.stop_lsn
-        )
+        choose_base_backup(backups, RecoveryTarget(lsn=current), damage_lsn=pitr.backup.stop_lsn)
     with pytest.raises(PreconditionError, match="in the future"):
-        rc.choose_base_backup(backups, rc.RecoveryTarget(lsn="F/0"), current_lsn=current)
+        choose_base_backup(backups, RecoveryTarget(lsn="F/0"), current_lsn=current)
 
 
 class FlakyRepository(storage.FileRepository):
@@ -195,7 +205,7 @@ def test_download_resumes_after_the_storage_fails_mid_stream(pitr: Pitr) -> None
     work = pitr.work()
     # Once: resumed inside the same call with a ranged read from where it stopped.
     flaky = FlakyRepository(root, failures=1, after_bytes=3 * 1024 * 1024 + 17)
-    got = rc.download_base_backup(flaky, pitr.backup, work / "once")
+    got = download_base_backup(flaky, pitr.backup, work / "once")
     assert flaky.raised == 1
     assert any(start > 0 for start in flaky.range_starts)
     assert got == {k: v for k, v in pitr.backup.files.items() if k != "manifest.json"}
@@ -204,12 +214,12 @@ def test_download_resumes_after_the_storage_fails_mid_stream(pitr: Pitr) -> None
     # the retry (what the Prefect task does) resumes from it and verifies the whole file.
     flaky = FlakyRepository(root, failures=5, after_bytes=2 * 1024 * 1024)
     with pytest.raises(StorageError) as failed:
-        rc.download_base_backup(flaky, pitr.backup, work / "twice")
+        download_base_backup(flaky, pitr.backup, work / "twice")
     assert failed.value.transient
     assert list((work / "twice").glob("*.part"))
     flaky.failures_left = 0
     flaky.range_starts.clear()
-    got = rc.download_base_backup(flaky, pitr.backup, work / "twice")
+    got = download_base_backup(flaky, pitr.backup, work / "twice")
     assert flaky.range_starts and flaky.range_starts[0] > 0
     assert got == {k: v for k, v in pitr.backup.files.items() if k != "manifest.json"}
     assert not list((work / "twice").glob("*.part"))
@@ -229,16 +239,16 @@ def test_relation_restore_is_one_transaction_and_rolls_back_on_a_broken_key(pitr
         "INSERT INTO public.child VALUES (1, 1)"
     )
     src = c.conninfo("recovered_copy")
-    live_before = rc.relation_digests(pitr.conninfo, ["public.t"])
+    live_before = relation_digests(pitr.conninfo, ["public.t"])
     try:
         # Row 1 is referenced by the live child table but absent from the copy: refused,
         # rolled back, the live table exactly as it was.
         with pytest.raises(VerificationError, match="rolled back, nothing changed"):
-            rc.restore_relations(src, pitr.conninfo, ["public.t"])
-        assert rc.relation_digests(pitr.conninfo, ["public.t"]) == live_before
+            restore_relations(src, pitr.conninfo, ["public.t"])
+        assert relation_digests(pitr.conninfo, ["public.t"]) == live_before
         c.psql("DELETE FROM public.child")
-        result = rc.restore_relations(src, pitr.conninfo, ["public.t"])
-        assert result.relations == rc.relation_digests(src, ["public.t"])
+        result = restore_relations(src, pitr.conninfo, ["public.t"])
+        assert result.relations == relation_digests(src, ["public.t"])
         assert result.constraints_recreated == ["public.child.child_t_id_fkey"]
     finally:
         c.psql("DROP TABLE IF EXISTS public.child")
@@ -250,22 +260,22 @@ def test_relation_restore_is_one_transaction_and_rolls_back_on_a_broken_key(pitr
 
 def test_pg_checksums_on_a_stopped_copy_finds_a_flipped_page(pitr: Pitr) -> None:
     work = pitr.work()
-    copy = rc.make_stopped_copy(pitr.conninfo, work / "copy")
-    relpath = rc.relation_filepaths(pitr.conninfo, ["public.t"])["public.t"]
-    assert rc.check_checksums(copy["data_dir"]).ok
+    copy = make_stopped_copy(pitr.conninfo, work / "copy")
+    relpath = relation_filepaths(pitr.conninfo, ["public.t"])["public.t"]
+    assert check_checksums(copy["data_dir"]).ok
     # The live cluster's files are never damaged, whatever the caller asks.
     with pytest.raises(UnsafeTargetError):
-        rc.damage_heap_page(pitr.cluster.data_dir, relpath)
-    flipped = rc.damage_heap_page(copy["data_dir"], relpath)
-    report = rc.check_checksums(copy["data_dir"])
+        damage_heap_page(pitr.cluster.data_dir, relpath)
+    flipped = damage_heap_page(copy["data_dir"], relpath)
+    report = check_checksums(copy["data_dir"])
     assert not report.ok and report.bad_checksums == 1
     assert report.bad_blocks[0].block == flipped["block"]
     assert report.locators() == [relpath]
-    names = rc.resolve_filenodes(
+    names = resolve_filenodes(
         lambda db: pitr.cluster.conninfo(db), pitr.conninfo, report.locators()
     )
     assert names == {relpath: "postgres:public.t"}
-    rc.remove_cluster(copy["data_dir"])
+    remove_cluster(copy["data_dir"])
     assert not Path(copy["data_dir"]).exists()
 
 
@@ -306,28 +316,28 @@ def test_recovery_from_s3_stages_the_wal_locally_and_verifies_every_file(
     for path in sorted(pitr.archive.iterdir()):
         wal.put_file(path.name, path)
     try:
-        found = rc.find_damage(pitr.archive, timeline=1, start_lsn=seen["stamp"]["lsn"])
-        target = rc.RecoveryTarget(lsn=found[0].commit_lsn)
-        backup = rc.choose_base_backup(rc.list_base_backups(repo, "pitr"), target)
+        found = find_damage(pitr.archive, timeline=1, start_lsn=seen["stamp"]["lsn"])
+        target = RecoveryTarget(lsn=found[0].commit_lsn)
+        backup = choose_base_backup(list_base_backups(repo, "pitr"), target)
         assert backup.location.startswith("s3://pitr/backups/")
-        plan = rc.plan_wal(wal, backup, target)
+        plan = plan_wal(wal, backup, target)
         work = pitr.work()
-        staged = rc.stage_wal(wal, plan, work / "wal")
+        staged = stage_wal(wal, plan, work / "wal")
         assert set(plan.needed) <= set(staged)
-        rc.download_base_backup(repo, backup, work / "download")
-        rc.extract_base_backup(work / "download", work / "data")
-        recovered = rc.start_recovery(
+        download_base_backup(repo, backup, work / "download")
+        extract_base_backup(work / "download", work / "data")
+        recovered = start_recovery(
             work / "data",
             target.model_copy(update={"timeline": plan.target_timeline}),
-            restore_command=rc.restore_command_for(wal.url, work / "wal"),
+            restore_command=restore_command_for(wal.url, work / "wal"),
         )
         try:
-            got = rc.relation_digests(recovered_conninfo(recovered), ["public.t"])
+            got = relation_digests(recovered_conninfo(recovered), ["public.t"])
             assert got == seen["before"]
         finally:
-            rc.remove_cluster(recovered.data_dir)
+            remove_cluster(recovered.data_dir)
         with pytest.raises(ConfigError):
-            rc.restore_command_for(wal.url)  # the server never reads S3 itself
+            restore_command_for(wal.url)  # the server never reads S3 itself
     finally:
         pitr.cluster.psql(
             f"TRUNCATE public.t; INSERT INTO public.t SELECT g, g FROM generate_series(1, {ROWS}) g"

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from flows.data_corruption import CorruptionOptions, data_corruption_flow
-from tasks import recovery as rc
+from tasks.pitr.drill import drill_candidates
+from tasks.pitr.relations import relation_digests
 
 from .conftest import CorruptionLab
 
@@ -41,9 +42,9 @@ def assert_drilled(result: dict[str, Any], relation: str) -> None:
 
 def test_bad_update_on_seed_001_zeroes_a_mixed_case_table(healthy_lab: CorruptionLab):
     db = "bun_trading"
-    tables = rc.drill_candidates(healthy_lab.conninfo(db))
+    tables = drill_candidates(healthy_lab.conninfo(db))
     want = max((t for t in tables if t.numeric_columns), key=lambda t: t.rows)
-    before = rc.relation_digests(healthy_lab.conninfo(db), [want.relation])
+    before = relation_digests(healthy_lab.conninfo(db), [want.relation])
     result = seed_drill(healthy_lab, "bun-trading", "bad-update")
     assert_drilled(result, want.relation)
     column = result["details"]["drill_table"]["column"]
@@ -52,15 +53,15 @@ def test_bad_update_on_seed_001_zeroes_a_mixed_case_table(healthy_lab: Corruptio
     table = want.relation.split(".", 1)[1]
     inject = next(p["detail"] for p in result["phases"] if p["name"] == "inject damage")
     assert f'"{table}"' in inject and f'"{column}"' in inject, inject
-    assert rc.relation_digests(healthy_lab.conninfo(db), [want.relation]) == before
+    assert relation_digests(healthy_lab.conninfo(db), [want.relation]) == before
 
 
 def test_mass_delete_on_seed_003_empties_a_leaf_table(healthy_lab: CorruptionLab):
     db = "cryptofunk"
-    tables = rc.drill_candidates(healthy_lab.conninfo(db))
+    tables = drill_candidates(healthy_lab.conninfo(db))
     want = max((t for t in tables if not t.referenced), key=lambda t: t.rows)
-    before = rc.relation_digests(healthy_lab.conninfo(db), [want.relation])
+    before = relation_digests(healthy_lab.conninfo(db), [want.relation])
     result = seed_drill(healthy_lab, "cryptofunk", "mass-delete")
     assert_drilled(result, want.relation)
     assert result["details"]["drill_table"]["column"] is None
-    assert rc.relation_digests(healthy_lab.conninfo(db), [want.relation]) == before
+    assert relation_digests(healthy_lab.conninfo(db), [want.relation]) == before
