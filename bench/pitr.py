@@ -46,9 +46,12 @@ from pathlib import Path
 from typing import Any
 
 from lab.pgcluster import Cluster, chown_for_server, free_port, run_as_server
-from tasks import backups as bk
-from tasks import recovery as rc
-from tasks import storage
+from tasks.backups import manifest as backups_manifest
+from tasks.pitr import archiving, base_backup, base_restore, wal
+from tasks.pitr import cluster as pitr_cluster
+from tasks.pitr import recovery as pitr_recovery
+from tasks.pitr import target as pitr_target
+from tasks.storage import client as storage_client
 
 TARGET = "bench"
 STEPS = ("plan", "restore", "untar", "replay")
@@ -77,11 +80,11 @@ def settle(cluster: Cluster) -> None:
     os.sync()
 
 
-def upload_base_backup(cluster: Cluster, repo: Any, stage: Path) -> rc.BaseBackup:
+def upload_base_backup(cluster: Cluster, repo: Any, stage: Path) -> base_backup.BaseBackup:
     backup_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-bench"
     folder = stage / backup_id
-    info = bk.base_backup(cluster.conninfo(), folder)
-    manifest = bk.build_manifest(
+    info = base_backup.base_backup(cluster.conninfo(), folder)
+    manifest = backups_manifest.build_manifest(
         folder,
         target=TARGET,
         database="*",
@@ -94,15 +97,16 @@ def upload_base_backup(cluster: Cluster, repo: Any, stage: Path) -> rc.BaseBacku
         timeline=info.timeline,
         row_counts={},
         backup_id=backup_id,
-        kind=bk.BASE_KIND,
+        kind=backups_manifest.BASE_KIND,
     )
     for entry in manifest.files:
         repo.put_file(f"{TARGET}/base/{backup_id}/{entry.path}", folder / entry.path)
     repo.put_bytes(
-        f"{TARGET}/base/{backup_id}/{bk.MANIFEST_NAME}", manifest.model_dump_json().encode()
+        f"{TARGET}/base/{backup_id}/{backups_manifest.MANIFEST_NAME}",
+        manifest.model_dump_json().encode(),
     )
     shutil.rmtree(folder)
-    return next(b for b in rc.list_base_backups(repo, TARGET) if b.backup_id == backup_id)
+    return next(b for b in base_backup.list_base_backups(repo, TARGET) if b.backup_id == backup_id)
 
 
 def history_rows(port: int) -> int:
@@ -121,23 +125,23 @@ def flow_recovery(
 ) -> dict[str, Any]:
     """The flow's recover phase, step by step (the same functions, in the same order)."""
     t0 = time.perf_counter()
-    target = rc.RecoveryTarget(time=when)
-    backup = rc.choose_base_backup(rc.list_base_backups(repo, TARGET), target)
-    plan = rc.plan_wal(storage.open_repository(wal_url), backup, target)
+    target = pitr_target.RecoveryTarget(time=when)
+    backup = base_backup.choose_base_backup(base_backup.list_base_backups(repo, TARGET), target)
+    plan = wal.plan_wal(storage_client.open_repository(wal_url), backup, target)
     t_plan = time.perf_counter()
-    restored = rc.restore_base_backup(
+    restored = base_restore.restore_base_backup(
         repo, backup, work / "data", work_dir=work / "restore", bin_dir=bin_dir, verify=verify
     )
     t_extract = time.perf_counter()
-    recovered = rc.start_recovery(
+    recovered = pitr_recovery.start_recovery(
         work / "data",
         target.model_copy(update={"timeline": plan.target_timeline}),
-        restore_command=rc.restore_command_for(wal_url),
+        restore_command=wal.restore_command_for(wal_url),
         bin_dir=bin_dir,
     )
     t_end = time.perf_counter()
     rows = history_rows(recovered.port)
-    rc.remove_cluster(recovered.data_dir, bin_dir=bin_dir)
+    pitr_cluster.remove_cluster(recovered.data_dir, bin_dir=bin_dir)
     return {
         "total": t_end - t0,
         "plan": t_plan - t0,
@@ -227,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         size = cluster.psql("SELECT pg_size_pretty(pg_database_size('bench'))")
         print(f"pgbench -i -s {args.scale}: {size} in {time.perf_counter() - t0:.1f} s", flush=True)
         repo_dir = base / "repo"
-        repo = storage.open_repository(f"file://{repo_dir}")
+        repo = storage_client.open_repository(f"file://{repo_dir}")
         t0 = time.perf_counter()
         backup = upload_base_backup(cluster, repo, base / "stage")
         print(
@@ -238,11 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         half = args.pgbench_seconds / 2
         pgbench = [str(bin_dir / "pgbench"), "-c", "2", "-j", "2", "-n", "-T", str(int(half))]
         subprocess.run([*pgbench, "-d", cluster.conninfo("bench")], capture_output=True, check=True)
-        when = rc.server_position(cluster.conninfo())["at"]
+        when = archiving.server_position(cluster.conninfo())["at"]
         expected = int(cluster.psql("SELECT count(*) FROM pgbench_history", "bench"))
         time.sleep(0.05)
         subprocess.run([*pgbench, "-d", cluster.conninfo("bench")], capture_output=True, check=True)
-        rc.switch_wal_and_wait(cluster.conninfo(), timeout_seconds=300)
+        archiving.switch_wal_and_wait(cluster.conninfo(), timeout_seconds=300)
         wal_mib = sum(p.stat().st_size for p in archive.iterdir()) / 2**20
         print(
             f"WAL archived: {wal_mib:.0f} MiB ({args.wal_segsize} MiB segments); recovery target "

@@ -38,7 +38,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lab.pgcluster import Cluster, temporary_cluster
-from tasks import backups as bk
+from tasks.backups import dump as backups_dump
+from tasks.backups import restore as backups_restore
+from tasks.backups import toc as backups_toc
 
 TARGET_RATIO = 1.10
 RESTORE_DB = "bench_restore"
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
             dump_dir = base / "dump.dir"
             t0 = time.perf_counter()
-            info = bk.dump_database(cluster.conninfo(), "bench", dump_dir, jobs=cores)
+            info = backups_dump.dump_database(cluster.conninfo(), "bench", dump_dir, jobs=cores)
             print(f"pg_dump -Fd -j {cores}: {info.bytes / 2**20:.0f} MiB in "
                   f"{time.perf_counter() - t0:.1f} s", flush=True)  # fmt: skip
             plain = base / "plain.sql"
@@ -122,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             plain_gz = base / "plain.sql.gz"
             with open(plain, "rb") as src, open(plain_gz, "wb") as out:
                 _run(["gzip", "-c", "-6"], stdin=src, stdout=out)
-            sizes = bk.table_data_sizes(dump_dir)
-            chosen = bk.choose_restore_jobs(sizes)
+            sizes = backups_toc.table_data_sizes(dump_dir)
+            chosen = backups_toc.choose_restore_jobs(sizes)
             print(f"drill job choice from table sizes: -j {chosen} "
                   f"({len(sizes)} tables, largest {max(sizes.values()) / 2**20:.0f} MiB)")  # fmt: skip
 
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             pg_restore = str(pgbin / "pg_restore")
 
             def drill(conn: str) -> None:
-                bk.restore_dump(dump_dir, conn)
+                backups_restore.restore_dump(dump_dir, conn)
 
             def by_hand(jobs: int) -> Callable[[str], None]:
                 return lambda conn: _run(
