@@ -27,6 +27,7 @@ __all__ = [
     "pg_major_of",
     "pg_major_to_install",
     "program_version",
+    "short_version",
 ]
 
 PG_LIB_DIR = Path("/usr/lib/postgresql")
@@ -110,7 +111,14 @@ PROGRAMS: tuple[Program, ...] = (
         essential=True,
     ),
     Program("env", "coreutils", True, "environment of tools run as another user", essential=True),
-    Program("test", "coreutils", True, "can the server user reach the lab folder", essential=True),
+    Program(
+        "test",
+        "coreutils",
+        True,
+        "can the server user reach the lab folder",
+        version_args=(),  # /usr/bin/test prints no version
+        essential=True,
+    ),
     Program("tar", "tar", True, "base backup archives", essential=True),
 )
 
@@ -152,6 +160,8 @@ def find_program(
 
 def program_version(path: Path, args: tuple[str, ...] = ("--version",)) -> str:
     """The first line ``path`` prints for ``args`` (e.g. ``psql (PostgreSQL) 15.8``), or ""."""
+    if not args:
+        return ""
     try:
         proc = subprocess.run(
             [str(path), *args],
@@ -173,6 +183,12 @@ def pg_major_of(version_line: str) -> int | None:
     """The major of ``... (PostgreSQL) 15.8`` or ``... 17beta1``; None when not PostgreSQL's."""
     match = re.search(r"\(PostgreSQL\)\s+(\d+)", version_line)
     return int(match.group(1)) if match else None
+
+
+def short_version(version_line: str) -> str:
+    """The version number in a ``--version`` line (``15.20``, ``1.1.5+ds1``), else the line."""
+    match = re.search(r"(?<![\d.])\d+(?:\.\d+)+[\w.+~-]*", version_line)
+    return match.group(0) if match else version_line
 
 
 def pg_major_to_install(
