@@ -174,13 +174,19 @@ def _engine_folder(lab_dir: Path) -> Path:
 def _prepare_service(folder: Path, init_path: str | None) -> podman.PodmanService:
     """A Podman configuration in ``folder``: the lab's as is, or the doctor's own."""
     service = podman.PodmanService(folder)
-    if folder == DOCTOR_PODMAN_DIR or init_path or not service.storage_conf.exists():
+    if init_path or not service.storage_conf.exists():
         service.write_config()
         if init_path:  # tests: point Podman at another (missing) init binary
             text = service.containers_conf.read_text()
             text = text.replace("[containers]\n", f'[containers]\ninit_path = "{init_path}"\n', 1)
             service.containers_conf.write_text(text)
     return service
+
+
+def _podman_error(message: str) -> str:
+    """Podman's own ``Error: ...`` line when there is one, else the whole message."""
+    _, found, error = message.rpartition("Error: ")
+    return error.strip() if found else message
 
 
 def _container_fix(message: str) -> str:
@@ -222,7 +228,7 @@ def check_container_engine(
             timeout_seconds=CONTAINER_TIMEOUT_SECONDS,
         )  # fmt: skip
     except podman.PodmanError as exc:
-        detail = f"podman run --init failed: {exc}"
+        detail = f"podman run --init failed: {_podman_error(str(exc))}"
         return Check(
             name=name, status="fail", required=True, detail=detail, fix=_container_fix(str(exc))
         )
