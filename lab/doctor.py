@@ -50,10 +50,17 @@ Status = Literal["ok", "warn", "fail", "skip"]
 LAB_DIR_ENV = "DR_LAB_DIR"  # lab.manager's; the lab's folder
 STAGING_ENV = "DR_STAGING_DIR"  # flows.backup's; where backups are staged
 DEFAULT_STAGING = Path.home() / ".cache" / "dr-pipelines" / "staging"
-#: The doctor's own Podman folder when no lab has one (keeps the imported image).
+#: The doctor's own Podman folder (keeps the imported image between runs).
 DOCTOR_PODMAN_DIR = Path.home() / ".cache" / "dr-pipelines" / "doctor-podman"
 #: Where Podman looks for its init binary when containers.conf sets no ``init_path``.
-PODMAN_HELPER_DIRS = ("/usr/local/libexec/podman", "/usr/local/lib/podman", "/usr/libexec/podman", "/usr/lib/podman")  # fmt: skip
+PODMAN_HELPER_DIRS = (
+    "/usr/local/libexec/podman",
+    "/usr/local/lib/podman",
+    "/usr/libexec/podman",
+    "/usr/lib/podman",
+)
+#: Programs only the container engine needs (``--engine process`` does without them).
+CONTAINER_PROGRAMS = {"podman", "runc", "catatonit", "busybox"}
 CONTAINERS_CONFS = ("/usr/share/containers/containers.conf", "/etc/containers/containers.conf")
 #: The lab's components on loopback ports: primary, replica, control, moto, prefect, slack.
 LAB_PORT_COUNT = 6
@@ -165,21 +172,18 @@ def find_init_binary(init_path: str | None = None) -> Path | None:
     return None
 
 
-def _engine_folder(lab_dir: Path) -> Path:
-    """The lab's Podman folder when it has one (image already there), else the doctor's."""
-    lab_podman = lab_dir / "podman"
-    return lab_podman if (lab_podman / "storage.conf").exists() else DOCTOR_PODMAN_DIR
-
-
 def _prepare_service(folder: Path, init_path: str | None) -> podman.PodmanService:
-    """A Podman configuration in ``folder``: the lab's as is, or the doctor's own."""
+    """The doctor's own Podman configuration in ``folder`` (written once, or for a test)."""
     service = podman.PodmanService(folder)
-    if init_path or not service.storage_conf.exists():
+    conf = service.containers_conf
+    stale = conf.exists() and "\ninit_path = " in conf.read_text()  # a test's override
+    if init_path or stale or not service.storage_conf.exists():
         service.write_config()
         if init_path:  # tests: point Podman at another (missing) init binary
-            text = service.containers_conf.read_text()
-            text = text.replace("[containers]\n", f'[containers]\ninit_path = "{init_path}"\n', 1)
-            service.containers_conf.write_text(text)
+            text = conf.read_text()
+            conf.write_text(
+                text.replace("[containers]\n", f'[containers]\ninit_path = "{init_path}"\n', 1)
+            )
     return service
 
 
@@ -199,14 +203,14 @@ def _container_fix(message: str) -> str:
     return f"{progs.apt_fix(['podman', 'runc', 'catatonit', 'busybox-static'])}; see the detail"
 
 
-def check_container_engine(
-    lab_dir: Path, *, folder: Path | None = None, init_path: str | None = None
-) -> Check:
+def check_container_engine(*, folder: Path | None = None, init_path: str | None = None) -> Check:
     """Can Podman really start a container with an init process, as the lab's app needs?
 
+    The doctor keeps its own Podman folder (never the lab's: it touches nothing it did not
+    start); the first run imports the busybox image there, later ones reuse it.
+
     Args:
-        lab_dir: the lab's folder (its Podman storage is reused when present).
-        folder: a Podman folder to use instead (tests); it gets the doctor's config.
+        folder: the Podman folder (default :data:`DOCTOR_PODMAN_DIR`).
         init_path: an init binary to configure instead of Podman's (tests).
     """
     name = "container engine"
@@ -220,7 +224,7 @@ def check_container_engine(
         return Check(
             name=name, status="fail", required=True, detail=detail, fix=progs.apt_fix(["catatonit"])
         )
-    service = _prepare_service(folder or _engine_folder(lab_dir), init_path)
+    service = _prepare_service(folder or DOCTOR_PODMAN_DIR, init_path)
     try:
         podman.ensure_busybox_image(service)
         service.podman(
@@ -384,12 +388,17 @@ def _timed(check: Callable[[], Check]) -> Check:
 
 
 def lab_checks(lab_dir: Path, *, engine: str = "auto") -> list[Callable[[], Check]]:
-    """What ``dr lab up`` needs: programs, the container engine (unless ``process``), room."""
+    """What ``dr lab up`` needs: programs, the container engine (unless ``process``), room.
+
+    With ``auto`` the engine is required although the lab could fall back to a process:
+    setup.sh installs it, and a half-working engine is what failed in issue 13.
+    """
+    skipped = {"chromium"} | (CONTAINER_PROGRAMS if engine == "process" else set())
     checks: list[Callable[[], Check]] = [
-        (lambda p=p: check_program(p)) for p in progs.PROGRAMS if p.name != "chromium"
+        (lambda p=p: check_program(p)) for p in progs.PROGRAMS if p.name not in skipped
     ]
     if engine != "process":
-        checks.append(lambda: check_container_engine(lab_dir))
+        checks.append(check_container_engine)
     checks += [
         lambda: check_ports(lab_dir),
         lambda: check_disk("disk: lab", lab_dir, LAB_MIN_FREE_BYTES, LAB_DIR_ENV),

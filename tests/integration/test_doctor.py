@@ -114,7 +114,7 @@ def test_podman_without_its_init_binary_names_catatonit(
     # Let the static look-up pass so that Podman itself meets the missing binary.
     monkeypatch.setattr(doctor, "find_init_binary", lambda init_path=None: Path("/bin/true"))
     check = doctor.check_container_engine(
-        tmp_path, folder=tmp_path / "podman", init_path=str(tmp_path / "no" / "catatonit")
+        folder=tmp_path / "podman", init_path=str(tmp_path / "no" / "catatonit")
     )
     assert (check.status, check.required) == ("fail", True), check
     assert "podman run --init failed" in check.detail
@@ -122,6 +122,6 @@ def test_podman_without_its_init_binary_names_catatonit(
 
 
 def test_the_static_init_check_names_catatonit(tmp_path: Path) -> None:
-    check = doctor.check_container_engine(tmp_path, init_path=str(tmp_path / "catatonit"))
+    check = doctor.check_container_engine(init_path=str(tmp_path / "catatonit"))
     assert check.status == "fail"
     assert check.fix == "apt-get install -y --no-install-recommends catatonit"

@@ -158,7 +158,7 @@ def test_a_missing_init_binary_is_caught_before_any_container(
         raise AssertionError("no Podman command may run")
 
     monkeypatch.setattr(doctor, "_prepare_service", no_service)
-    check = doctor.check_container_engine(tmp_path, init_path=str(tmp_path / "catatonit"))
+    check = doctor.check_container_engine(init_path=str(tmp_path / "catatonit"))
     assert (check.status, check.required) == ("fail", True)
     assert check.fix == "apt-get install -y --no-install-recommends catatonit"
     assert "catatonit" in check.detail
@@ -168,7 +168,7 @@ def test_a_missing_podman_names_the_packages(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(doctor.podman, "available", lambda: (False, "not installed: podman"))
-    check = doctor.check_container_engine(tmp_path)
+    check = doctor.check_container_engine(folder=tmp_path)
     assert check.status == "fail"
     assert check.fix.startswith("apt-get install -y --no-install-recommends podman")
 
@@ -185,11 +185,12 @@ def test_podman_errors_map_to_their_fix(message: str, package: str) -> None:
     assert doctor._container_fix(message).endswith(f" {package}")
 
 
-def test_the_lab_podman_folder_is_reused_when_it_exists(tmp_path: Path) -> None:
-    assert doctor._engine_folder(tmp_path) == doctor.DOCTOR_PODMAN_DIR
-    (tmp_path / "podman").mkdir()
-    (tmp_path / "podman" / "storage.conf").write_text("")
-    assert doctor._engine_folder(tmp_path) == tmp_path / "podman"
+def test_a_test_init_path_is_not_left_in_the_doctors_podman_config(tmp_path: Path) -> None:
+    service = doctor._prepare_service(tmp_path, "/nowhere/catatonit")
+    assert 'init_path = "/nowhere/catatonit"' in service.containers_conf.read_text()
+    service = doctor._prepare_service(tmp_path, None)
+    assert "init_path = " not in service.containers_conf.read_text()
+    assert service.storage_conf.exists()
 
 
 # --------------------------------------------------------------------------- ports, disk
@@ -324,10 +325,10 @@ def test_preflight_raises_naming_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert doctor.preflight(tmp_path).ok
 
 
-def test_the_process_engine_skips_the_container_check(tmp_path: Path) -> None:
-    assert len(doctor.lab_checks(tmp_path, engine="process")) + 1 == len(
-        doctor.lab_checks(tmp_path, engine="auto")
-    )
+def test_the_process_engine_skips_the_container_checks(tmp_path: Path) -> None:
+    auto = len(doctor.lab_checks(tmp_path, engine="auto"))
+    process = len(doctor.lab_checks(tmp_path, engine="process"))
+    assert process == auto - 1 - len(doctor.CONTAINER_PROGRAMS)
 
 
 # --------------------------------------------------------------------------- the command

@@ -65,7 +65,11 @@ RUNNER_CALLS = {
 }  # fmt: skip
 ARGV_NAMES = {"args", "argv", "cmd", "command"}
 #: An absolute path to an executable (``/usr/sbin/runc``, ``/usr/libexec/podman/catatonit``).
-EXEC_PATH = re.compile(r"^/(?:usr/)?(?:local/)?(?:s?bin|libexec(?:/[\w.-]+)*|lib(?:/[\w.-]+)*/bin)/([\w.+-]+)$")  # fmt: skip
+EXEC_PATH = re.compile(
+    r"^/(?:usr/)?(?:local/)?"
+    r"(?:s?bin|libexec(?:/[\w.-]+)*|lib(?:/[\w.-]+)*/bin)"
+    r"/([\w.+-]+)$"
+)
 PROGRAM_NAME = re.compile(r"^[a-z][\w.+-]*$")
 
 
@@ -208,7 +212,9 @@ def _candidates(path: Path) -> list[str]:
     """The path, its target, and their /bin <-> /usr/bin twins (merged /usr)."""
     out: list[str] = []
     for p in (str(path), os.path.realpath(path)):
-        for twin in (p, re.sub(r"^/usr/(s?bin)/", r"/\1/", p), re.sub(r"^/(s?bin)/", r"/usr/\1/", p)):  # fmt: skip
+        unmerged = re.sub(r"^/usr/(s?bin)/", r"/\1/", p)
+        merged = re.sub(r"^/(s?bin)/", r"/usr/\1/", p)
+        for twin in (p, unmerged, merged):
             if twin not in out:
                 out.append(twin)
     return out
@@ -241,7 +247,7 @@ def test_every_program_comes_from_a_package_setup_sh_installs() -> None:
             problems.append(f"{program.name} ({located[program.name]}): no package owns it")
             continue
         if _family(package) != program.package:
-            problems.append(f"{program.name}: from {package}, lab/programs.py says {program.package}")  # fmt: skip
+            problems.append(f"{program.name}: from {package}, not {program.package}")
         if _family(package) not in wanted and not (program.essential and _essential(package)):
             problems.append(f"{program.name}: package {package} is not in setup.sh's PKGS")
     assert not problems, "; ".join(problems)
