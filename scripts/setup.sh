@@ -13,13 +13,15 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 pg_major() {
   local n
   n=$(dpkg-query -W -f='${Package} ${Status}\n' 'postgresql-[0-9]*' 2>/dev/null \
-    | awk '$1 ~ /^postgresql-[0-9]+$/ && / installed$/ {sub("postgresql-", "", $1); if ($1 + 0 >= 14) print $1}' \
+    | awk '$1 ~ /^postgresql-[0-9]+$/ && / installed$/ {
+             sub("postgresql-", "", $1); if ($1 + 0 >= 14) print $1 }' \
     | sort -n | tail -1)
   if [ -z "$n" ]; then
-    n=$(apt-cache depends postgresql 2>/dev/null | sed -n 's/^ *Depends: postgresql-\([0-9][0-9]*\)$/\1/p' | head -1)
+    n=$(apt-cache depends postgresql 2>/dev/null \
+      | sed -n 's/^ *Depends: postgresql-\([0-9][0-9]*\)$/\1/p' | head -1)
   fi
   if [ -z "$n" ]; then
-    case "$(. /etc/os-release 2>/dev/null && echo "${VERSION_ID:-}")" in
+    case "$(. "${OS_RELEASE:-/etc/os-release}" 2>/dev/null && echo "${VERSION_ID:-}")" in
       12) n=15 ;;
       13) n=17 ;;
     esac
@@ -39,7 +41,8 @@ PG_MAJOR=${PG_MAJOR:-$(pg_major)}
 # of podman, which --no-install-recommends leaves out).
 # tests/unit/test_programs_installed.py checks that this list provides every program the
 # code runs.
-PKGS=(postgresql-${PG_MAJOR} postgresql-client-${PG_MAJOR} podman catatonit runc busybox-static chromium python3-venv)
+PKGS=(postgresql-${PG_MAJOR} postgresql-client-${PG_MAJOR}
+      podman catatonit runc busybox-static chromium python3-venv)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

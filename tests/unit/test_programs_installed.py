@@ -251,3 +251,52 @@ def test_every_program_comes_from_a_package_setup_sh_installs() -> None:
         if _family(package) not in wanted and not (program.essential and _essential(package)):
             problems.append(f"{program.name}: package {package} is not in setup.sh's PKGS")
     assert not problems, "; ".join(problems)
+
+
+def _pg_major(tmp_path: Path, *, installed: str, depends: str, version_id: str) -> tuple[int, str]:
+    """Run setup.sh's ``pg_major`` with faked dpkg-query, apt-cache and os-release."""
+    body = re.search(r"^pg_major\(\) \{\n.*?^\}\n", SETUP.read_text(), re.MULTILINE | re.DOTALL)
+    assert body, "no pg_major() in setup.sh"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name, output in (("dpkg-query", installed), ("apt-cache", depends)):
+        (fake / name).write_text(f"#!/bin/sh\nprintf '%b' '{output}'\n")
+        (fake / name).chmod(0o755)
+    release = tmp_path / "os-release"
+    release.write_text(f'VERSION_ID="{version_id}"\n')
+    proc = subprocess.run(
+        ["bash", "-c", f"{body.group(0)}pg_major"],
+        env={"PATH": f"{fake}:/usr/bin:/bin", "OS_RELEASE": str(release)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return proc.returncode, proc.stdout.strip() or proc.stderr.strip()
+
+
+@pytest.mark.parametrize(
+    ("installed", "depends", "version_id", "major"),
+    [
+        # an installed server wins (the newest >= 14), whatever the release says
+        ("postgresql-13 hold ok installed\\npostgresql-16 install ok installed\\n", "", "12", "16"),
+        ("postgresql-17 deinstall ok config-files\\n", "", "12", "15"),
+        # else the metapackage's dependency (Debian 13: 17)
+        ("", "postgresql\\n  Depends: postgresql-17\\n", "12", "17"),
+        # else the release
+        ("", "", "12", "15"),
+        ("", "", "13", "17"),
+    ],
+)  # fmt: skip
+def test_setup_sh_picks_the_distributions_postgresql(
+    tmp_path: Path, installed: str, depends: str, version_id: str, major: str
+) -> None:
+    assert _pg_major(tmp_path, installed=installed, depends=depends, version_id=version_id) == (
+        0,
+        major,
+    )
+
+
+def test_setup_sh_refuses_an_unknown_release(tmp_path: Path) -> None:
+    code, message = _pg_major(tmp_path, installed="", depends="", version_id="11")
+    assert code == 1
+    assert "PG_MAJOR" in message
