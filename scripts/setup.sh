@@ -1,18 +1,48 @@
 #!/usr/bin/env bash
-# All set-up for DR pipelines on Debian 12, idempotent: system packages (as root, or with
-# sudo), then the Python virtual environment in .venv/ at the repository root.
+# All set-up for DR pipelines on Debian 12 or 13, idempotent: system packages (as root, or
+# with sudo), then the Python virtual environment in .venv/ at the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-# PostgreSQL server binaries (the lab runs its own clusters; never the machine's 5432),
-# Podman + runc + busybox-static (a Docker-API engine for the lab application),
+# The distribution's PostgreSQL major (15 on Debian 12, 17 on Debian 13; any >= 14 works):
+# an installed server first, else what the `postgresql` metapackage depends on, else the
+# Debian release. The lab and the tools find it under /usr/lib/postgresql/*/bin.
+pg_major() {
+  local n
+  n=$(dpkg-query -W -f='${Package} ${Status}\n' 'postgresql-[0-9]*' 2>/dev/null \
+    | awk '$1 ~ /^postgresql-[0-9]+$/ && / installed$/ {
+             sub("postgresql-", "", $1); if ($1 + 0 >= 14) print $1 }' \
+    | sort -n | tail -1)
+  if [ -z "$n" ]; then
+    n=$(apt-cache depends postgresql 2>/dev/null \
+      | sed -n 's/^ *Depends: postgresql-\([0-9][0-9]*\)$/\1/p' | head -1)
+  fi
+  if [ -z "$n" ]; then
+    case "$(. "${OS_RELEASE:-/etc/os-release}" 2>/dev/null && echo "${VERSION_ID:-}")" in
+      12) n=15 ;;
+      13) n=17 ;;
+    esac
+  fi
+  if [ -z "$n" ] || [ "$n" -lt 14 ]; then
+    echo "setup: cannot tell which PostgreSQL (>= 14) to install; set PG_MAJOR=NN" >&2
+    exit 1
+  fi
+  echo "$n"
+}
+PG_MAJOR=${PG_MAJOR:-$(pg_major)}
+
+# PostgreSQL server and client binaries (the lab runs its own clusters; never the machine's
+# 5432), Podman + runc + busybox-static (a Docker-API engine for the lab application),
 # Chromium (the browser test of the Prefect UI).
 # catatonit: the init binary Podman needs for containers created with init=True (a Recommends
 # of podman, which --no-install-recommends leaves out).
-PKGS=(postgresql-15 postgresql-client-15 podman catatonit runc busybox-static chromium python3-venv)
+# tests/unit/test_programs_installed.py checks that this list provides every program the
+# code runs.
+PKGS=(postgresql-${PG_MAJOR} postgresql-client-${PG_MAJOR}
+      podman catatonit runc busybox-static chromium python3-venv)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
