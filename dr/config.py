@@ -32,6 +32,8 @@ from dr.errors import ConfigError, register_secret
 
 DEFAULT_CONFIG_PATH = "dr.yaml"
 CONFIG_ENV_VAR = "DR_CONFIG"
+#: The config ``dr lab up`` writes, used when no other is given.
+LAB_CONFIG_PATH = Path(".lab") / "dr.yaml"
 
 
 class Strict(BaseModel):
@@ -498,8 +500,27 @@ def parse_config(data: Any, source: str = "<dict>") -> DRConfig:
 
 
 def config_path(path: str | os.PathLike[str] | None = None) -> Path:
-    """The config file to use: the argument, else $DR_CONFIG, else ./dr.yaml."""
-    return Path(path or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
+    """The config file to use: ``path``, else ``$DR_CONFIG``, else ``./dr.yaml``, else the lab's.
+
+    The one resolver: ``dr run``, ``dr config check``, the flows and the receiver all read
+    the same file for the same arguments.
+
+    Args:
+        path: an explicit path (``--config``).
+
+    Returns:
+        The first candidate given or existing; ``./dr.yaml`` when none exists (so the error
+        names the usual place).
+    """
+    if path:
+        return Path(path)
+    env = os.environ.get(CONFIG_ENV_VAR)
+    if env:
+        return Path(env)
+    default = Path(DEFAULT_CONFIG_PATH)
+    if not default.exists() and LAB_CONFIG_PATH.exists():
+        return LAB_CONFIG_PATH
+    return default
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> DRConfig:

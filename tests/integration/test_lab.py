@@ -21,10 +21,10 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from cli.lab import lab_app
 from dr.config import load_config
 from dr.errors import PreconditionError
 from lab import manager
-from lab.cli import lab_app
 from tests.conftest import assert_lab_gone, lab_pids, pids_mentioning
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""``dr lab up | status | down``: the lab from the command line (wired into ``dr`` by dr.cli).
+"""``dr lab up | status | down``: the lab from the command line (wired into ``dr`` by cli.main).
 
 Exit codes: 0 success (``status``: every component up), 1 a component is down or ``up``
 failed, 2 no lab in the folder (``status``).

@@ -1,6 +1,6 @@
 """``dr deploy``: the command that puts every DR flow on a Prefect server.
 
-``dr/cli.py`` adds it with :func:`register`. Prefect is imported only when the command
+``cli/main.py`` adds it with :func:`register`. Prefect is imported only when the command
 runs, so ``dr --help`` stays fast.
 """
 
@@ -69,8 +69,7 @@ def register(app: typer.Typer) -> None:
 
         Then start a worker: prefect worker start --pool dr-process
         """
-        from dr.config import load_config
-        from flows.registry import find_config_path
+        from dr.config import config_path, load_config
 
         if pool_type not in ("process", "kubernetes"):
             _fail(
@@ -78,7 +77,7 @@ def register(app: typer.Typer) -> None:
                     "--pool-type must be process or kubernetes", [("--pool-type", pool_type)]
                 )
             )
-        path = find_config_path(config)
+        path = config_path(config)
         try:
             cfg = load_config(path)
         except ConfigError as exc:

@@ -24,9 +24,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dr.config import CONFIG_ENV_VAR, DRConfig, load_config
+from cli.common import print_config_error
+from dr.config import CONFIG_ENV_VAR, DRConfig, config_path, load_config
 from dr.errors import ConfigError, redact
-from flows.registry import find_config_path
 
 __all__ = ["register"]
 
@@ -51,12 +51,6 @@ def _prefect_api(cfg: DRConfig) -> Iterator[None]:
 
     with temporary_settings(updates={PREFECT_API_URL: url}):
         yield
-
-
-def _print_config_error(exc: ConfigError) -> None:
-    err.print(f"[bold red]error:[/] {escape(str(exc))}")
-    for path, reason in exc.problems:
-        err.print(f"  [yellow]{escape(path)}[/]: {escape(reason)}")
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -114,12 +108,12 @@ def register(app: typer.Typer) -> None:
         if kind not in ("logical", "base"):
             err.print(f"[bold red]error:[/] --kind must be logical or base, not {kind!r}")
             raise typer.Exit(EXIT_BAD_INPUT)
-        path = find_config_path(config)
+        path = config_path(config)
         try:
             cfg = load_config(path)
             cfg.target(target)
         except ConfigError as exc:
-            _print_config_error(exc)
+            print_config_error(exc)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         previous = os.environ.get(CONFIG_ENV_VAR)
         os.environ[CONFIG_ENV_VAR] = str(path.absolute())
@@ -136,7 +130,7 @@ def register(app: typer.Typer) -> None:
                 )
                 data = state.result(raise_on_failure=False)
         except ConfigError as exc:
-            _print_config_error(exc)
+            print_config_error(exc)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         finally:
             if previous is None:
