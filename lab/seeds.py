@@ -44,9 +44,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import psycopg
 from psycopg import sql
 
+from lab.db import connect
 from lab.pgcluster import Cluster, ClusterError
 
 __all__ = [
@@ -491,16 +491,12 @@ def dataset_marker(s: Seed) -> str:
     return f"dr-lab seed {s.number} {digest}"
 
 
-def _connect(cluster: Cluster, dbname: str = "postgres") -> psycopg.Connection[Any]:
-    return psycopg.connect(cluster.conninfo(dbname), connect_timeout=5, autocommit=True)
-
-
 def _ensure_database(cluster: Cluster, s: Seed) -> str:
     """One seed database: reopen it if a drill closed it, load it if missing or stale."""
     marker = dataset_marker(s)
     ident = sql.Identifier(s.database)
     actions: list[str] = []
-    with _connect(cluster) as conn:
+    with connect(cluster, timeout_seconds=5) as conn:
         row = conn.execute(
             "SELECT datallowconn, pg_catalog.shobj_description(oid, 'pg_database') "
             "FROM pg_catalog.pg_database WHERE datname = %s",
@@ -518,7 +514,7 @@ def _ensure_database(cluster: Cluster, s: Seed) -> str:
             log.info("seed %s: database %s is incomplete or stale: reloading", s.number, s.database)
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
-    with _connect(cluster, s.database) as conn:
+    with connect(cluster, s.database, timeout_seconds=5) as conn:
         with conn.transaction():
             conn.execute(s.sql_file.read_text())  # type: ignore[arg-type] - the lab's own SQL
             # Last, in the same transaction: the marker says the load finished.
