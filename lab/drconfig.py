@@ -12,10 +12,7 @@ import yaml
 from dr.config import parse_config
 from lab import seeds
 from lab.db import APP_DB
-from lab.pgcluster import (
-    pg_bin_dir,
-    server_user,
-)
+from lab.pgcluster import pg_bin_dir, server_user
 from lab.state import (
     AWS_REGION,
     BUCKET,
@@ -35,76 +32,7 @@ def lab_config(state: LabState, *, prefect_on: bool) -> dict[str, Any]:
     def ref(block: str) -> dict[str, str]:
         return {"prefect_secret": block} if prefect_on else {"env": SECRET_ENV[block]}
 
-    os_user = server_user() or getpass.getuser()
-    bin_dir = str(pg_bin_dir())
-
-    def node(info: ClusterInfo) -> dict[str, Any]:
-        return {
-            "name": info.name,
-            "host": "127.0.0.1",
-            "port": info.port,
-            "region": info.region,
-            "data_directory": str(info.data_dir),
-            "bin_dir": bin_dir,
-            "os_user": os_user,
-            "log_directory": str(info.data_dir / "log"),
-        }
-
-    services = (
-        [{"kind": "docker", "name": state.app_container, "role": "writer",
-          "region": REGIONS[PRIMARY]}]
-        if state.engine == "podman"
-        else []
-    )  # fmt: skip
-    target: dict[str, Any] = {
-        "tier": "critical",
-        "description": "The local lab: PostgreSQL primary + streaming replica, heartbeat app.",
-        "production": False,
-        "drills_allowed": True,
-        "postgres": {
-            "primary": node(state.primary),
-            "replicas": [node(state.replica)],
-            "user": "postgres",
-            "databases": [APP_DB],
-            "heartbeat_database": APP_DB,
-        },
-        "backup": {"repository": state.file_repository, "wal_archive": state.wal_archive},
-        "services": services,
-        "health_checks": {
-            "sql": [
-                {"name": "customers-present", "sql": "SELECT count(*) > 0 FROM shop.customers",
-                 "database": APP_DB},
-                {"name": "orders-present", "sql": "SELECT count(*) > 0 FROM shop.orders",
-                 "database": APP_DB},
-            ]
-        },
-        "validation_queries": [
-            {
-                "name": "no-orphan-order-items",
-                "sql": "SELECT i.order_id FROM shop.order_items i LEFT JOIN shop.orders o "
-                "ON o.order_id = i.order_id WHERE o.order_id IS NULL LIMIT 1",
-                "database": APP_DB,
-                "expect": "no_rows",
-            },
-            {
-                "name": "order-totals-match-lines",
-                "sql": "SELECT o.order_id FROM shop.orders o JOIN (SELECT order_id, "
-                "sum(quantity * unit_price) AS total FROM shop.order_items GROUP BY order_id) s "
-                "ON s.order_id = o.order_id WHERE o.total <> s.total LIMIT 1",
-                "database": APP_DB,
-                "expect": "no_rows",
-            },
-            {
-                "name": "every-customer-has-an-account",
-                "sql": "SELECT NOT EXISTS (SELECT 1 FROM shop.customers c WHERE NOT EXISTS "
-                "(SELECT 1 FROM shop.accounts a WHERE a.customer_id = c.customer_id))",
-                "database": APP_DB,
-                "expect": "true",
-            },
-        ],
-        "slack_channel": SLACK_CHANNEL,
-        "evidence_repository": state.evidence_repository,
-    }  # fmt: skip
+    target = _lab_target(state)
     target_s3 = copy.deepcopy(target)
     target_s3["description"] = "The same lab, backed up to the S3-compatible endpoint (moto)."
     target_s3["backup"]["repository"] = state.s3_repository
@@ -140,6 +68,87 @@ def lab_config(state: LabState, *, prefect_on: bool) -> dict[str, Any]:
         data["prefect_api_url"] = state.prefect_api_url
         data["prefect_ui_url"] = state.prefect_ui_url
     return data
+
+
+def _node(info: ClusterInfo, bin_dir: str, os_user: str) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "host": "127.0.0.1",
+        "port": info.port,
+        "region": info.region,
+        "data_directory": str(info.data_dir),
+        "bin_dir": bin_dir,
+        "os_user": os_user,
+        "log_directory": str(info.data_dir / "log"),
+    }
+
+
+def _lab_target(state: LabState) -> dict[str, Any]:
+    """Target ``lab``: the pair, the file repository, the app, its checks and queries."""
+    os_user = server_user() or getpass.getuser()
+    bin_dir = str(pg_bin_dir())
+    services = (
+        [{"kind": "docker", "name": state.app_container, "role": "writer",
+          "region": REGIONS[PRIMARY]}]
+        if state.engine == "podman"
+        else []
+    )  # fmt: skip
+    return {
+        "tier": "critical",
+        "description": "The local lab: PostgreSQL primary + streaming replica, heartbeat app.",
+        "production": False,
+        "drills_allowed": True,
+        "postgres": {
+            "primary": _node(state.primary, bin_dir, os_user),
+            "replicas": [_node(state.replica, bin_dir, os_user)],
+            "user": "postgres",
+            "databases": [APP_DB],
+            "heartbeat_database": APP_DB,
+        },
+        "backup": {"repository": state.file_repository, "wal_archive": state.wal_archive},
+        "services": services,
+        **_checks(),
+        "slack_channel": SLACK_CHANNEL,
+        "evidence_repository": state.evidence_repository,
+    }
+
+
+def _checks() -> dict[str, Any]:
+    """The lab dataset's health checks and validation queries (fresh objects every call)."""
+    return {
+        "health_checks": {
+            "sql": [
+                {"name": "customers-present", "sql": "SELECT count(*) > 0 FROM shop.customers",
+                 "database": APP_DB},
+                {"name": "orders-present", "sql": "SELECT count(*) > 0 FROM shop.orders",
+                 "database": APP_DB},
+            ]
+        },
+        "validation_queries": [
+            {
+                "name": "no-orphan-order-items",
+                "sql": "SELECT i.order_id FROM shop.order_items i LEFT JOIN shop.orders o "
+                "ON o.order_id = i.order_id WHERE o.order_id IS NULL LIMIT 1",
+                "database": APP_DB,
+                "expect": "no_rows",
+            },
+            {
+                "name": "order-totals-match-lines",
+                "sql": "SELECT o.order_id FROM shop.orders o JOIN (SELECT order_id, "
+                "sum(quantity * unit_price) AS total FROM shop.order_items GROUP BY order_id) s "
+                "ON s.order_id = o.order_id WHERE o.total <> s.total LIMIT 1",
+                "database": APP_DB,
+                "expect": "no_rows",
+            },
+            {
+                "name": "every-customer-has-an-account",
+                "sql": "SELECT NOT EXISTS (SELECT 1 FROM shop.customers c WHERE NOT EXISTS "
+                "(SELECT 1 FROM shop.accounts a WHERE a.customer_id = c.customer_id))",
+                "database": APP_DB,
+                "expect": "true",
+            },
+        ],
+    }  # fmt: skip
 
 
 def write_config(state: LabState, *, prefect_on: bool) -> str:

@@ -10,9 +10,7 @@ from typing import Any
 from lab import prefect_server, procs, s3server
 from lab.app import engine_request, podman_service
 from lab.db import APP_DB, in_recovery, query_one
-from lab.pgcluster import (
-    Cluster,
-)
+from lab.pgcluster import Cluster
 from lab.services import slack_ok
 from lab.state import (
     BUCKET,
@@ -78,7 +76,6 @@ def status(base_dir: Path | None = None) -> dict[str, Any]:
     if state is None:
         return {"exists": False, "base_dir": str(base_dir), "ok": False}
     cl = clusters(state)
-    p, r, c = cl[PRIMARY], cl[REPLICA], cl[CONTROL]
     out: dict[str, Any] = {
         "exists": True,
         "base_dir": str(base_dir),
@@ -86,6 +83,25 @@ def status(base_dir: Path | None = None) -> dict[str, Any]:
         "engine": state.engine,
         "engine_reason": state.engine_reason,
     }
+    primary, replica, current = _pair_status(cl)
+    out["primary"], out["replica"] = primary, replica
+    out["control"] = _node_status(cl[CONTROL], REGIONS[CONTROL])
+    out["heartbeat"] = _heartbeat_status(current)
+    out["archiver"] = _archiver_status(current)
+    out["s3_endpoint"] = _s3_endpoint_status(state)
+    out["repositories"] = _repositories_status(state, base_dir, out["s3_endpoint"]["up"])
+    out["app"] = _app_status(state)
+    out["prefect"] = _prefect_status(state)
+    out["slack"] = _slack_status(state)
+    out["ok"] = _all_ok(out)
+    return _jsonable(out)
+
+
+def _pair_status(
+    cl: dict[str, Cluster],
+) -> tuple[dict[str, Any], dict[str, Any], Cluster | None]:
+    """Primary and replica, with replication on the standby's side; and the current primary."""
+    p, r = cl[PRIMARY], cl[REPLICA]
     primary = _node_status(p, REGIONS[PRIMARY])
     replica = _node_status(r, REGIONS[REPLICA])
     # The current primary is whichever node is not in recovery (after a failover: replica1).
@@ -95,91 +111,106 @@ def status(base_dir: Path | None = None) -> dict[str, Any]:
     replica["current_primary"] = current is r
     replica.update({"streaming": False, "state": None, "lag_bytes": None, "lag_seconds": None})
     if current is not None and standby is not None:
-        rep = query_one(
-            current,
-            "SELECT state, sync_state, "
-            "pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), replay_lsn)::bigint "
-            "AS lag_bytes, extract(epoch FROM replay_lag)::float8 AS replay_lag_seconds "
-            "FROM pg_catalog.pg_stat_replication WHERE application_name = %s",
-            params=(standby.name,),
-        )
-        stb = query_one(
-            standby,
-            "SELECT pg_catalog.pg_last_xact_replay_timestamp() AS last_replay_ts, "
-            "extract(epoch FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp())"
-            "::float8 AS replay_age_seconds, "
-            "pg_catalog.pg_last_wal_receive_lsn() = pg_catalog.pg_last_wal_replay_lsn() "
-            "AS caught_up",
-        )
         target = replica if standby is r else primary
-        if rep:
-            lag_seconds = rep["replay_lag_seconds"]
-            if lag_seconds is None and rep["lag_bytes"] == 0:
-                lag_seconds = 0.0  # idle and caught up: pg_stat_replication shows NULL
-            target.update(
-                {
-                    "streaming": rep["state"] == "streaming",
-                    "state": rep["state"],
-                    "sync_state": rep["sync_state"],
-                    "lag_bytes": rep["lag_bytes"],
-                    "lag_seconds": lag_seconds,
-                    "upstream": current.name,
-                }
-            )
-        if stb:
-            target.update(
-                {
-                    "last_replay_ts": stb["last_replay_ts"],
-                    "replay_age_seconds": stb["replay_age_seconds"],
-                    "caught_up": stb["caught_up"],
-                }
-            )
-    out["primary"], out["replica"] = primary, replica
-    control = _node_status(c, REGIONS[CONTROL])
-    out["control"] = control
+        target.update(_replication_status(current, standby))
+    return primary, replica, current
 
+
+def _replication_status(current: Cluster, standby: Cluster) -> dict[str, Any]:
+    """Lag as the primary sees it (pg_stat_replication) and replay as the standby sees it."""
+    rep = query_one(
+        current,
+        "SELECT state, sync_state, "
+        "pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), replay_lsn)::bigint "
+        "AS lag_bytes, extract(epoch FROM replay_lag)::float8 AS replay_lag_seconds "
+        "FROM pg_catalog.pg_stat_replication WHERE application_name = %s",
+        params=(standby.name,),
+    )
+    stb = query_one(
+        standby,
+        "SELECT pg_catalog.pg_last_xact_replay_timestamp() AS last_replay_ts, "
+        "extract(epoch FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp())"
+        "::float8 AS replay_age_seconds, "
+        "pg_catalog.pg_last_wal_receive_lsn() = pg_catalog.pg_last_wal_replay_lsn() "
+        "AS caught_up",
+    )
+    info: dict[str, Any] = {}
+    if rep:
+        lag_seconds = rep["replay_lag_seconds"]
+        if lag_seconds is None and rep["lag_bytes"] == 0:
+            lag_seconds = 0.0  # idle and caught up: pg_stat_replication shows NULL
+        info.update(
+            {
+                "streaming": rep["state"] == "streaming",
+                "state": rep["state"],
+                "sync_state": rep["sync_state"],
+                "lag_bytes": rep["lag_bytes"],
+                "lag_seconds": lag_seconds,
+                "upstream": current.name,
+            }
+        )
+    if stb:
+        info.update(
+            {
+                "last_replay_ts": stb["last_replay_ts"],
+                "replay_age_seconds": stb["replay_age_seconds"],
+                "caught_up": stb["caught_up"],
+            }
+        )
+    return info
+
+
+def _heartbeat_status(current: Cluster | None) -> dict[str, Any]:
     heartbeat: dict[str, Any] = {"up": False, "ts": None, "age_seconds": None, "seq": None}
-    if current is not None:
-        hb = query_one(
-            current,
-            "SELECT seq, ts, extract(epoch FROM pg_catalog.clock_timestamp() - ts)::float8 "
-            "AS age_seconds FROM public.dr_heartbeat WHERE writer = 'app' "
-            "ORDER BY seq DESC LIMIT 1",
-            APP_DB,
+    if current is None:
+        return heartbeat
+    hb = query_one(
+        current,
+        "SELECT seq, ts, extract(epoch FROM pg_catalog.clock_timestamp() - ts)::float8 "
+        "AS age_seconds FROM public.dr_heartbeat WHERE writer = 'app' "
+        "ORDER BY seq DESC LIMIT 1",
+        APP_DB,
+    )
+    if hb:
+        heartbeat.update(hb)
+        heartbeat["node"] = current.name
+        heartbeat["up"] = hb["age_seconds"] is not None and (
+            hb["age_seconds"] < HEARTBEAT_FRESH_SECONDS
         )
-        if hb:
-            heartbeat.update(hb)
-            heartbeat["node"] = current.name
-            heartbeat["up"] = hb["age_seconds"] is not None and (
-                hb["age_seconds"] < HEARTBEAT_FRESH_SECONDS
-            )
-    out["heartbeat"] = heartbeat
+    return heartbeat
 
+
+def _archiver_status(current: Cluster | None) -> dict[str, Any]:
     archiver: dict[str, Any] = {"up": False}
-    if current is not None:
-        arch = query_one(
-            current,
-            "SELECT archived_count, last_archived_wal, last_archived_time, failed_count, "
-            "last_failed_wal, last_failed_time, "
-            "extract(epoch FROM pg_catalog.now() - last_archived_time)::float8 "
-            "AS last_archived_age_seconds FROM pg_catalog.pg_stat_archiver",
-        )
-        if arch:
-            archiver.update(arch)
-            archiver["node"] = current.name
-            archiver["up"] = arch["last_archived_wal"] is not None
-    out["archiver"] = archiver
+    if current is None:
+        return archiver
+    arch = query_one(
+        current,
+        "SELECT archived_count, last_archived_wal, last_archived_time, failed_count, "
+        "last_failed_wal, last_failed_time, "
+        "extract(epoch FROM pg_catalog.now() - last_archived_time)::float8 "
+        "AS last_archived_age_seconds FROM pg_catalog.pg_stat_archiver",
+    )
+    if arch:
+        archiver.update(arch)
+        archiver["node"] = current.name
+        archiver["up"] = arch["last_archived_wal"] is not None
+    return archiver
 
-    moto_up = procs.owned(state.processes.get("moto")) and s3server.is_up(state.moto_url)
-    out["s3_endpoint"] = {
+
+def _s3_endpoint_status(state: LabState) -> dict[str, Any]:
+    return {
         "url": state.moto_url,
-        "up": moto_up,
+        "up": procs.owned(state.processes.get("moto")) and s3server.is_up(state.moto_url),
         "pid": state.processes["moto"].pid if "moto" in state.processes else None,
         "note": s3server.IN_MEMORY_NOTE,
     }
+
+
+def _repositories_status(state: LabState, base_dir: Path, moto_up: bool) -> dict[str, Any]:
     repo_path = base_dir / "repo"
     wal_path = base_dir / "wal"
-    out["repositories"] = {
+    return {
         "file": {
             "url": state.file_repository,
             "up": repo_path.is_dir() and os.access(repo_path, os.W_OK),
@@ -204,9 +235,11 @@ def status(base_dir: Path | None = None) -> dict[str, Any]:
             else 0,
         },
     }
-    out["app"] = _app_status(state)
+
+
+def _prefect_status(state: LabState) -> dict[str, Any]:
     prefect_rec = state.processes.get("prefect")
-    out["prefect"] = {
+    return {
         "enabled": prefect_rec is not None,
         "api_url": state.prefect_api_url,
         "ui_url": state.prefect_ui_url,
@@ -217,27 +250,33 @@ def status(base_dir: Path | None = None) -> dict[str, Any]:
             and prefect_server.is_up(state.prefect_api_url, timeout=3.0)
         ),
     }
+
+
+def _slack_status(state: LabState) -> dict[str, Any]:
     slack_rec = state.processes.get("slack")
-    out["slack"] = {
+    return {
         "url": state.slack_url,
         "state_file": str(state.slack_state_file),
         "pid": slack_rec.pid if slack_rec else None,
         "up": procs.owned(slack_rec) and slack_ok(state),
     }
+
+
+def _all_ok(out: dict[str, Any]) -> bool:
+    """Everything up, the replica streaming, the heartbeat fresh (Prefect only if started)."""
     required = [
-        primary["role"] == "primary",
-        replica["streaming"],
-        control["up"],
-        heartbeat["up"],
-        moto_up,
+        out["primary"]["role"] == "primary",
+        out["replica"]["streaming"],
+        out["control"]["up"],
+        out["heartbeat"]["up"],
+        out["s3_endpoint"]["up"],
         out["repositories"]["file"]["up"],
         out["app"]["up"],
         out["slack"]["up"],
     ]
     if out["prefect"]["enabled"]:
         required.append(out["prefect"]["up"])
-    out["ok"] = all(required)
-    return _jsonable(out)
+    return all(required)
 
 
 def _app_status(state: LabState) -> dict[str, Any]:

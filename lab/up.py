@@ -120,56 +120,10 @@ def up(
         ensure_secrets(base_dir)
         save_state(state)
 
-        prefect_started: list[bool] = []
-
-        def control_then_prefect() -> str:
-            # The Prefect server is the slowest to start: start it as soon as its
-            # database exists, then create the others.
-            outcome = ensure_control(state, ("prefect",))
-            if prefect:
-                said = start_prefect(state)
-                prefect_started.append(said == "starting")
-                outcome += f"; prefect {said}"
-            more = ensure_control(state, CONTROL_DATABASES).split(" (:")[0]
-            if more != "unchanged":
-                outcome += f"; {more}"
-            return outcome
-
-        errors: list[BaseException] = []
-        with ThreadPoolExecutor(max_workers=5, thread_name_prefix="lab-up") as pool:
-            jobs: dict[str, Future[str]] = {
-                "postgres": pool.submit(progress.run, "postgres", ensure_postgres, state),
-                "control": pool.submit(progress.run, "control", control_then_prefect),
-                "moto": pool.submit(progress.run, "s3", ensure_moto, state),
-                "slack": pool.submit(progress.run, "slack", ensure_slack, state),
-            }
-            if state.engine == "podman":
-                jobs["podman"] = pool.submit(
-                    progress.run, "podman", ensure_podman_or_fallback, state, engine
-                )
-                # The docker SDK's factory (tasks.containers) is slow to import: do it here,
-                # in the main thread, while the workers wait on servers.
-                import tasks.containers  # noqa: F401
-            for job in jobs.values():
-                if job.exception() is not None:
-                    errors.append(job.exception())  # type: ignore[arg-type]
+        errors, prefect_started_now = _start_servers(state, progress, prefect, engine)
         save_state(state)
         if not errors:
-            # The seed databases load while the app starts and the Prefect server comes up.
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-seeds") as side:
-                seeds_job = side.submit(progress.run, "seeds", ensure_seeds, state)
-                try:
-                    progress.run("app", ensure_app, state)
-                    progress.run("heartbeat", wait_heartbeat, state)
-                    if prefect:
-                        progress.run(
-                            "prefect", ensure_prefect, state, started_now=any(prefect_started)
-                        )
-                    seeds_job.result()
-                    prefect_on = prefect or procs.owned(state.processes.get("prefect"))
-                    progress.run("config", write_config, state, prefect_on=prefect_on)
-                except BaseException as exc:  # noqa: BLE001 - state is saved, then it is raised
-                    errors.append(exc)
+            errors += _start_app_and_config(state, progress, prefect, prefect_started_now)
         total = time.monotonic() - started
         state.timings = {**progress.timings, "total": round(total, 2)}
         save_state(state)
@@ -181,6 +135,70 @@ def up(
         + (f", Prefect UI {state.prefect_ui_url}" if state.prefect_ui_url and prefect else "")
     )
     return state
+
+
+def _control_then_prefect(state: LabState, prefect: bool, started: list[bool]) -> str:
+    """The control cluster, with the Prefect server started as soon as its database exists.
+
+    The Prefect server is the slowest to start: it starts first, the other databases after.
+    """
+    outcome = ensure_control(state, ("prefect",))
+    if prefect:
+        said = start_prefect(state)
+        started.append(said == "starting")
+        outcome += f"; prefect {said}"
+    more = ensure_control(state, CONTROL_DATABASES).split(" (:")[0]
+    if more != "unchanged":
+        outcome += f"; {more}"
+    return outcome
+
+
+def _start_servers(
+    state: LabState, progress: _Progress, prefect: bool, engine: str
+) -> tuple[list[BaseException], bool]:
+    """The independent servers in parallel; their errors, and whether Prefect started now."""
+    prefect_started: list[bool] = []
+    errors: list[BaseException] = []
+    with ThreadPoolExecutor(max_workers=5, thread_name_prefix="lab-up") as pool:
+        jobs: dict[str, Future[str]] = {
+            "postgres": pool.submit(progress.run, "postgres", ensure_postgres, state),
+            "control": pool.submit(
+                progress.run, "control", _control_then_prefect, state, prefect, prefect_started
+            ),
+            "moto": pool.submit(progress.run, "s3", ensure_moto, state),
+            "slack": pool.submit(progress.run, "slack", ensure_slack, state),
+        }
+        if state.engine == "podman":
+            jobs["podman"] = pool.submit(
+                progress.run, "podman", ensure_podman_or_fallback, state, engine
+            )
+            # The docker SDK's factory (tasks.containers) is slow to import: do it here,
+            # in the main thread, while the workers wait on servers.
+            import tasks.containers  # noqa: F401
+        for job in jobs.values():
+            if job.exception() is not None:
+                errors.append(job.exception())  # type: ignore[arg-type]
+    return errors, any(prefect_started)
+
+
+def _start_app_and_config(
+    state: LabState, progress: _Progress, prefect: bool, prefect_started_now: bool
+) -> list[BaseException]:
+    """App, heartbeat, Prefect ready, then dr.yaml; the seed databases load meanwhile."""
+    errors: list[BaseException] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-seeds") as side:
+        seeds_job = side.submit(progress.run, "seeds", ensure_seeds, state)
+        try:
+            progress.run("app", ensure_app, state)
+            progress.run("heartbeat", wait_heartbeat, state)
+            if prefect:
+                progress.run("prefect", ensure_prefect, state, started_now=prefect_started_now)
+            seeds_job.result()
+            prefect_on = prefect or procs.owned(state.processes.get("prefect"))
+            progress.run("config", write_config, state, prefect_on=prefect_on)
+        except BaseException as exc:  # noqa: BLE001 - state is saved, then it is raised
+            errors.append(exc)
+    return errors
 
 
 def heal(base_dir: Path | None = None, *, console: Console | None = None) -> LabState:
