@@ -20,20 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import print_config_error
+from cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, err, out, print_config_error
 from dr.config import CONFIG_ENV_VAR, DRConfig, config_path, load_config
 from dr.errors import ConfigError, redact
 
 __all__ = ["register"]
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 @contextlib.contextmanager

@@ -26,20 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import print_config_error
+from cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, err, out, print_config_error
 from dr.config import DRConfig, config_path, load_config
 from dr.errors import ConfigError, StorageError, redact
 
 __all__ = ["register", "verify_url"]
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 evidence_app = typer.Typer(help="Evidence bundles of breach responses.", no_args_is_help=True)
 

@@ -23,28 +23,20 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import typer
 import yaml
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import print_config_error
-from dr.config import CONFIG_ENV_VAR, DRConfig, Mode, Scenario, config_path, load_config
-from dr.errors import ConfigError, DRError, UnsafeTargetError, redact
+from cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, err, load, out, print_config_error
+from dr.config import CONFIG_ENV_VAR, DRConfig, Mode, Scenario
+from dr.errors import ConfigError, UnsafeTargetError, redact
 
 __all__ = ["parse_options", "register"]
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-DEFAULT_HTML_REPORT = Path("dr-report.html")
-
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -75,11 +67,6 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
         except yaml.YAMLError:
             options[key] = raw
     return options
-
-
-def _load(config: Path | None) -> tuple[Path, DRConfig]:
-    path = config_path(config)
-    return path, load_config(path)
 
 
 @contextlib.contextmanager
@@ -266,7 +253,7 @@ def _execute(
 ) -> None:
     """Run a scenario flow in this process and exit with the CI-friendly code."""
     try:
-        path, cfg = _load(config)
+        path, cfg = load(config)
         tgt = cfg.target(target)
         if mode == Mode.drill and not tgt.drills_allowed:
             raise UnsafeTargetError(
@@ -309,34 +296,95 @@ def _execute(
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
-def _parse_since(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(
-            f"--since {value!r}: expected a date (2025-01-31) or an ISO time",
-            [("--since", value)],
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    clean: dict[str, Any] = {}
-    for key, value in row.items():
-        if key == "summary":
-            continue
-        clean[key] = value.isoformat() if isinstance(value, datetime) else value
-    for measure in ("rto", "rpo"):
-        value, objective = row.get(f"{measure}_seconds"), row.get(f"{measure}_objective_seconds")
-        clean[f"{measure}_met"] = (
-            None if value is None or objective is None else bool(value <= objective)
-        )
-    return clean
-
-
 # ---------------------------------------------------------------------- commands
+
+
+def drill(
+    scenario: Scenario = typer.Argument(..., help="The scenario to rehearse."),
+    target: str = typer.Option(..., "--target", "-t", help="Target name in dr.yaml."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    inject: str | None = typer.Option(
+        None, "--inject", help="Which failure to inject (scenario-specific)."
+    ),
+    option: list[str] | None = typer.Option(
+        None, "--option", "-o", help="Scenario option key=value (repeatable)."
+    ),
+    severity: str | None = typer.Option(
+        None, "--severity", help="Severity shown in Slack (default: the scenario's)."
+    ),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Config file."),
+) -> None:
+    """Rehearse a scenario on a target: inject the failure, recover, measure RTO/RPO."""
+    try:
+        options = parse_options(option)
+    except ConfigError as exc:
+        raise _refuse(json_out, EXIT_BAD_INPUT, exc, scenario.value, target, "drill") from None
+    if inject is not None:
+        options["inject"] = inject
+    _execute(
+        scenario,
+        target,
+        Mode.drill,
+        options=options,
+        severity=severity,
+        config=config,
+        json_out=json_out,
+    )
+
+
+def run(
+    scenario: Scenario = typer.Argument(..., help="The scenario to run."),
+    target: str = typer.Option(..., "--target", "-t", help="Target name in dr.yaml."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    severity: str | None = typer.Option(
+        None, "--severity", help="Incident severity (default: the scenario's)."
+    ),
+    option: list[str] | None = typer.Option(
+        None, "--option", "-o", help="Scenario option key=value (repeatable)."
+    ),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Config file."),
+) -> None:
+    """Run a scenario as a real incident response (approval gates apply), or --dry-run."""
+    mode = Mode.dry_run if dry_run else Mode.incident
+    try:
+        options = parse_options(option)
+    except ConfigError as exc:
+        raise _refuse(json_out, EXIT_BAD_INPUT, exc, scenario.value, target, mode.value) from None
+    _execute(
+        scenario,
+        target,
+        mode,
+        options=options,
+        severity=severity,
+        config=config,
+        json_out=json_out,
+    )
+
+
+def approve(
+    run_id: str = typer.Argument(..., help="The paused flow run's id."),
+    reject: bool = typer.Option(False, "--reject", help="Stop the run instead."),
+    who: str = typer.Option(..., "--who", help="Who decides."),
+    why: str = typer.Option(..., "--why", help="Why (recorded in the report)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Config file."),
+) -> None:
+    """Answer a paused approval gate: approve (default) or --reject."""
+    try:
+        flow_run_id = UUID(run_id)
+    except ValueError:
+        err.print(f"[bold red]error:[/] {escape(run_id)} is not a flow run id")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    cfg: DRConfig | None = None
+    with contextlib.suppress(ConfigError):
+        _, cfg = load(config)
+    with _prefect_for(cfg):
+        code, message = _resume(flow_run_id, {"approve": not reject, "who": who, "why": why})
+    if code == EXIT_OK:
+        out.print(message)
+    else:
+        err.print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
@@ -345,164 +393,12 @@ def register(app: typer.Typer) -> None:
     Args:
         app: the Typer application (``cli.main.app``, or a test's own).
     """
+    from cli.report import report_cmd
 
-    @app.command("drill")
-    def drill(
-        scenario: Scenario = typer.Argument(..., help="The scenario to rehearse."),
-        target: str = typer.Option(..., "--target", "-t", help="Target name in dr.yaml."),
-        json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
-        inject: str | None = typer.Option(
-            None, "--inject", help="Which failure to inject (scenario-specific)."
-        ),
-        option: list[str] | None = typer.Option(
-            None, "--option", "-o", help="Scenario option key=value (repeatable)."
-        ),
-        severity: str | None = typer.Option(
-            None, "--severity", help="Severity shown in Slack (default: the scenario's)."
-        ),
-        config: Path | None = typer.Option(None, "--config", "-c", help="Config file."),
-    ) -> None:
-        """Rehearse a scenario on a target: inject the failure, recover, measure RTO/RPO."""
-        try:
-            options = parse_options(option)
-        except ConfigError as exc:
-            raise _refuse(json_out, EXIT_BAD_INPUT, exc, scenario.value, target, "drill") from None
-        if inject is not None:
-            options["inject"] = inject
-        _execute(
-            scenario,
-            target,
-            Mode.drill,
-            options=options,
-            severity=severity,
-            config=config,
-            json_out=json_out,
-        )
-
-    @app.command("run")
-    def run(
-        scenario: Scenario = typer.Argument(..., help="The scenario to run."),
-        target: str = typer.Option(..., "--target", "-t", help="Target name in dr.yaml."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
-        json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
-        severity: str | None = typer.Option(
-            None, "--severity", help="Incident severity (default: the scenario's)."
-        ),
-        option: list[str] | None = typer.Option(
-            None, "--option", "-o", help="Scenario option key=value (repeatable)."
-        ),
-        config: Path | None = typer.Option(None, "--config", "-c", help="Config file."),
-    ) -> None:
-        """Run a scenario as a real incident response (approval gates apply), or --dry-run."""
-        mode = Mode.dry_run if dry_run else Mode.incident
-        try:
-            options = parse_options(option)
-        except ConfigError as exc:
-            raise _refuse(
-                json_out, EXIT_BAD_INPUT, exc, scenario.value, target, mode.value
-            ) from None
-        _execute(
-            scenario,
-            target,
-            mode,
-            options=options,
-            severity=severity,
-            config=config,
-            json_out=json_out,
-        )
-
-    @app.command("report")
-    def report_cmd(
-        target: str | None = typer.Option(None, "--target", "-t", help="Only this target."),
-        scenario: Scenario | None = typer.Option(None, "--scenario", help="Only this scenario."),
-        since: str | None = typer.Option(None, "--since", help="Only runs since DATE."),
-        json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
-        html: Path = typer.Option(
-            DEFAULT_HTML_REPORT, "--html", help="Where to write the HTML report."
-        ),
-        config: Path | None = typer.Option(None, "--config", "-c", help="Config file."),
-    ) -> None:
-        """Print past drills and incidents; write an HTML report with the RTO/RPO trend."""
-        try:
-            _, cfg = _load(config)
-            moment = _parse_since(since)
-        except ConfigError as exc:
-            print_config_error(exc)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
-        from tasks import history, report
-
-        try:
-            rows = history.query_runs(
-                cfg.history,
-                target=target,
-                scenario=scenario.value if scenario else None,
-                since=moment,
-            )
-        except ConfigError as exc:
-            print_config_error(exc)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
-        except DRError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}")
-            raise typer.Exit(EXIT_FAILED) from None
-        written = report.write_html_report(rows, html)
-        if json_out:
-            payload = {
-                "count": len(rows),
-                "html": str(written),
-                "runs": [_jsonable(r) for r in rows],
-            }
-            typer.echo(json.dumps(payload, default=str))
-            return
-        table = Table(title=f"DR history ({len(rows)} run(s))")
-        for column in ("declared (UTC)", "scenario", "target", "mode", "outcome", "RTO", "RPO"):
-            table.add_column(column)
-        for row in rows:
-            cells = []
-            for measure in ("rto", "rpo"):
-                value = row.get(f"{measure}_seconds")
-                objective = row.get(f"{measure}_objective_seconds")
-                if value is None:
-                    cells.append("n/a")
-                    continue
-                ok = objective is None or value <= objective
-                mark = "[green]met[/]" if ok else "[red]MISSED[/]"
-                obj = "" if objective is None else f" / {objective:g} s"
-                cells.append(f"{value:.2f} s{obj} {mark}")
-            table.add_row(
-                row["declared_at"].strftime("%Y-%m-%d %H:%M:%S"),
-                escape(row["scenario"]),
-                escape(row["target"]),
-                row["mode"],
-                row["outcome"],
-                *cells,
-            )
-        out.print(table)
-        out.print(f"HTML report: {escape(str(written))}")
-
-    @app.command("approve")
-    def approve(
-        run_id: str = typer.Argument(..., help="The paused flow run's id."),
-        reject: bool = typer.Option(False, "--reject", help="Stop the run instead."),
-        who: str = typer.Option(..., "--who", help="Who decides."),
-        why: str = typer.Option(..., "--why", help="Why (recorded in the report)."),
-        config: Path | None = typer.Option(None, "--config", "-c", help="Config file."),
-    ) -> None:
-        """Answer a paused approval gate: approve (default) or --reject."""
-        try:
-            flow_run_id = UUID(run_id)
-        except ValueError:
-            err.print(f"[bold red]error:[/] {escape(run_id)} is not a flow run id")
-            raise typer.Exit(EXIT_BAD_INPUT) from None
-        cfg: DRConfig | None = None
-        with contextlib.suppress(ConfigError):
-            _, cfg = _load(config)
-        with _prefect_for(cfg):
-            code, message = _resume(flow_run_id, {"approve": not reject, "who": who, "why": why})
-        if code == EXIT_OK:
-            out.print(message)
-        else:
-            err.print(f"[bold red]error:[/] {escape(message)}")
-        raise typer.Exit(code)
+    app.command("drill")(drill)
+    app.command("run")(run)
+    app.command("report")(report_cmd)
+    app.command("approve")(approve)
 
 
 def _resume(flow_run_id: UUID, run_input: dict[str, Any]) -> tuple[int, str]:
