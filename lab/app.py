@@ -67,12 +67,12 @@ def podman_service(state: LabState) -> Any:
 
 def ensure_podman(state: LabState) -> str:
     """The lab's own Podman service (Docker API) and the busybox image the app runs on."""
-    from lab import podman
+    from lab import podman_image
 
     service = podman_service(state)
     outcome = "unchanged" if service.running() else "started"
     state.podman_base_url = service.start()
-    if podman.ensure_busybox_image(service):
+    if podman_image.ensure_busybox_image(service):
         outcome += ", imported image"
     return f"{outcome} ({state.podman_base_url})"
 
@@ -129,7 +129,7 @@ def ensure_app(state: LabState) -> str:
 
 
 def _ensure_app_container(state: LabState, env: dict[str, str]) -> str:
-    from lab import podman
+    from lab import podman_image
 
     client = _docker_client(state)
     container = _find_app_container(client, state.app_container)
@@ -144,11 +144,11 @@ def _ensure_app_container(state: LabState, env: dict[str, str]) -> str:
         # Pointed elsewhere (e.g. by a failover drill) or stale credentials: recreate.
         container.remove(force=True)
         action = "recreated"
-    podman.run_python_container(
+    podman_image.run_python_container(
         client,
         state.app_container,
         _app_argv(),
-        mounts_extra=[podman.BindMount(APP_SCRIPT.parent, APP_SCRIPT.parent)],
+        mounts_extra=[podman_image.BindMount(APP_SCRIPT.parent, APP_SCRIPT.parent)],
         env={**env, "PYTHONUNBUFFERED": "1", procs.OWNER_ENV: str(state.base_dir)},
         labels=APP_LABELS,
     )
