@@ -12,9 +12,7 @@ from typing import Any
 
 import psycopg
 
-from lab.pgcluster import (
-    Cluster,
-)
+from lab.pgcluster import Cluster
 
 #: The application's database and role (what the heartbeat app writes with).
 APP_DB = "app"

@@ -21,9 +21,7 @@ from rich.console import Console
 from dr.errors import PreconditionError
 from lab import procs
 from lab.app import engine_request
-from lab.pgcluster import (
-    Cluster,
-)
+from lab.pgcluster import Cluster
 from lab.state import LAB_ENTRIES, default_base_dir, load_state, locked
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import yaml
 from dr.config import parse_config
 from lab import seeds
 from lab.db import APP_DB
-from lab.pgcluster import pg_bin_dir, server_user
+from lab.host import pg_bin_dir, server_user
 from lab.state import (
     AWS_REGION,
     BUCKET,

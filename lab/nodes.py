@@ -13,11 +13,8 @@ from psycopg import sql
 from dr.errors import PreconditionError
 from lab import prefect_server, seeds
 from lab.db import APP_DB, APP_ROLE, app_login_ok, connect, heartbeat_ts, in_recovery, is_streaming
-from lab.pgcluster import (
-    Cluster,
-    ClusterError,
-    port_open,
-)
+from lab.host import ClusterError, port_open
+from lab.pgcluster import Cluster
 from lab.state import (
     CONTROL,
     CONTROL_DATABASES,

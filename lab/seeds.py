@@ -46,7 +46,8 @@ from typing import Any
 from psycopg import sql
 
 from lab.db import connect
-from lab.pgcluster import Cluster, ClusterError
+from lab.host import ClusterError
+from lab.pgcluster import Cluster
 from lab.seed_catalogue import SEED_DIR, SEEDS, SQL_DIR, Seed  # noqa: F401 - re-exported
 
 __all__ = [

@@ -20,13 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from dr.errors import PreconditionError
 from lab import procs, seeds
 from lab.db import APP_DB, APP_ROLE
-from lab.pgcluster import (
-    Cluster,
-    free_port,
-    port_open,
-    run_as_server,
-    server_user,
-)
+from lab.host import free_port, port_open, run_as_server, server_user
+from lab.pgcluster import Cluster
 from lab.procs import ProcessInfo
 
 log = logging.getLogger(__name__)
