@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from typing import Any, Literal
@@ -14,6 +12,7 @@ from typing import Any, Literal
 from dr.errors import ConfigError, PreconditionError
 from lab import procs
 from lab.db import heartbeat_age
+from lab.podman import UnixHTTPConnection
 from lab.state import (
     APP_LABELS,
     APP_SCRIPT,
@@ -193,25 +192,9 @@ def wait_heartbeat(state: LabState) -> str:
     )
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, socket_path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._socket_path = socket_path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 def engine_request(base_url: str, method: str, path: str) -> tuple[int, Any]:
     """One Docker API call on the lab's Podman socket: (HTTP status or 0, decoded JSON)."""
-    conn = _UnixHTTPConnection(base_url.removeprefix("unix://"), timeout=15.0)
+    conn = UnixHTTPConnection(base_url.removeprefix("unix://"), timeout=15.0)
     try:
         conn.request(method, path)
         resp = conn.getresponse()

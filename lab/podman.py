@@ -232,7 +232,7 @@ class PodmanService:
         return self.pid() is not None and self._ping()
 
     def _ping(self) -> bool:
-        conn = _UnixHTTPConnection(str(self.socket_path), timeout=2.0)
+        conn = UnixHTTPConnection(str(self.socket_path), timeout=2.0)
         try:
             conn.request("GET", "/_ping")
             return conn.getresponse().status == 200
@@ -400,7 +400,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
     """HTTP over a unix socket, to ping the API without building an SDK client."""
 
     def __init__(self, socket_path: str, timeout: float) -> None:
