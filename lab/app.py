@@ -59,6 +59,7 @@ def choose_engine(requested: str) -> tuple[Literal["podman", "process"], str]:
 
 
 def podman_service(state: LabState) -> Any:
+    """The lab's own Podman service (in ``<dir>/podman``)."""
     from lab import podman
 
     return podman.PodmanService(state.base_dir / "podman")

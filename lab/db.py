@@ -39,6 +39,7 @@ def in_recovery(cluster: Cluster) -> bool | None:
 
 
 def heartbeat_ts(cluster: Cluster) -> datetime | None:
+    """The newest heartbeat the app wrote on ``cluster``; None when unreachable."""
     try:
         with connect(cluster, APP_DB) as conn:
             row = conn.execute(
@@ -50,6 +51,7 @@ def heartbeat_ts(cluster: Cluster) -> datetime | None:
 
 
 def is_streaming(primary: Cluster, replica: Cluster, timeout_seconds: float) -> bool:
+    """Wait up to ``timeout_seconds`` for ``replica`` to stream from ``primary``."""
     deadline = time.monotonic() + timeout_seconds
     while True:
         try:
@@ -68,6 +70,7 @@ def is_streaming(primary: Cluster, replica: Cluster, timeout_seconds: float) -> 
 
 
 def app_login_ok(primary: Cluster, password: str) -> bool:
+    """Whether the app's role logs in with ``password`` (over TCP, as the app does)."""
     try:
         with psycopg.connect(
             host="127.0.0.1",
@@ -83,6 +86,7 @@ def app_login_ok(primary: Cluster, password: str) -> bool:
 
 
 def heartbeat_age(primary: Cluster) -> float | None:
+    """Seconds since the app's last heartbeat on ``primary``; None when unknown."""
     try:
         with connect(primary, APP_DB) as conn:
             row = conn.execute(

@@ -152,6 +152,7 @@ def _checks() -> dict[str, Any]:
 
 
 def write_config(state: LabState, *, prefect_on: bool) -> str:
+    """Validate and write the lab's ``dr.yaml`` when it changed; say which."""
     data = lab_config(state, prefect_on=prefect_on)
     parse_config(data, str(state.config_path))  # never write a config the flows would refuse
     text = (

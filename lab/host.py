@@ -44,6 +44,7 @@ def free_port(avoid: Sequence[int] = ()) -> int:
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on ``host:port``."""
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.3):
         return True
     return False

@@ -52,6 +52,7 @@ def ensure_moto(state: LabState) -> str:
 
 
 def slack_ok(state: LabState) -> bool:
+    """Whether the Slack stand-in answers ``auth.test`` with the lab's token."""
     token = read_secret(state.base_dir, "slack-token")
     try:
         resp = httpx.post(

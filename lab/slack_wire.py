@@ -33,6 +33,7 @@ class SlackApiError(Exception):
 
 
 def required_param(params: dict[str, Any], key: str, error: str) -> Any:
+    """A parameter Slack requires, else the API error Slack answers."""
     value = params.get(key)
     if value in (None, ""):
         raise SlackApiError(error)
@@ -40,6 +41,7 @@ def required_param(params: dict[str, Any], key: str, error: str) -> Any:
 
 
 def text_and_blocks(params: dict[str, Any]) -> tuple[str, list[Any] | None]:
+    """``text`` and ``blocks`` (a JSON list, or a JSON string of one)."""
     text = params.get("text") or ""
     blocks = params.get("blocks") or None
     if isinstance(blocks, str):
@@ -73,6 +75,7 @@ def page_of(
 
 
 def ts_key(ts: str) -> tuple[int, int]:
+    """A message timestamp as a sortable (seconds, micros) pair."""
     seconds, _, micros = str(ts).partition(".")
     return int(seconds), int(micros or 0)
 
@@ -118,6 +121,8 @@ def parse_body(content_type: str, body: bytes) -> dict[str, Any]:
 
 
 def make_handler(standin: SlackStandIn) -> type[BaseHTTPRequestHandler]:
+    """The HTTP handler class serving ``standin``'s API and its controls."""
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "SlackStandIn/1"
 

@@ -156,6 +156,7 @@ save_lock = threading.RLock()
 
 
 def save_state(state: LabState) -> None:
+    """Write ``state.json`` atomically (a crash never leaves half a file)."""
     with save_lock:
         state.updated_at = datetime.now(UTC)
         path = _state_path(state.base_dir)
@@ -165,6 +166,7 @@ def save_state(state: LabState) -> None:
 
 
 def new_state(base_dir: Path) -> LabState:
+    """A new lab's state: free loopback ports (never 5432) and the folder's layout."""
     taken: list[int] = []
 
     def port() -> int:
@@ -212,6 +214,7 @@ def locked(base_dir: Path) -> Iterator[None]:
 
 
 def prepare_base_dir(base_dir: Path) -> None:
+    """Create the lab folder and its sub-folders; the server user must traverse it."""
     base_dir.mkdir(parents=True, exist_ok=True)
     base_dir.chmod(0o755)
     for sub in ("logs", "repo"):
@@ -248,6 +251,7 @@ def read_secret(base_dir: Path, name: str) -> str:
 
 
 def ensure_secrets(base_dir: Path) -> None:
+    """Generate missing credentials (mode 600) and the ``secrets/env`` file naming them."""
     for name in SECRET_BLOCKS.values():
         read_secret(base_dir, name)
     env_file = base_dir / "secrets" / "env"
@@ -294,6 +298,7 @@ def app_env(state: LabState) -> dict[str, str]:
 
 
 def env_fingerprint(env: Mapping[str, str]) -> str:
+    """A short hash of an environment, to tell whether a process runs with it."""
     return hashlib.sha256(json.dumps(sorted(env.items())).encode()).hexdigest()[:16]
 
 
@@ -320,12 +325,14 @@ def spawn(
 
 
 def record_process(state: LabState, name: str, rec: ProcessInfo) -> None:
+    """Remember a started process (PID, start time, command line) in the state."""
     with save_lock:
         state.processes[name] = rec
         save_state(state)
 
 
 def log_path(state: LabState, name: str) -> Path:
+    """The log file of a process the lab starts."""
     return state.base_dir / "logs" / f"{name}.log"
 
 
@@ -363,4 +370,5 @@ def mark_done(state: LabState, step: str, done: bool) -> None:
 
 
 def wal_archive_dir(state: LabState) -> Path:
+    """The lab's WAL archive folder."""
     return state.base_dir / "wal"
