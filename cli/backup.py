@@ -11,11 +11,8 @@ Prefect is imported only inside the command, after the API URL is settled.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +20,19 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, err, out, print_config_error
-from dr.config import CONFIG_ENV_VAR, DRConfig, config_path, load_config
+from cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    err,
+    out,
+    prefect_api,
+    print_config_error,
+)
+from dr.config import CONFIG_ENV_VAR, config_path, load_config
 from dr.errors import ConfigError, redact
 
 __all__ = ["register"]
-
-
-@contextlib.contextmanager
-def _prefect_api(cfg: DRConfig) -> Iterator[None]:
-    """Use the config's Prefect API when ``PREFECT_API_URL`` is not set."""
-    url = cfg.prefect_api_url
-    if os.environ.get("PREFECT_API_URL") or not url:
-        yield
-        return
-    os.environ["PREFECT_API_URL"] = url
-    if "prefect" not in sys.modules:
-        yield
-        return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: url}):
-        yield
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -112,7 +100,7 @@ def register(app: typer.Typer) -> None:
         previous = os.environ.get(CONFIG_ENV_VAR)
         os.environ[CONFIG_ENV_VAR] = str(path.absolute())
         try:
-            with _prefect_api(cfg):
+            with prefect_api(cfg):
                 from flows.backup import backup_flow
 
                 state = backup_flow(

@@ -17,11 +17,7 @@ altered, or the manifest replaced), 2 bad input (URL, config).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +25,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, err, out, print_config_error
+from cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    err,
+    out,
+    prefect_api,
+    print_config_error,
+)
 from dr.config import DRConfig, config_path, load_config
 from dr.errors import ConfigError, StorageError, redact
 
@@ -37,26 +41,6 @@ __all__ = ["register", "verify_url"]
 
 
 evidence_app = typer.Typer(help="Evidence bundles of breach responses.", no_args_is_help=True)
-
-
-@contextlib.contextmanager
-def _prefect_api(cfg: DRConfig | None) -> Iterator[None]:
-    """Use the config's Prefect API (its Secret blocks hold S3 credentials) when unset."""
-    url = cfg.prefect_api_url if cfg is not None else None
-    if os.environ.get("PREFECT_API_URL") or not url:
-        yield
-        return
-    os.environ["PREFECT_API_URL"] = url
-    try:
-        if "prefect" not in sys.modules:
-            yield
-            return
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
 
 
 def _load_optional(config: Path | None) -> DRConfig | None:
@@ -142,7 +126,7 @@ def verify(
         print_config_error(exc)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     try:
-        with _prefect_api(cfg):
+        with prefect_api(cfg):
             report = verify_url(url, cfg, manifest_sha256)
     except ConfigError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}")

@@ -21,7 +21,6 @@ import contextlib
 import inspect
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,16 @@ import yaml
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, err, load, out, print_config_error
+from cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    err,
+    load,
+    out,
+    prefect_api,
+    print_config_error,
+)
 from dr.config import CONFIG_ENV_VAR, DRConfig, Mode, Scenario
 from dr.errors import ConfigError, UnsafeTargetError, redact
 
@@ -67,39 +75,6 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
         except yaml.YAMLError:
             options[key] = raw
     return options
-
-
-@contextlib.contextmanager
-def _prefect_for(cfg: DRConfig | None) -> Iterator[None]:
-    """Point Prefect at the config's API when ``PREFECT_API_URL`` is not set.
-
-    Before Prefect is imported the environment variable is enough (Prefect reads its
-    settings at import). If it was already imported (tests, a long-lived process), the
-    process-wide settings are re-read from the environment and the current context's are
-    overridden, for the block only.
-    """
-    url = cfg.prefect_api_url if cfg is not None else None
-    if os.environ.get("PREFECT_API_URL") or not url:
-        yield
-        return
-    os.environ["PREFECT_API_URL"] = url
-    imported = "prefect" in sys.modules
-    try:
-        if not imported:
-            yield
-            return
-        import prefect.context
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        prefect.context.refresh_global_settings_context()
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
-        if imported:
-            import prefect.context
-
-            prefect.context.refresh_global_settings_context()
 
 
 @contextlib.contextmanager
@@ -262,7 +237,7 @@ def _execute(
             )
     except (ConfigError, UnsafeTargetError) as exc:
         raise _refuse(json_out, EXIT_BAD_INPUT, exc, scenario.value, target, mode.value) from None
-    with _prefect_for(cfg), _config_env(path):
+    with prefect_api(cfg), _config_env(path):
         from flows.registry import load_flow
 
         try:
@@ -378,7 +353,7 @@ def approve(
     cfg: DRConfig | None = None
     with contextlib.suppress(ConfigError):
         _, cfg = load(config)
-    with _prefect_for(cfg):
+    with prefect_api(cfg):
         code, message = _resume(flow_run_id, {"approve": not reject, "who": who, "why": why})
     if code == EXIT_OK:
         out.print(message)
