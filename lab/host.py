@@ -7,15 +7,12 @@ run as root), from ``/`` so that user can read the working directory.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import pwd
 import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-log = logging.getLogger("lab.pgcluster")
 
 PG_BIN_CANDIDATES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 FORBIDDEN_PORTS = {5432}
