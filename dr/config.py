@@ -18,7 +18,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -28,10 +27,15 @@ from pydantic import (
     model_validator,
 )
 
+from dr.config_file import (  # noqa: F401 - the resolver and its constants are dr.config's API
+    CONFIG_ENV_VAR,
+    DEFAULT_CONFIG_PATH,
+    LAB_CONFIG_PATH,
+    config_path,
+    problems_from_validation,
+    read_yaml_file,
+)
 from dr.errors import ConfigError, register_secret
-
-DEFAULT_CONFIG_PATH = "dr.yaml"
-CONFIG_ENV_VAR = "DR_CONFIG"
 
 
 class Strict(BaseModel):
@@ -458,30 +462,6 @@ class DRConfig(Strict):
 # --------------------------------------------------------------------------- loading
 
 
-def _problems_from_validation(exc: ValidationError) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        # Discriminated unions add the tag to the path; it is noise for a person.
-        loc = [p for p in loc if p not in ("docker", "kubernetes") or p == loc[0]]
-        msg = err["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-        if ": " in msg and msg.split(":")[0].count(".") and not loc:
-            # Cross-field errors already carry their own key paths.
-            for part in msg.split("; "):
-                path, _, reason = part.partition(": ")
-                problems.append((path, reason))
-            continue
-        if err["type"] == "value_error" and not loc:
-            for part in msg.split("; "):
-                path, _, reason = part.partition(": ")
-                problems.append((path, reason) if reason else ("(top level)", part))
-            continue
-        problems.append((".".join(loc) or "(top level)", msg))
-    return problems
-
-
 def parse_config(data: Any, source: str = "<dict>") -> DRConfig:
     """Validate an already-parsed mapping. Raises ConfigError listing every problem."""
     if not isinstance(data, dict):
@@ -491,15 +471,10 @@ def parse_config(data: Any, source: str = "<dict>") -> DRConfig:
     try:
         return DRConfig.model_validate(data)
     except ValidationError as exc:
-        problems = _problems_from_validation(exc)
+        problems = problems_from_validation(exc)
         raise ConfigError(
             f"{source}: {len(problems)} problem(s) in the configuration", problems
         ) from None
-
-
-def config_path(path: str | os.PathLike[str] | None = None) -> Path:
-    """The config file to use: the argument, else $DR_CONFIG, else ./dr.yaml."""
-    return Path(path or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> DRConfig:
@@ -510,16 +485,4 @@ def load_config(path: str | os.PathLike[str] | None = None) -> DRConfig:
             problem with its key path.
     """
     p = config_path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such file", [("(file)", "not found")]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise ConfigError(
-            f"{p}: not valid YAML at {where}", [(where, str(getattr(exc, "problem", exc)))]
-        ) from None
-    return parse_config(data, str(p))
+    return parse_config(read_yaml_file(p), str(p))

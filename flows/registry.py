@@ -1,4 +1,4 @@
-"""Where each scenario's flow lives, and where the config file is, for lazy imports.
+"""Where each scenario's flow lives, for lazy imports.
 
 The command line must start fast and must set ``PREFECT_API_URL`` before Prefect is
 imported, so it never imports scenario modules up front: it asks this registry for an
@@ -11,11 +11,10 @@ This module imports neither Prefect nor any flow.
 from __future__ import annotations
 
 import importlib
-import os
-from pathlib import Path
+from pathlib import Path  # noqa: F401 - tests read registry.Path
 from typing import Any
 
-from dr.config import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, Scenario
+from dr.config import LAB_CONFIG_PATH, Scenario, config_path
 from dr.errors import ConfigError
 
 __all__ = ["LAB_CONFIG_PATH", "SCENARIO_FLOWS", "find_config_path", "flow_import_path", "load_flow"]
@@ -28,8 +27,8 @@ SCENARIO_FLOWS: dict[Scenario, str] = {
     Scenario.breach_response: "flows.breach_response:breach_response_flow",
 }
 
-#: The config ``dr lab up`` writes, used when no other is given.
-LAB_CONFIG_PATH = Path(".lab") / "dr.yaml"
+#: Compatibility alias (removed when the layout lands): the resolver is dr.config.config_path.
+find_config_path = config_path
 
 
 def flow_import_path(scenario: Scenario | str) -> str:
@@ -88,26 +87,3 @@ def load_flow(scenario: Scenario | str) -> Any:
             f"scenario {name!r} is not installed: {module_name} has no {attr}",
             [("scenario", f"{name}: {path} missing")],
         ) from None
-
-
-def find_config_path(path: str | os.PathLike[str] | None = None) -> Path:
-    """The config file to use: ``path``, else ``$DR_CONFIG``, else ``./dr.yaml``, else the lab's.
-
-    Args:
-        path: an explicit path (``--config``).
-
-    Returns:
-        The first candidate given or existing; ``./dr.yaml`` when none exists (so the error
-        names the usual place).
-    """
-    if path:
-        return Path(path)
-    env = os.environ.get(CONFIG_ENV_VAR)
-    if env:
-        return Path(env)
-    default = Path(DEFAULT_CONFIG_PATH)
-    if default.exists():
-        return default
-    if LAB_CONFIG_PATH.exists():
-        return LAB_CONFIG_PATH
-    return default

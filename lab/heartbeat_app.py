@@ -91,6 +91,7 @@ def run(env: dict[str, str] | os._Environ[str], stop: threading.Event) -> int:
     while not stop.is_set():
         try:
             if conn is None or conn.closed:
+                # The lab's application is its own program (not dr): its own connection.
                 conn = psycopg.connect(**kwargs)  # type: ignore[arg-type]
                 row = conn.execute(NEXT_SEQ_SQL, (writer,)).fetchone()
                 seq = int(row[0]) if row else 1

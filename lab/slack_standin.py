@@ -41,12 +41,19 @@ import signal
 import sys
 import threading
 import time
-from email.parser import BytesParser
-from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+
+from lab.slack_wire import (
+    SlackApiError,
+    in_window,
+    make_handler,
+    page_of,
+    required_param,
+    text_and_blocks,
+    ts_key,
+)
 
 __all__ = ["SlackStandIn", "main", "read_state"]
 
@@ -56,18 +63,6 @@ TEAM_ID = "T0STANDIN"
 BOT_USER_ID = "U0DRBOT"
 BOT_ID = "B0DRBOT"
 DOWN_MODES = ("503", "close")
-# Slack's own page size default for conversations.* (docs: conversations.history "limit").
-DEFAULT_PAGE_LIMIT = 100
-MAX_PAGE_LIMIT = 1000
-
-
-class _Error(Exception):
-    """A Slack API error answered as ``{"ok": false, "error": code}``."""
-
-    def __init__(self, code: str, status: int = 200) -> None:
-        super().__init__(code)
-        self.code = code
-        self.status = status
 
 
 class SlackStandIn:
@@ -117,7 +112,7 @@ class SlackStandIn:
         """Start serving in a background thread; returns self."""
         if self._server is not None:
             return self
-        server = ThreadingHTTPServer((self._host, self._port), _make_handler(self))
+        server = ThreadingHTTPServer((self._host, self._port), make_handler(self))
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(
@@ -221,12 +216,12 @@ class SlackStandIn:
     def _dispatch(self, method: str, params: dict[str, Any], bearer: str | None) -> dict[str, Any]:
         handler = self._methods.get(method)
         if handler is None:
-            raise _Error("unknown_method", status=404)
+            raise SlackApiError("unknown_method", status=404)
         token = bearer or params.get("token")
         if not token:
-            raise _Error("not_authed")
+            raise SlackApiError("not_authed")
         if token != self.token:
-            raise _Error("invalid_auth")
+            raise SlackApiError("invalid_auth")
         with self._lock:
             result = handler(self, params)
         return {"ok": True, **result}
@@ -245,8 +240,8 @@ class SlackStandIn:
         }
 
     def _chat_post_message(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel = self._find_channel(_required(params, "channel", "channel_not_found"))
-        text, blocks = _text_and_blocks(params)
+        channel = self._find_channel(required_param(params, "channel", "channel_not_found"))
+        text, blocks = text_and_blocks(params)
         thread_ts = params.get("thread_ts") or None
         if thread_ts is not None:
             parent = self._find_message(channel["id"], str(thread_ts), "thread_not_found")
@@ -267,10 +262,10 @@ class SlackStandIn:
 
     def _chat_update(self, params: dict[str, Any]) -> dict[str, Any]:
         # Like Slack, chat.update and conversations.* take a channel id, not a name.
-        channel = self._channel_by_id(_required(params, "channel", "channel_not_found"))
-        ts = str(_required(params, "ts", "message_not_found"))
+        channel = self._channel_by_id(required_param(params, "channel", "channel_not_found"))
+        ts = str(required_param(params, "ts", "message_not_found"))
         message = self._find_message(channel["id"], ts, "message_not_found")
-        text, blocks = _text_and_blocks(params)
+        text, blocks = text_and_blocks(params)
         if "blocks" not in params and not params.get("text"):
             blocks = message["blocks"]  # Slack keeps the blocks only when no text is given
         text = text or message["text"]
@@ -289,18 +284,18 @@ class SlackStandIn:
         }
 
     def _conversations_history(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel = self._channel_by_id(_required(params, "channel", "channel_not_found"))
+        channel = self._channel_by_id(required_param(params, "channel", "channel_not_found"))
         top = [
             m for m in self._messages if m["channel"] == channel["id"] and m["thread_ts"] is None
         ]
-        top = _in_window(top, params)
-        top.sort(key=lambda m: _ts_key(m["ts"]), reverse=True)  # newest first, like Slack
-        page, meta = _page(top, params)
+        top = in_window(top, params)
+        top.sort(key=lambda m: ts_key(m["ts"]), reverse=True)  # newest first, like Slack
+        page, meta = page_of(top, params)
         return {"messages": [self._public(m) for m in page], **meta}
 
     def _conversations_replies(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel = self._channel_by_id(_required(params, "channel", "channel_not_found"))
-        ts = str(_required(params, "ts", "thread_not_found"))
+        channel = self._channel_by_id(required_param(params, "channel", "channel_not_found"))
+        ts = str(required_param(params, "ts", "thread_not_found"))
         parent = self._find_message(channel["id"], ts, "thread_not_found")
         root = parent["thread_ts"] or parent["ts"]
         thread = [
@@ -308,8 +303,8 @@ class SlackStandIn:
             for m in self._messages
             if m["channel"] == channel["id"] and (m["ts"] == root or m["thread_ts"] == root)
         ]
-        thread.sort(key=lambda m: _ts_key(m["ts"]))  # parent first, then oldest reply first
-        page, meta = _page(thread, params)
+        thread.sort(key=lambda m: ts_key(m["ts"]))  # parent first, then oldest reply first
+        page, meta = page_of(thread, params)
         return {"messages": [self._public(m) for m in page], **meta}
 
     def _conversations_list(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -325,7 +320,7 @@ class SlackStandIn:
             }
             for c in self._channels.values()
         ]
-        page, meta = _page(channels, params)
+        page, meta = page_of(channels, params)
         return {"channels": page, **meta}
 
     _methods = {
@@ -388,19 +383,19 @@ class SlackStandIn:
                 return channel
         if self._auto_channels and key:
             return self._create_channel(key)
-        raise _Error("channel_not_found")
+        raise SlackApiError("channel_not_found")
 
     def _channel_by_id(self, channel_id: str) -> dict[str, Any]:
         channel = self._channels.get(str(channel_id))
         if channel is None:
-            raise _Error("channel_not_found")
+            raise SlackApiError("channel_not_found")
         return channel
 
     def _find_message(self, channel_id: str, ts: str, error: str) -> dict[str, Any]:
         for message in self._messages:
             if message["channel"] == channel_id and message["ts"] == ts:
                 return message
-        raise _Error(error)
+        raise SlackApiError(error)
 
     def _next_ts(self) -> str:
         """A unique, strictly increasing Slack timestamp ``SECONDS.MICROS``."""
@@ -437,8 +432,8 @@ class SlackStandIn:
             self._channels[channel["id"]] = channel
         self._messages = list(state.get("messages", []))
         if self._messages:
-            last = max(_ts_key(m["ts"]) for m in self._messages)
-            edits = [_ts_key(h["edited_ts"]) for m in self._messages for h in m["history"]]
+            last = max(ts_key(m["ts"]) for m in self._messages)
+            edits = [ts_key(h["edited_ts"]) for m in self._messages for h in m["history"]]
             self._last_ts = max([last, *edits])
 
 
@@ -455,173 +450,6 @@ def read_state(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         return {"base_url": None, "channels": [], "messages": [], "calls": 0}
     return json.loads(path.read_text())
-
-
-# ---------------------------------------------------------------------- parsing helpers
-
-
-def _required(params: dict[str, Any], key: str, error: str) -> Any:
-    value = params.get(key)
-    if value in (None, ""):
-        raise _Error(error)
-    return value
-
-
-def _text_and_blocks(params: dict[str, Any]) -> tuple[str, list[Any] | None]:
-    text = params.get("text") or ""
-    blocks = params.get("blocks") or None
-    if isinstance(blocks, str):
-        try:
-            blocks = json.loads(blocks)
-        except json.JSONDecodeError as exc:
-            raise _Error("invalid_blocks_format") from exc
-    if blocks is not None and not isinstance(blocks, list):
-        raise _Error("invalid_blocks_format")
-    if not text and not blocks:
-        raise _Error("no_text")
-    return str(text), blocks
-
-
-def _page(
-    items: list[dict[str, Any]], params: dict[str, Any]
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Cursor pagination as Slack does it: ``limit`` + opaque ``next_cursor``."""
-    try:
-        limit = int(params.get("limit") or DEFAULT_PAGE_LIMIT)
-        start = int(params.get("cursor") or 0)
-    except ValueError as exc:
-        raise _Error("invalid_cursor") from exc
-    limit = max(1, min(limit, MAX_PAGE_LIMIT))
-    more = start + limit < len(items)
-    meta = {
-        "has_more": more,
-        "response_metadata": {"next_cursor": str(start + limit) if more else ""},
-    }
-    return items[start : start + limit], meta
-
-
-def _ts_key(ts: str) -> tuple[int, int]:
-    seconds, _, micros = str(ts).partition(".")
-    return int(seconds), int(micros or 0)
-
-
-def _in_window(messages: list[dict[str, Any]], params: dict[str, Any]) -> list[dict[str, Any]]:
-    """Apply ``oldest`` / ``latest`` / ``inclusive`` as conversations.history does."""
-    inclusive = str(params.get("inclusive", "0")).lower() in ("1", "true")
-    oldest = params.get("oldest")
-    latest = params.get("latest")
-    out = []
-    for m in messages:
-        key = _ts_key(m["ts"])
-        if oldest and (key < _ts_key(oldest) or (key == _ts_key(oldest) and not inclusive)):
-            continue
-        if latest and (key > _ts_key(latest) or (key == _ts_key(latest) and not inclusive)):
-            continue
-        out.append(m)
-    return out
-
-
-def _parse_body(content_type: str, body: bytes) -> dict[str, Any]:
-    """Parameters from a JSON, form-encoded or multipart body."""
-    if not body:
-        return {}
-    kind = content_type.split(";", 1)[0].strip().lower()
-    if kind == "application/json":
-        data = json.loads(body.decode("utf-8"))
-        if not isinstance(data, dict):
-            raise _Error("invalid_json")
-        return data
-    if kind == "multipart/form-data":
-        message = BytesParser(policy=HTTP).parsebytes(
-            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
-        )
-        params: dict[str, Any] = {}
-        for part in message.iter_parts():
-            name = part.get_param("name", header="content-disposition")
-            if name:
-                payload = part.get_payload(decode=True) or b""
-                params[str(name)] = payload.decode("utf-8")
-        return params
-    return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
-
-
-def _make_handler(standin: SlackStandIn) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "SlackStandIn/1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("slack stand-in: " + format, *args)
-
-        def do_GET(self) -> None:
-            self._handle()
-
-        def do_POST(self) -> None:
-            self._handle()
-
-        def _handle(self) -> None:
-            url = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            if url.path.startswith("/_standin/"):
-                self._control(url.path.removeprefix("/_standin/"), body)
-                return
-            if not url.path.startswith("/api/"):
-                self._send(404, {"ok": False, "error": "unknown_method"})
-                return
-            method = url.path.removeprefix("/api/")
-            fault = standin._before_call(method)
-            if fault is not None:
-                kind, value = fault
-                if kind == "down" and value == "close":
-                    self.close_connection = True
-                    return
-                if kind == "down":
-                    self._send(503, {"ok": False, "error": "service_unavailable"})
-                    return
-                self._send(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": value})
-                return
-            try:
-                params = dict(parse_qsl(url.query, keep_blank_values=True))
-                params.update(_parse_body(self.headers.get("Content-Type", ""), body))
-                auth = self.headers.get("Authorization", "")
-                bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-                self._send(200, standin._dispatch(method, params, bearer))
-            except _Error as exc:
-                self._send(exc.status, {"ok": False, "error": exc.code})
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                self._send(200, {"ok": False, "error": "invalid_json"})
-
-        def _control(self, action: str, body: bytes) -> None:
-            data = json.loads(body.decode("utf-8")) if body else {}
-            if action == "messages":
-                self._send(200, {"messages": standin.messages, "calls": standin.calls})
-            elif action == "down":
-                standin.set_down(bool(data.get("down", True)), str(data.get("mode", "503")))
-                self._send(200, {"ok": True})
-            elif action == "rate_limit":
-                standin.rate_limit_next(
-                    int(data.get("n", 1)), int(data.get("retry_after_seconds", 1))
-                )
-                self._send(200, {"ok": True})
-            elif action == "reset":
-                standin.reset()
-                self._send(200, {"ok": True})
-            else:
-                self._send(404, {"ok": False, "error": "unknown_control"})
-
-        def _send(
-            self, status: int, payload: dict[str, Any], headers: dict[str, Any] | None = None
-        ) -> None:
-            data = json.dumps(payload).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in (headers or {}).items():
-                self.send_header(key, str(value))
-            self.end_headers()
-            self.wfile.write(data)
-
-    return Handler
 
 
 def main(argv: list[str] | None = None) -> int:

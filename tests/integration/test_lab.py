@@ -21,10 +21,13 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from cli.lab import lab_app
 from dr.config import load_config
 from dr.errors import PreconditionError
-from lab import manager
-from lab.cli import lab_app
+from lab import down as lab_down
+from lab import state as lab_state
+from lab import status as lab_status
+from lab import up as lab_up
 from tests.conftest import assert_lab_gone, lab_pids, pids_mentioning
 
 pytestmark = pytest.mark.integration
@@ -45,7 +48,7 @@ def _postmaster_pid(data_dir: Path) -> int | None:
         return None
 
 
-def _kill_app(state: manager.LabState) -> None:
+def _kill_app(state: lab_state.LabState) -> None:
     """Kill the heartbeat writer hard, wherever it runs."""
     if state.engine == "podman":
         from tasks.containers.client import make_client
@@ -68,7 +71,7 @@ def _wait_for(predicate, timeout: float = 10.0) -> bool:
 # --------------------------------------------------------------------------- status
 
 
-def test_status_json_reports_every_component(lab: manager.LabState) -> None:
+def test_status_json_reports_every_component(lab: lab_state.LabState) -> None:
     result = CliRunner().invoke(lab_app, ["status", "--dir", str(lab.base_dir), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -113,7 +116,7 @@ def test_status_json_reports_every_component(lab: manager.LabState) -> None:
     assert (lab.base_dir / "wal" / wal_name).exists()
 
 
-def test_human_status_is_a_table(lab: manager.LabState) -> None:
+def test_human_status_is_a_table(lab: lab_state.LabState) -> None:
     result = CliRunner().invoke(lab_app, ["status", "--dir", str(lab.base_dir)])
     assert result.exit_code == 0, result.output
     for word in ("primary", "replica1", "heartbeat", "wal archive", "prefect", lab.prefect_ui_url):
@@ -129,7 +132,7 @@ def test_status_of_a_folder_without_lab(new_lab_dir: Path) -> None:
 # --------------------------------------------------------------------------- config
 
 
-def test_lab_config_is_valid_and_complete(lab: manager.LabState) -> None:
+def test_lab_config_is_valid_and_complete(lab: lab_state.LabState) -> None:
     config = load_config(lab.config_path)
     # Then one target per seed runbook (lab.seeds; tests/integration/test_seed_targets.py).
     assert list(config.targets)[:2] == ["lab", "lab-s3"]
@@ -172,7 +175,7 @@ def test_lab_config_is_valid_and_complete(lab: manager.LabState) -> None:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_secrets_stay_in_files_and_prefect_blocks(lab: manager.LabState) -> None:
+def test_secrets_stay_in_files_and_prefect_blocks(lab: lab_state.LabState) -> None:
     secrets_dir = lab.base_dir / "secrets"
     assert secrets_dir.stat().st_mode & 0o777 == 0o700
     password = (secrets_dir / "app-password").read_text().strip()
@@ -213,16 +216,16 @@ def test_secrets_stay_in_files_and_prefect_blocks(lab: manager.LabState) -> None
 # --------------------------------------------------------------------------- idempotence
 
 
-def test_up_twice_is_harmless_and_fast(lab: manager.LabState) -> None:
-    before = manager.load_state(lab.base_dir)
+def test_up_twice_is_harmless_and_fast(lab: lab_state.LabState) -> None:
+    before = lab_state.load_state(lab.base_dir)
     config_before = lab.config_path.read_text()
     pids_before = {
-        name: _postmaster_pid(info.data_dir) for name, info in manager.clusters(before).items()
+        name: _postmaster_pid(info.data_dir) for name, info in lab_state.clusters(before).items()
     }
     console = _quiet()
 
     started = time.monotonic()
-    after = manager.up(lab.base_dir, prefect=True, console=console)
+    after = lab_up.up(lab.base_dir, prefect=True, console=console)
     elapsed = time.monotonic() - started
 
     assert elapsed < 15, _output(console)
@@ -235,24 +238,24 @@ def test_up_twice_is_harmless_and_fast(lab: manager.LabState) -> None:
     }
     assert after.ports == before.ports
     assert {
-        name: _postmaster_pid(info.data_dir) for name, info in manager.clusters(after).items()
+        name: _postmaster_pid(info.data_dir) for name, info in lab_state.clusters(after).items()
     } == pids_before
 
 
-def test_up_repairs_a_killed_replica_and_app(lab: manager.LabState) -> None:
-    state = manager.load_state(lab.base_dir)
-    cl = manager.clusters(state)
+def test_up_repairs_a_killed_replica_and_app(lab: lab_state.LabState) -> None:
+    state = lab_state.load_state(lab.base_dir)
+    cl = lab_state.clusters(state)
     primary_pid = cl["primary"].pid()
     assert cl["replica1"].kill()
     _kill_app(state)
-    broken = manager.status(lab.base_dir)
+    broken = lab_status.status(lab.base_dir)
     assert broken["replica"]["up"] is False
-    assert _wait_for(lambda: manager.status(lab.base_dir)["app"]["up"] is False, 5)
+    assert _wait_for(lambda: lab_status.status(lab.base_dir)["app"]["up"] is False, 5)
 
     console = _quiet()
-    manager.up(lab.base_dir, prefect=True, console=console)
+    lab_up.up(lab.base_dir, prefect=True, console=console)
 
-    report = manager.status(lab.base_dir)
+    report = lab_status.status(lab.base_dir)
     assert report["ok"], json.dumps(report, indent=1)
     assert report["replica"]["streaming"]
     assert report["heartbeat"]["age_seconds"] < 1.0
@@ -261,20 +264,20 @@ def test_up_repairs_a_killed_replica_and_app(lab: manager.LabState) -> None:
     assert "started replica" in out, out
 
 
-def test_half_finished_state_is_repaired(lab: manager.LabState) -> None:
+def test_half_finished_state_is_repaired(lab: lab_state.LabState) -> None:
     """A crash between steps leaves a step unmarked: up redoes exactly that step."""
-    state = manager.load_state(lab.base_dir)
+    state = lab_state.load_state(lab.base_dir)
     state.completed.remove("replica-basebackup")
-    manager._save_state(state)
+    lab_state.save_state(state)
     console = _quiet()
-    manager.up(lab.base_dir, prefect=True, console=console)
+    lab_up.up(lab.base_dir, prefect=True, console=console)
     assert "created replica" in _output(console)
-    report = manager.status(lab.base_dir)
+    report = lab_status.status(lab.base_dir)
     assert report["ok"] and report["replica"]["streaming"]
-    assert "replica-basebackup" in manager.load_state(lab.base_dir).completed
+    assert "replica-basebackup" in lab_state.load_state(lab.base_dir).completed
 
 
-def test_heal_reopens_a_primary_left_fenced(lab: manager.LabState) -> None:
+def test_heal_reopens_a_primary_left_fenced(lab: lab_state.LabState) -> None:
     """A drill that fenced the primary and died before undoing it: heal reopens it."""
     with psycopg.connect(
         host="127.0.0.1", port=lab.primary.port, dbname="postgres", user="postgres",
@@ -285,13 +288,13 @@ def test_heal_reopens_a_primary_left_fenced(lab: manager.LabState) -> None:
         conn.execute("SET default_transaction_read_only = off")
         conn.execute("ALTER DATABASE app WITH ALLOW_CONNECTIONS false")
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'app'")
-    assert _wait_for(lambda: manager.status(lab.base_dir)["heartbeat"]["up"] is False, 5)
+    assert _wait_for(lambda: lab_status.status(lab.base_dir)["heartbeat"]["up"] is False, 5)
 
     console = _quiet()
-    manager.heal(lab.base_dir, console=console)
+    lab_up.heal(lab.base_dir, console=console)
 
     assert "reopened database app" in _output(console)
-    report = manager.status(lab.base_dir)
+    report = lab_status.status(lab.base_dir)
     assert report["ok"] and report["heartbeat"]["age_seconds"] < 1.0
     with psycopg.connect(
         host="127.0.0.1", port=lab.primary.port, dbname="app", user="postgres"
@@ -303,14 +306,14 @@ def test_heal_reopens_a_primary_left_fenced(lab: manager.LabState) -> None:
 
 
 @pytest.mark.slow
-def test_heal_switches_back_after_a_failover_without_losing_rows(lab: manager.LabState) -> None:
-    state = manager.load_state(lab.base_dir)
-    cl = manager.clusters(state)
+def test_heal_switches_back_after_a_failover_without_losing_rows(lab: lab_state.LabState) -> None:
+    state = lab_state.load_state(lab.base_dir)
+    cl = lab_state.clusters(state)
     primary, replica = cl["primary"], cl["replica1"]
     # A failover as a drill does it: crash the primary, promote the replica, repoint the app.
     primary.kill()
     replica.promote()
-    env = {**manager.app_env(state), "DB_PORT": str(replica.port)}
+    env = {**lab_state.app_env(state), "DB_PORT": str(replica.port)}
     if state.engine == "podman":
         from tasks.containers.client import make_client
         from tasks.containers.recreate import recreate_with_env
@@ -330,12 +333,12 @@ def test_heal_switches_back_after_a_failover_without_losing_rows(lab: manager.La
                     > 0
                 )
             )
-    report = manager.status(lab.base_dir)
+    report = lab_status.status(lab.base_dir)
     assert report["replica"]["role"] == "primary"
 
-    manager.heal(lab.base_dir, console=_quiet())
+    lab_up.heal(lab.base_dir, console=_quiet())
 
-    report = manager.status(lab.base_dir)
+    report = lab_status.status(lab.base_dir)
     assert report["ok"], json.dumps(report, indent=1)
     assert report["primary"]["role"] == "primary" and report["replica"]["streaming"]
     assert report["heartbeat"]["node"] == "primary"
@@ -364,23 +367,23 @@ def test_process_engine_fallback_then_down_leaves_nothing(
     """
     monkeypatch.setenv("DR_LAB_ENGINE", "process")
     started = time.monotonic()
-    state = manager.up(new_lab_dir, prefect=False, console=_quiet())
+    state = lab_up.up(new_lab_dir, prefect=False, console=_quiet())
     assert time.monotonic() - started < 60
     assert state.engine == "process" and "DR_LAB_ENGINE" in state.engine_reason
-    report = manager.status(new_lab_dir)
+    report = lab_status.status(new_lab_dir)
     assert report["ok"], json.dumps(report, indent=1)
     assert report["engine"] == "process" and report["app"]["up"]
     assert report["prefect"]["enabled"] is False
     text = state.config_path.read_text()
     assert "services: []" in text
     assert "DR_LAB_SLACK_TOKEN" in text  # without Prefect: environment variable references
-    assert manager.lab_env(state)["DR_LAB_SLACK_TOKEN"].startswith("xoxb-")
+    assert lab_state.lab_env(state)["DR_LAB_SLACK_TOKEN"].startswith("xoxb-")
 
     # The app reconnects by itself and continues its sequence after a primary restart.
-    primary = manager.clusters(state)["primary"]
+    primary = lab_state.clusters(state)["primary"]
     primary.stop("immediate")
     primary.start()
-    assert _wait_for(lambda: (manager.status(new_lab_dir)["heartbeat"]["age_seconds"] or 9) < 1)
+    assert _wait_for(lambda: (lab_status.status(new_lab_dir)["heartbeat"]["age_seconds"] or 9) < 1)
 
     pids = lab_pids(state)
     assert len(pids) >= 6 and pids_mentioning(str(new_lab_dir))
@@ -393,7 +396,7 @@ def test_down_refuses_a_folder_that_is_not_a_lab(new_lab_dir: Path) -> None:
     keep = new_lab_dir / "precious.txt"
     keep.write_text("not the lab's")
     with pytest.raises(PreconditionError):
-        manager.down(new_lab_dir, console=_quiet())
+        lab_down.down(new_lab_dir, console=_quiet())
     with pytest.raises(PreconditionError):
-        manager.up(new_lab_dir, console=_quiet())
+        lab_up.up(new_lab_dir, console=_quiet())
     assert keep.read_text() == "not the lab's"

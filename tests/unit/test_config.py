@@ -8,8 +8,15 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from dr.cli import app
-from dr.config import DEFAULT_TIERS, SecretRef, load_config, parse_config
+from cli.main import app
+from dr.config import (
+    DEFAULT_TIERS,
+    LAB_CONFIG_PATH,
+    SecretRef,
+    config_path,
+    load_config,
+    parse_config,
+)
 from dr.errors import ConfigError
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "dr.example.yaml"
@@ -128,3 +135,23 @@ def test_cli_config_check(tmp_path: Path) -> None:
     result = runner.invoke(app, ["config", "check", str(broken)])
     assert result.exit_code == 2
     assert "not valid YAML at line" in result.output
+
+
+def test_one_resolver_for_check_and_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dr config check` reads the file `dr run` would: the lab's when nothing else exists."""
+    from flows.registry import find_config_path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DR_CONFIG", raising=False)
+    assert config_path() == Path("dr.yaml")
+    (tmp_path / ".lab").mkdir()
+    (tmp_path / ".lab" / "dr.yaml").write_text(yaml.safe_dump(minimal()))
+    assert config_path() == LAB_CONFIG_PATH == find_config_path()
+    result = CliRunner().invoke(app, ["config", "check"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"{LAB_CONFIG_PATH}: valid")
+    (tmp_path / "dr.yaml").write_text("{}")
+    assert config_path() == Path("dr.yaml")
+    monkeypatch.setenv("DR_CONFIG", "/etc/dr.yaml")
+    assert config_path() == Path("/etc/dr.yaml")
+    assert config_path("given.yaml") == Path("given.yaml")

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from dr.cli import app
+from cli.main import app
 from dr.config import DEFAULT_TIERS, Target, load_config, parse_config
 from lab import seeds
 

@@ -1,4 +1,4 @@
-"""``dr lab up | status | down``: the lab from the command line (wired into ``dr`` by dr.cli).
+"""``dr lab up | status | down``: the lab from the command line (wired into ``dr`` by cli.main).
 
 Exit codes: 0 success (``status``: every component up), 1 a component is down or ``up``
 failed, 2 no lab in the folder (``status``).
@@ -16,7 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 from dr.errors import DRError
-from lab import manager
+from lab.down import down
+from lab.state import default_base_dir
+from lab.status import status
+from lab.up import up
 
 lab_app = typer.Typer(
     help="The local lab: PostgreSQL primary + replica, S3, app, Prefect server, Slack stand-in.",
@@ -31,7 +34,7 @@ DIR_OPTION = typer.Option(
 
 
 def _dir(path: Path | None) -> Path:
-    return (path or manager.default_base_dir()).absolute()
+    return (path or default_base_dir()).absolute()
 
 
 @lab_app.command("up")
@@ -47,11 +50,11 @@ def up_command(
     """Bring the lab up, or repair what is down (safe to run again)."""
     console = Console(stderr=True)
     try:
-        manager.up(_dir(lab_dir), prefect=not no_prefect, engine=engine, console=console)
+        up(_dir(lab_dir), prefect=not no_prefect, engine=engine, console=console)
     except (DRError, RuntimeError, OSError, psycopg.Error) as exc:
         console.print(f"[red]dr lab up failed:[/] {exc}")
         raise typer.Exit(1) from None
-    _print_status(manager.status(_dir(lab_dir)), Console())
+    _print_status(status(_dir(lab_dir)), Console())
 
 
 @lab_app.command("status")
@@ -60,7 +63,7 @@ def status_command(
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
     """Show each component of the lab: up or down, replication lag, heartbeat, archive."""
-    report = manager.status(_dir(lab_dir))
+    report = status(_dir(lab_dir))
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
     else:
@@ -74,7 +77,7 @@ def status_command(
 @lab_app.command("down")
 def down_command(lab_dir: Path | None = DIR_OPTION) -> None:
     """Stop everything the lab started and remove its folder."""
-    manager.down(_dir(lab_dir), console=Console(stderr=True))
+    down(_dir(lab_dir), console=Console(stderr=True))
 
 
 def _mark(up: Any) -> str:

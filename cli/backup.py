@@ -11,52 +11,28 @@ Prefect is imported only inside the command, after the API URL is settled.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dr.config import CONFIG_ENV_VAR, DRConfig, load_config
+from cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    err,
+    out,
+    prefect_api,
+    print_config_error,
+)
+from dr.config import CONFIG_ENV_VAR, config_path, load_config
 from dr.errors import ConfigError, redact
-from flows.registry import find_config_path
 
 __all__ = ["register"]
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
-
-
-@contextlib.contextmanager
-def _prefect_api(cfg: DRConfig) -> Iterator[None]:
-    """Use the config's Prefect API when ``PREFECT_API_URL`` is not set."""
-    url = cfg.prefect_api_url
-    if os.environ.get("PREFECT_API_URL") or not url:
-        yield
-        return
-    os.environ["PREFECT_API_URL"] = url
-    if "prefect" not in sys.modules:
-        yield
-        return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: url}):
-        yield
-
-
-def _print_config_error(exc: ConfigError) -> None:
-    err.print(f"[bold red]error:[/] {escape(str(exc))}")
-    for path, reason in exc.problems:
-        err.print(f"  [yellow]{escape(path)}[/]: {escape(reason)}")
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -114,17 +90,17 @@ def register(app: typer.Typer) -> None:
         if kind not in ("logical", "base"):
             err.print(f"[bold red]error:[/] --kind must be logical or base, not {kind!r}")
             raise typer.Exit(EXIT_BAD_INPUT)
-        path = find_config_path(config)
+        path = config_path(config)
         try:
             cfg = load_config(path)
             cfg.target(target)
         except ConfigError as exc:
-            _print_config_error(exc)
+            print_config_error(exc)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         previous = os.environ.get(CONFIG_ENV_VAR)
         os.environ[CONFIG_ENV_VAR] = str(path.absolute())
         try:
-            with _prefect_api(cfg):
+            with prefect_api(cfg):
                 from flows.backup import backup_flow
 
                 state = backup_flow(
@@ -136,7 +112,7 @@ def register(app: typer.Typer) -> None:
                 )
                 data = state.result(raise_on_failure=False)
         except ConfigError as exc:
-            _print_config_error(exc)
+            print_config_error(exc)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         finally:
             if previous is None:
