@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dr.errors import DRError
+from lab.doctor import preflight
 from lab.down import down
 from lab.state import default_base_dir
 from lab.status import status
@@ -50,6 +51,9 @@ def up_command(
     """Bring the lab up, or repair what is down (safe to run again)."""
     console = Console(stderr=True)
     try:
+        # `dr doctor`'s checks first: a missing program stops here, naming its fix, before
+        # any server or container exists.
+        preflight(_dir(lab_dir), engine=engine)
         up(_dir(lab_dir), prefect=not no_prefect, engine=engine, console=console)
     except (DRError, RuntimeError, OSError, psycopg.Error) as exc:
         console.print(f"[red]dr lab up failed:[/] {exc}")

@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "cli.alerts",
     "cli.deploy",
     "cli.evidence",
+    "cli.doctor",
 )
 
 
