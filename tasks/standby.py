@@ -755,3 +755,6 @@ rebuild_from_base_backup_task = dr_task(
     retries=0,
 )
 configure_standby_task = dr_task(configure_standby, name="postgres-configure-standby", retries=0)
+
+# --- wrappers added for flows (lead: move on merge)
+last_checkpoint_task = dr_task(last_checkpoint, name="postgres-last-checkpoint", retries=0)
