@@ -32,12 +32,7 @@ from __future__ import annotations
 
 from flows.common.recorder import Recorder
 from flows.common.systems import Systems, node_conninfo
-from flows.common.writers import (
-    DB_HOST_ENV,
-    DB_PORT_ENV,
-    repoint_application,
-    wait_for_app_write,
-)
+from flows.common.writers import DB_HOST_ENV, DB_PORT_ENV, repoint_application, wait_for_app_write
 from flows.failback.flow import failback_flow, run_failback
 from flows.failback.models import FailbackOptions, FailbackReport, NodeRejoin
 from flows.failback.nodes import find_primary

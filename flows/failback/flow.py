@@ -8,14 +8,8 @@ from typing import Any
 
 from prefect import flow
 
-from dr.config import (
-    DRConfig,
-    load_config,
-)
-from dr.errors import (
-    PreconditionError,
-    redact,
-)
+from dr.config import DRConfig, load_config
+from dr.errors import PreconditionError, redact
 from flows.common.recorder import Recorder
 from flows.common.systems import Systems
 from flows.failback.models import FailbackOptions, FailbackReport

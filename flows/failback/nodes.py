@@ -7,15 +7,8 @@ from collections.abc import Callable
 from typing import Literal
 
 from dr.changes import Change
-from dr.config import (
-    PostgresConfig,
-    PostgresNode,
-)
-from dr.errors import (
-    PostgresError,
-    PreconditionError,
-    VerificationError,
-)
+from dr.config import PostgresConfig, PostgresNode
+from dr.errors import PostgresError, PreconditionError, VerificationError
 from flows.common.recorder import Recorder
 from flows.common.systems import node_conninfo
 from flows.failback.models import FailbackOptions

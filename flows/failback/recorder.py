@@ -11,9 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from dr.changes import Change
-from dr.errors import (
-    redact,
-)
+from dr.errors import redact
 from flows.common.recorder import Recorder
 
 __all__ = ["CheckLog", "FailbackRun", "PhaseLog", "Recorder"]

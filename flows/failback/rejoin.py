@@ -6,16 +6,8 @@ import contextlib
 import time
 from typing import Literal
 
-from dr.config import (
-    PostgresConfig,
-    PostgresNode,
-)
-from dr.errors import (
-    PostgresError,
-    PreconditionError,
-    VerificationError,
-    redact,
-)
+from dr.config import PostgresConfig, PostgresNode
+from dr.errors import PostgresError, PreconditionError, VerificationError, redact
 from flows.common.recorder import Recorder
 from flows.common.systems import node_conninfo
 from flows.failback.models import FailbackOptions, NodeRejoin

@@ -9,16 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dr.changes import Change
-from dr.config import (
-    DockerService,
-    PostgresConfig,
-    PostgresNode,
-    Target,
-)
-from dr.errors import (
-    PreconditionError,
-    VerificationError,
-)
+from dr.config import DockerService, PostgresConfig, PostgresNode, Target
+from dr.errors import PreconditionError, VerificationError
 from flows.common.recorder import Recorder
 from flows.common.systems import Systems, node_conninfo
 from flows.common.writers import (

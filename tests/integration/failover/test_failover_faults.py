@@ -19,9 +19,11 @@ import pytest
 
 from dr.errors import PostgresError
 from dr.tasking import dr_task
-from flows import region_failover as rf
-from flows.failback import failback_flow
-from flows.region_failover import FailoverOptions, region_failover_flow
+from flows.failback.flow import failback_flow
+from flows.region_failover import fence as fencing
+from flows.region_failover.flow import region_failover_flow
+from flows.region_failover.options import FailoverOptions
+from flows.region_failover.run import Failover
 from lab.pgcluster import free_port
 from tasks import faults, standby
 from tasks import postgres as pg
@@ -143,18 +145,18 @@ def test_old_primary_coming_back_is_fenced_again_then_failback_restores_roles(
 ) -> None:
     pair = make_pair()
     config = pair.write_config()
-    original = rf.Failover.fence
+    original = fencing.fence
     came_back: list[bool] = []
 
-    def fence_then_restart(self: rf.Failover, node: Any, *, again: bool = False) -> Any:
-        proof = original(self, node, again=again)
+    def fence_then_restart(run: Failover, node: Any, *, again: bool = False) -> Any:
+        proof = original(run, node, again=again)
         if not again and not came_back:
             # Someone (a watchdog, a person) starts the old primary right after the fence.
             pair.primary.start()
             came_back.append(True)
         return proof
 
-    monkeypatch.setattr(rf.Failover, "fence", fence_then_restart)
+    monkeypatch.setattr(fencing, "fence", fence_then_restart)
     result = run(config, "incident", auto_approve=True)
 
     assert result["outcome"] == "passed", result["reason"]
