@@ -14,6 +14,16 @@ from flows.common.systems import node_conninfo
 from flows.failback.models import FailbackOptions
 from tasks import postgres as pg
 
+__all__ = [
+    "find_primary",
+    "is_local",
+    "replayed_at_least",
+    "start_node",
+    "stop_node",
+    "streaming_names",
+    "wait_until",
+]
+
 POLL_SECONDS = 0.05
 
 

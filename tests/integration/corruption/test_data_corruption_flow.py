@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 
 from dr.cli_runs import register
 from flows.backup import base_backup_target
-from flows.data_corruption import CorruptionOptions, data_corruption_flow
+from flows.data_corruption.flow import data_corruption_flow
+from flows.data_corruption.options import CorruptionOptions
 from tasks import recovery as rc
 from tasks import storage
 
