@@ -6,15 +6,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dr.config import (
-    DRConfig,
-    Target,
-)
+from dr.config import DRConfig, Target
 from dr.tasking import dr_task
 from flows.backup import list_backups, open_target_repository
-from flows.data_corruption.options import (
-    ROW_DROP_SHARE,
-)
+from flows.data_corruption.options import ROW_DROP_SHARE
 from flows.data_corruption.run import CorruptionRun, as_utc, db_conninfo, iso, mkdir_traversable
 from tasks import backups as bk
 from tasks import postgres as pg

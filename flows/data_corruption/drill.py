@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from dr.changes import Change
+from dr.clock import utcnow
 from dr.errors import ConfigError
 from flows.backup import base_backup_target
 from flows.data_corruption.options import (
@@ -105,9 +106,9 @@ def _ensure_base_backup(run: CorruptionRun) -> None:
     backups = rc.list_base_backups(repo, run.ctx.target_name)
     limit = timedelta(minutes=run.opts.base_backup_max_age_minutes)
     newest = backups[0] if backups else None
-    if newest is not None and datetime.now(UTC) - newest.ended_at <= limit:
+    if newest is not None and utcnow() - newest.ended_at <= limit:
         run.ctx.note(
-            f"base backup {newest.backup_id} is {(datetime.now(UTC) - newest.ended_at).seconds} s "
+            f"base backup {newest.backup_id} is {(utcnow() - newest.ended_at).seconds} s "
             "old: no new one needed"
         )
         return
@@ -220,7 +221,7 @@ def _inject_damaged_page(run: CorruptionRun, victim: str) -> None:
     relpath = rc.relation_filepaths(run.conninfo(), [victim])[victim]
     damage = rc.damage_heap_page(copy_dir, relpath)
     run.damaged_copy = copy_dir
-    run.damage_at = datetime.now(UTC)
+    run.damage_at = utcnow()
     run.details["damaged_copy"] = {**info, **damage, "relation": victim}
     run.ctx.record_change(
         Change(

@@ -7,15 +7,10 @@ from typing import Any
 
 from prefect import flow
 
-from dr.config import (
-    Mode,
-    Scenario,
-)
+from dr.config import Mode, Scenario
 from flows.data_corruption.assess import assess
 from flows.data_corruption.drill import inject
-from flows.data_corruption.options import (
-    CorruptionOptions,
-)
+from flows.data_corruption.options import CorruptionOptions
 from flows.data_corruption.pitr import recover, verify_recovered
 from flows.data_corruption.plan import plan, validate
 from flows.data_corruption.preserve import preserve

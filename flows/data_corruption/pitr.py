@@ -17,6 +17,7 @@ __all__ = ["recover", "verify_recovered"]
 def recover(
     run: CorruptionRun, target: rc.RecoveryTarget, backup: rc.BaseBackup, plan: rc.WalPlan
 ) -> None:
+    """Restore the base backup and replay archived WAL up to the point, into a new cluster."""
     ctx = run.ctx
     with ctx.phase("recover", detail=f"PITR {target.describe()} into a new cluster") as record:
         if not ctx.plan("recover", f"base backup {backup.backup_id} + WAL into {run.work}"):
@@ -87,6 +88,7 @@ def recover(
 
 
 def verify_recovered(run: CorruptionRun) -> None:
+    """The same checks on the recovered cluster; in drills its rows against the stamp."""
     ctx = run.ctx
     with ctx.phase("verify recovered data", detail="same checks on the recovered cluster"):
         if run.recovered is None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from dr.config import (
-    KubernetesService,
-)
+from dr.clock import utcnow
+from dr.config import KubernetesService
 from dr.errors import ConfigError, PreconditionError
 from flows.common.writers import writer_services
 from flows.data_corruption.run import CorruptionRun, as_utc
@@ -25,7 +22,7 @@ def validate(run: CorruptionRun) -> None:
         )
     if opts.recovery_time is not None:
         when = as_utc(opts.recovery_time)
-        if when > datetime.now(UTC):
+        if when > utcnow():
             raise PreconditionError(
                 f"recovery point {when.isoformat()} is in the future: nothing was changed"
             )
@@ -56,6 +53,7 @@ def _recovery_target(run: CorruptionRun) -> rc.RecoveryTarget:
 
 
 def plan(run: CorruptionRun) -> tuple[rc.RecoveryTarget, rc.BaseBackup, rc.WalPlan]:
+    """The recovery point, the base backup before it and a gap-free WAL plan; nothing changes."""
     ctx = run.ctx
     with ctx.phase("plan recovery", detail="recovery point, base backup, WAL continuity") as rec:
         target = _recovery_target(run)
@@ -66,7 +64,7 @@ def plan(run: CorruptionRun) -> tuple[rc.RecoveryTarget, rc.BaseBackup, rc.WalPl
             target,
             damage_at=run.damage_at,
             damage_lsn=run.damage_lsn,
-            now=max(now["at"], datetime.now(UTC)),
+            now=max(now["at"], utcnow()),
             current_lsn=now["lsn"],
         )
         _advise(run, target)

@@ -17,6 +17,7 @@ __all__ = ["preserve"]
 
 
 def preserve(run: CorruptionRun) -> None:
+    """Keep the damaged state (dump, or a copy of the database) in the evidence repository."""
     ctx = run.ctx
     repo, prefix = run.evidence()
     with ctx.phase("preserve evidence", detail=repo.url_for(prefix)) as record:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from dr.clock import utcnow
 from dr.errors import PostgresError
-from flows.data_corruption.options import (
-    HEARTBEAT_TABLE,
-    PROBE_PREFIX,
-)
+from flows.data_corruption.options import HEARTBEAT_TABLE, PROBE_PREFIX
 from flows.data_corruption.run import CorruptionRun, as_utc
 from flows.data_corruption.switch import heartbeat
 from tasks import postgres as pg
@@ -38,6 +36,7 @@ def _wait_writers_healthy(run: CorruptionRun, conninfo: str) -> datetime | None:
 
 
 def verify_end_to_end(run: CorruptionRun) -> datetime | None:
+    """Rows as at the recovery point, writers healthy, health and validation checks."""
     ctx = run.ctx
     with ctx.phase("verify end to end", detail="health, validation, rows, writers") as record:
         if run.recovered is None:
@@ -78,7 +77,7 @@ def verify_end_to_end(run: CorruptionRun) -> datetime | None:
                     )
                     ctx.record_check(f"validation: {q.name}", res.ok, detail=res.detail)
             if all(c.ok for c in ctx.checks if c.critical):
-                ctx.stamp_restored(healthy_at or datetime.now(UTC))
+                ctx.stamp_restored(healthy_at or utcnow())
         else:
             ctx.verify_health(timeout_seconds=run.opts.heartbeat_wait_seconds)
             if healthy_at is not None and ctx.restored_at is not None:
@@ -88,6 +87,7 @@ def verify_end_to_end(run: CorruptionRun) -> datetime | None:
 
 
 def measure(run: CorruptionRun, healthy_at: datetime | None) -> None:
+    """RTO (writers stopped -> healthy again) and RPO (the data-loss window, rows lost)."""
     ctx = run.ctx
     with ctx.phase("measure", detail="RTO and RPO"):
         if run.recovered is None:
@@ -160,6 +160,7 @@ def _heartbeat_rows_lost(run: CorruptionRun) -> int | None:
 
 
 def clean_up(run: CorruptionRun) -> None:
+    """Remove scratch copies, and the recovered cluster unless it is used or kept."""
     ctx = run.ctx
     with ctx.phase("clean up", detail="scratch copies and the recovered cluster if not used"):
         if ctx.dry_run:

@@ -10,11 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from dr.changes import Change
-from dr.config import (
-    PostgresConfig,
-    PostgresNode,
-    Target,
-)
+from dr.clock import utcnow
+from dr.config import PostgresConfig, PostgresNode, Target
 from dr.errors import ConfigError, PreconditionError
 from flows.backup import open_target_repository
 from flows.common.systems import Systems
@@ -47,7 +44,7 @@ class CorruptionRun:
                 [("options.database", self.db)],
             )
         self.bin_dir = self.pgc.primary.bin_dir
-        self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        self.run_id = utcnow().strftime("%Y%m%dT%H%M%SZ")
         root = Path(
             opts.recovery_dir
             or os.environ.get(RECOVERY_DIR_ENV)
@@ -83,6 +80,7 @@ class CorruptionRun:
     # ----------------------------------------------------------- connections
 
     def conninfo(self, dbname: str | None = None, node: PostgresNode | None = None) -> str:
+        """A conninfo for a database of the primary (or ``node``), with the password."""
         return db_conninfo(self.pgc, self.password, dbname or self.db, node)
 
     def tool_conninfo(self, dbname: str | None = None, node: PostgresNode | None = None) -> str:
@@ -90,18 +88,22 @@ class CorruptionRun:
         return db_conninfo(self.pgc, None, dbname or self.db, node)
 
     def recovered_node(self) -> PostgresNode:
+        """The recovered cluster as a node."""
         assert self.recovered is not None
         return PostgresNode(name="recovered", host="127.0.0.1", port=self.recovered.port)
 
     def recovered_conninfo(self, dbname: str | None = None) -> str:
+        """A conninfo for a database of the recovered cluster."""
         return self.conninfo(dbname, self.recovered_node())
 
     # ----------------------------------------------------------- repositories
 
     def backup_repo(self) -> Any:
+        """The target's backup repository."""
         return open_target_repository(self.ctx.config, self.target.backup.repository)
 
     def wal_repo(self) -> Any:
+        """The target's WAL archive (PITR needs one)."""
         if not self.target.backup.wal_archive:
             raise PreconditionError(
                 f"target {self.ctx.target_name} has no backup.wal_archive: point-in-time "
@@ -143,6 +145,7 @@ def db_conninfo(
 
 
 def mkdir_traversable(path: Path) -> Path:
+    """Create ``path`` and make it and its parents traversable (the server user reads it)."""
     path.mkdir(parents=True, exist_ok=True)
     for p in [path, *path.parents]:
         if p == Path("/") or p == Path(tempfile.gettempdir()):
@@ -153,8 +156,10 @@ def mkdir_traversable(path: Path) -> Path:
 
 
 def iso(value: datetime | None) -> str | None:
+    """ISO 8601 text, or None."""
     return value.isoformat() if value else None
 
 
 def as_utc(value: datetime) -> datetime:
+    """An aware datetime (naive ones are taken as UTC)."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -5,10 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dr.changes import Change
-from flows.data_corruption.options import (
-    HEARTBEAT_TABLE,
-    PROBE_PREFIX,
-)
+from flows.data_corruption.options import HEARTBEAT_TABLE, PROBE_PREFIX
 from flows.data_corruption.run import CorruptionRun
 from flows.data_corruption.writers import repoint_writers
 from tasks import recovery as rc
@@ -17,11 +14,13 @@ __all__ = ["heartbeat", "repair_old_primary", "switch"]
 
 
 def heartbeat(conninfo: str) -> dict[str, dict[str, Any]]:
+    """Each application writer's heartbeat state (the drill probe's rows left out)."""
     state = rc.heartbeat_state(conninfo, HEARTBEAT_TABLE)
     return {w: s for w, s in state.items() if not w.startswith(PROBE_PREFIX)}
 
 
 def switch(run: CorruptionRun) -> None:
+    """After approval: restore the damaged relations in one transaction, or move the writers."""
     ctx = run.ctx
     whole = run.opts.whole_database or not run.damaged
     hb_db = run.pgc.heartbeat_db

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from dr.changes import Change
-from dr.config import (
-    DockerService,
-    KubernetesService,
-)
+from dr.clock import utcnow
+from dr.config import DockerService, KubernetesService
 from flows.common.writers import restart_undo, restore_writer, stop_writer, writer_services
 from flows.data_corruption.run import CorruptionRun
 from tasks import containers, kubernetes
@@ -33,7 +30,7 @@ def stop_writers(run: CorruptionRun) -> None:
             undo = restart_undo(run.systems, svc, change)
             ctx.record_change(change, undo=undo if ctx.is_drill else None)
         if not ctx.dry_run:
-            run.writers_stopped_at = datetime.now(UTC)
+            run.writers_stopped_at = utcnow()
 
 
 def restart_writers(run: CorruptionRun) -> None:
@@ -44,7 +41,7 @@ def restart_writers(run: CorruptionRun) -> None:
             if not ctx.plan("restart", f"writer {svc.kind} {svc.name}"):
                 continue
             ctx.record_change(restore_writer(run.systems, svc, change))
-        run.writers_started_at = datetime.now(UTC)
+        run.writers_started_at = utcnow()
 
 
 def repoint_writers(run: CorruptionRun, host: str, port: int) -> None:

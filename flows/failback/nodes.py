@@ -28,6 +28,7 @@ POLL_SECONDS = 0.05
 
 
 def is_local(node: PostgresNode) -> bool:
+    """True when this runner can stop, start and rewind the node (its files are here)."""
     return node.data_directory is not None and node.bin_dir is not None
 
 
@@ -57,6 +58,7 @@ def find_primary(
 
 
 def streaming_names(pgc: PostgresConfig, primary: PostgresNode, password: str | None) -> set[str]:
+    """The application names of the standbys streaming from ``primary``."""
     rows = pg.replication_status(node_conninfo(pgc, primary, password))
     return {r.application_name for r in rows if r.state == "streaming" and r.replay_lsn}
 
@@ -79,6 +81,7 @@ def wait_until(
 
 
 def replayed_at_least(conninfo_standby: str, lsn: str) -> bool:
+    """True when the standby (or the node it was promoted to) is at ``lsn`` or past it."""
     status = pg.standby_status(conninfo_standby)
     position = status.replayed_lsn
     if not status.in_recovery:
@@ -88,6 +91,7 @@ def replayed_at_least(conninfo_standby: str, lsn: str) -> bool:
 
 
 def start_node(rec: Recorder, node: PostgresNode, opts: FailbackOptions) -> None:
+    """Start a local node and record the change."""
     change = pg.start_local_server_task(
         str(node.data_directory),
         str(node.bin_dir),
@@ -98,6 +102,7 @@ def start_node(rec: Recorder, node: PostgresNode, opts: FailbackOptions) -> None
 
 
 def stop_node(rec: Recorder, node: PostgresNode, mode: Literal["fast", "immediate"]) -> Change:
+    """Stop a local node and record the change."""
     change = pg.stop_local_server_task(
         str(node.data_directory), str(node.bin_dir), node.os_user, mode
     )

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from dr.changes import Change
+from dr.clock import utcnow
 from dr.errors import redact
 from flows.common.recorder import Recorder
 
@@ -63,7 +64,7 @@ class FailbackRun:
     @contextlib.contextmanager
     def phase(self, name: str, *, detail: str = "") -> Iterator[PhaseLog]:
         """Record a phase; an exception inside marks it failed and is re-raised."""
-        record = PhaseLog(name=name, started_at=datetime.now(UTC), detail=detail)
+        record = PhaseLog(name=name, started_at=utcnow(), detail=detail)
         self.phases.append(record)
         log.info("failback phase %s: started", name)
         try:
@@ -76,7 +77,7 @@ class FailbackRun:
             if self._dry_run:
                 record.outcome = "planned"
         finally:
-            record.ended_at = datetime.now(UTC)
+            record.ended_at = utcnow()
             log.info("failback phase %s: %s", name, record.outcome)
 
     def plan(self, action: str, obj: str) -> bool:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dr.changes import Change
+from dr.clock import utcnow
 from dr.config import DockerService, PostgresConfig, PostgresNode, Target
 from dr.errors import PreconditionError, VerificationError
 from flows.common.recorder import Recorder
@@ -121,7 +122,7 @@ def switch_over(
         raise
     with rec.phase("rejoin", detail=f"{from_node.name} becomes a standby of {to_node.name}"):
         report.rejoined.append(rejoin_as_standby(rec, pgc, from_node, to_node, password, opts))
-    switched_at = datetime.now(UTC)
+    switched_at = utcnow()
     with rec.phase("repoint", detail=f"the application writes to {to_node.name} again"):
         repoint_application(rec, systems, target, to_node)
         start_writers(rec, systems, stopped)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 
+from dr.clock import utcnow
 from dr.errors import PreconditionError
 from flows.region_failover.assess import assess
 from flows.region_failover.choose import choose_replica
@@ -82,7 +83,7 @@ def inject(run: Failover) -> None:
     )
     if not ctx.plan(what, f"the primary {node.name} ({node.data_directory})"):
         return
-    before = datetime.now(UTC)
+    before = utcnow()
     if run.opts.inject == "kill":
         change = faults.kill_local_server_task(str(node.data_directory))
         failure_at = datetime.fromisoformat(change.after["killed_at"]) if change.changed else before

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from dr.clock import utcnow
 
 __all__ = ["Assessment", "NodeView", "ReplicaChoice", "ServiceView"]
 
@@ -28,7 +30,7 @@ class NodeView(BaseModel):
     last_replay_at: datetime | None = None
     newest_heartbeat_at: datetime | None = None
     newest_app_write_at: datetime | None = None
-    checked_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    checked_at: datetime = Field(default_factory=utcnow)
 
 
 class ServiceView(BaseModel):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from dr.changes import Change
+from dr.clock import utcnow
 from dr.config import DockerService, KubernetesService, PostgresNode
 from dr.errors import PreconditionError
 from flows.common.systems import Systems, node_conninfo
@@ -66,7 +67,7 @@ class Failover:
 
     def mark(self, milestone: str, at: datetime | None = None) -> None:
         """Record when a milestone of the RTO breakdown was reached."""
-        self.milestones[milestone] = at or datetime.now(UTC)
+        self.milestones[milestone] = at or utcnow()
 
     def guarded(self, what: str, undo: Callable[[], Any]) -> Callable[[], Any]:
         """An undo that may only run while no replica has been promoted."""
