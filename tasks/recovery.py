@@ -2917,3 +2917,19 @@ restore_relations_task = dr_task(restore_relations, name="recovery-restore-relat
 find_damage_task = dr_task(find_damage, name="recovery-find-damage")
 switch_wal_and_wait_task = dr_task(switch_wal_and_wait, name="recovery-switch-wal")
 dump_relations_task = dr_task(dump_relations, name="recovery-dump-relations")
+
+# --- wrappers added for flows (lead: move on merge)
+server_position_task = dr_task(server_position, name="recovery-server-position")
+drill_candidates_task = dr_task(drill_candidates, name="recovery-drill-candidates")
+run_drill_statement_task = dr_task(run_drill_statement, name="recovery-drill-statement", retries=0)
+relation_filepaths_task = dr_task(relation_filepaths, name="recovery-relation-filepaths")
+damage_heap_page_task = dr_task(damage_heap_page, name="recovery-damage-heap-page", retries=0)
+preserve_database_copy_task = dr_task(
+    preserve_database_copy, name="recovery-preserve-database-copy", retries=0
+)
+heartbeat_state_task = dr_task(heartbeat_state, name="recovery-heartbeat-state")
+heartbeat_rows_after_task = dr_task(heartbeat_rows_after, name="recovery-heartbeat-rows-after")
+stop_cluster_task = dr_task(stop_cluster, name="recovery-stop-cluster", retries=0)
+start_cluster_task = dr_task(start_cluster, name="recovery-start-cluster", retries=0)
+remove_cluster_task = dr_task(remove_cluster, name="recovery-remove-cluster", retries=0)
+extension_installed_task = dr_task(extension_installed, name="recovery-extension-installed")

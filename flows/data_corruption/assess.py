@@ -190,7 +190,7 @@ def _submit_checks(run: CorruptionRun) -> dict[str, Any]:
                 run.bin_dir,
                 run.password,
             )
-    if rc.extension_installed(run.conninfo(), "amcheck"):
+    if rc.extension_installed_task(run.conninfo(), "amcheck"):
         futures["amcheck"] = bk.amcheck_task.submit(
             run.tool_conninfo(), password=run.password, bin_dir=run.bin_dir
         )

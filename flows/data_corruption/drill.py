@@ -103,7 +103,7 @@ def choose_drill_table(
 
 def _ensure_base_backup(run: CorruptionRun) -> None:
     repo = run.backup_repo()
-    backups = rc.list_base_backups(repo, run.ctx.target_name)
+    backups = rc.list_base_backups_task(repo, run.ctx.target_name)
     limit = timedelta(minutes=run.opts.base_backup_max_age_minutes)
     newest = backups[0] if backups else None
     if newest is not None and utcnow() - newest.ended_at <= limit:
@@ -124,7 +124,7 @@ def _ensure_base_backup(run: CorruptionRun) -> None:
 def _safety_net(run: CorruptionRun, victims: list[str]) -> None:
     """Dump the tables the drill will damage, so a failed drill can put their rows back."""
     path = mkdir_traversable(run.work) / "drill-safety.dump"
-    rc.dump_relations(
+    rc.dump_relations_task(
         run.tool_conninfo(),
         victims,
         path,
@@ -161,7 +161,7 @@ def inject(run: CorruptionRun) -> None:
     with ctx.phase("prepare drill", detail=f"variant {opts.variant.value}") as record:
         victim, column = choose_drill_table(
             opts.variant,
-            rc.drill_candidates(run.conninfo()),
+            rc.drill_candidates_task(run.conninfo()),
             database=run.db,
             requested=opts.drill_table,
             exclude={HEARTBEAT_TABLE},
@@ -177,8 +177,8 @@ def inject(run: CorruptionRun) -> None:
             return
         if opts.variant is not Variant.damaged_page:
             _safety_net(run, victims)
-        run.snapshot = rc.relation_digests(run.conninfo(), victims)
-        run.stamp = rc.server_position(run.conninfo())
+        run.snapshot = rc.relation_digests_task(run.conninfo(), victims)
+        run.stamp = rc.server_position_task(run.conninfo())
         run.details["stamp"] = {
             "at": run.stamp["at"].isoformat(),
             "lsn": run.stamp["lsn"],
@@ -190,7 +190,7 @@ def inject(run: CorruptionRun) -> None:
             _inject_damaged_page(run, victim)
         else:
             sql_text = DRILL_STATEMENTS.get((victim, column)) or rc.drill_statement(victim, column)
-            done = rc.run_drill_statement(run.conninfo(), sql_text)
+            done = rc.run_drill_statement_task(run.conninfo(), sql_text)
             rows = done["rows"]
             record.detail = f"{sql_text}: {rows} rows"
             run.damage_at = done["committed_at"]
@@ -212,14 +212,14 @@ def inject(run: CorruptionRun) -> None:
 def _inject_damaged_page(run: CorruptionRun, victim: str) -> None:
     """Copy the cluster (stopped), then invert bytes in one heap page of the victim there."""
     copy_dir = mkdir_traversable(run.work) / "damaged-copy"
-    info = rc.make_stopped_copy(
+    info = rc.make_stopped_copy_task(
         run.tool_conninfo(run.pgc.maintenance_db),
         copy_dir,
         bin_dir=run.bin_dir,
         password=run.password,
     )
-    relpath = rc.relation_filepaths(run.conninfo(), [victim])[victim]
-    damage = rc.damage_heap_page(copy_dir, relpath)
+    relpath = rc.relation_filepaths_task(run.conninfo(), [victim])[victim]
+    damage = rc.damage_heap_page_task(copy_dir, relpath)
     run.damaged_copy = copy_dir
     run.damage_at = utcnow()
     run.details["damaged_copy"] = {**info, **damage, "relation": victim}

@@ -33,7 +33,7 @@ def recover(
             raise PreconditionError(
                 f"the base backup's WAL segment size is {size}, the archive's {plan.segment_size}"
             )
-        live_id = rc.server_position(run.conninfo())["system_identifier"]
+        live_id = rc.server_position_task(run.conninfo())["system_identifier"]
         if rc.system_identifier(control) != live_id:
             raise PreconditionError(
                 f"base backup {backup.backup_id} belongs to another database system "
@@ -96,7 +96,7 @@ def verify_recovered(run: CorruptionRun) -> None:
         conninfo = run.recovered_conninfo()
         rels = run.damaged or list(run.snapshot)
         if run.snapshot:
-            got = rc.relation_digests(conninfo, list(run.snapshot))
+            got = rc.relation_digests_task(conninfo, list(run.snapshot))
             for rel, want in run.snapshot.items():
                 ctx.record_check(
                     f"recovered {rel} identical to the stamp",
@@ -105,14 +105,16 @@ def verify_recovered(run: CorruptionRun) -> None:
                     f"{want.rows} rows, {want.digest[:12]} at the stamp",
                 )
         elif rels:
-            got = rc.relation_digests(conninfo, rels)
+            got = rc.relation_digests_task(conninfo, rels)
             run.details["recovered_digests"] = {k: v.model_dump() for k, v in got.items()}
         for q in run.target.validation_queries:
             if (q.database or run.db) == run.db:
-                res = pg.run_validation_query(conninfo, name=q.name, sql=q.sql, expect=q.expect)
+                res = pg.run_validation_query_task(
+                    conninfo, name=q.name, sql=q.sql, expect=q.expect
+                )
                 ctx.record_check(f"recovered: {q.name}", res.ok, detail=res.detail)
         if not run.opts.whole_database:
-            result = bk.amcheck(
+            result = bk.amcheck_task(
                 run.tool_conninfo(node=run.recovered_node()),
                 password=run.password,
                 bin_dir=run.bin_dir,
@@ -120,9 +122,9 @@ def verify_recovered(run: CorruptionRun) -> None:
             ctx.record_check("recovered: pg_amcheck", result.ok, detail=result.summary())
         if run.checksum_report is not None:
             r = run.recovered
-            rc.stop_cluster(r.data_dir, bin_dir=run.bin_dir)
-            report = rc.check_checksums(r.data_dir, bin_dir=run.bin_dir)
-            rc.start_cluster(r.data_dir, bin_dir=run.bin_dir)
+            rc.stop_cluster_task(r.data_dir, bin_dir=run.bin_dir)
+            report = rc.check_checksums_task(r.data_dir, bin_dir=run.bin_dir)
+            rc.start_cluster_task(r.data_dir, bin_dir=run.bin_dir)
             ctx.record_check(
                 "recovered: pg_checksums",
                 report.ok,

@@ -57,7 +57,7 @@ def plan(run: CorruptionRun) -> tuple[rc.RecoveryTarget, rc.BaseBackup, rc.WalPl
     ctx = run.ctx
     with ctx.phase("plan recovery", detail="recovery point, base backup, WAL continuity") as rec:
         target = _recovery_target(run)
-        now = rc.server_position(run.conninfo())
+        now = rc.server_position_task(run.conninfo())
         backups = rc.list_base_backups_task(run.backup_repo(), ctx.target_name)
         backup = rc.choose_base_backup(
             backups,

@@ -96,9 +96,9 @@ def _keep_database(run: CorruptionRun) -> dict[str, Any]:
     maintenance = run.conninfo(run.pgc.maintenance_db)
     last: Exception | None = None
     for _ in range(5):
-        pg.terminate_sessions(maintenance, dbname=run.db)
+        pg.terminate_sessions_task(maintenance, dbname=run.db)
         try:
-            change = rc.preserve_database_copy(maintenance, run.db, name)
+            change = rc.preserve_database_copy_task(maintenance, run.db, name)
             break
         except PostgresError as exc:  # a session slipped in between: try again
             last = exc

@@ -48,7 +48,7 @@ def verify_end_to_end(run: CorruptionRun) -> datetime | None:
             else run.conninfo(run.pgc.heartbeat_db)
         )
         if run.snapshot:
-            got = rc.relation_digests(data_conninfo, list(run.snapshot))
+            got = rc.relation_digests_task(data_conninfo, list(run.snapshot))
             for rel, want in run.snapshot.items():
                 ctx.record_check(
                     f"{rel} rows identical to the recovery point",
@@ -66,13 +66,13 @@ def verify_end_to_end(run: CorruptionRun) -> datetime | None:
         if run.switched_whole:
             for check in run.target.health_checks.sql:
                 if (check.database or run.db) == run.db:
-                    res = pg.run_sql_check(
+                    res = pg.run_sql_check_task(
                         run.recovered_conninfo(check.database), check.sql, name=check.name
                     )
                     ctx.record_check(f"sql: {check.name}", res.ok, detail=res.detail)
             for q in run.target.validation_queries:
                 if (q.database or run.db) == run.db:
-                    res = pg.run_validation_query(
+                    res = pg.run_validation_query_task(
                         run.recovered_conninfo(q.database), name=q.name, sql=q.sql, expect=q.expect
                     )
                     ctx.record_check(f"validation: {q.name}", res.ok, detail=res.detail)
@@ -111,7 +111,7 @@ def measure(run: CorruptionRun, healthy_at: datetime | None) -> None:
                 rec_max = _recovered_max_ts(run, writer)
                 if rec_max is None:
                     continue
-                lost += rc.heartbeat_rows_after(
+                lost += rc.heartbeat_rows_after_task(
                     run.conninfo(run.pgc.heartbeat_db), writer, rec_max, table=HEARTBEAT_TABLE
                 )
                 window = max(window, (state["max_ts"] - rec_max).total_seconds())
@@ -166,9 +166,9 @@ def clean_up(run: CorruptionRun) -> None:
         if ctx.dry_run:
             return
         if run.damaged_copy is not None:
-            rc.remove_cluster(run.damaged_copy, bin_dir=run.bin_dir)
+            rc.remove_cluster_task(run.damaged_copy, bin_dir=run.bin_dir)
         if run.recovered is not None and not run.switched_whole and not run.opts.keep_recovered:
-            rc.remove_cluster(run.recovered.data_dir, bin_dir=run.bin_dir)
+            rc.remove_cluster_task(run.recovered.data_dir, bin_dir=run.bin_dir)
             run.details.setdefault("recovery", {})["removed"] = True
         if run.safety_dump is not None:
             run.safety_dump.unlink(missing_ok=True)

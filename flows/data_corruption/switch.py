@@ -15,7 +15,7 @@ __all__ = ["heartbeat", "repair_old_primary", "switch"]
 
 def heartbeat(conninfo: str) -> dict[str, dict[str, Any]]:
     """Each application writer's heartbeat state (the drill probe's rows left out)."""
-    state = rc.heartbeat_state(conninfo, HEARTBEAT_TABLE)
+    state = rc.heartbeat_state_task(conninfo, HEARTBEAT_TABLE)
     return {w: s for w, s in state.items() if not w.startswith(PROBE_PREFIX)}
 
 
@@ -83,7 +83,7 @@ def repair_old_primary(run: CorruptionRun) -> None:
     with ctx.phase("repair drill damage on the old primary", detail=", ".join(run.damaged)):
         if not run.damaged or run.recovered is None:
             return
-        result = rc.restore_relations(run.recovered_conninfo(), run.conninfo(), run.damaged)
+        result = rc.restore_relations_task(run.recovered_conninfo(), run.conninfo(), run.damaged)
         ctx.record_change(
             Change(
                 system="postgres",
