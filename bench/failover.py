@@ -43,7 +43,8 @@ from typing import Any
 
 import psycopg
 
-from lab import manager
+from lab import down, up
+from lab import state as lab_state
 from lab.pgcluster import pg_bin_dir, server_user
 
 MILESTONES = (
@@ -65,7 +66,7 @@ def _as_server(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd="/", capture_output=True, text=True, check=False)
 
 
-def manual_failover(state: manager.LabState) -> dict[str, float]:
+def manual_failover(state: lab_state.LabState) -> dict[str, float]:
     """Stop the primary, promote the replica, write through a new connection: timed."""
     bins = pg_bin_dir()
     replica = f"host=127.0.0.1 port={state.replica.port} user=postgres dbname=app"
@@ -102,7 +103,7 @@ def manual_failover(state: manager.LabState) -> dict[str, float]:
     }
 
 
-def drill_failover(state: manager.LabState, inject: str) -> dict[str, Any]:
+def drill_failover(state: lab_state.LabState, inject: str) -> dict[str, Any]:
     from flows.region_failover import FailoverOptions, region_failover_flow
 
     started = time.perf_counter()
@@ -125,14 +126,14 @@ def drill_failover(state: manager.LabState, inject: str) -> dict[str, Any]:
     }
 
 
-def put_back(state: manager.LabState) -> str:
+def put_back(state: lab_state.LabState) -> str:
     """After a manual failover: the failback flow (rewind, switch back), else heal."""
     from flows.failback import failback_flow
 
     report = failback_flow(target="lab", config_path=str(state.config_path))
     if report["ok"] and report["roles_as_configured"]:
         return "failback"
-    manager.heal(state.base_dir)
+    up.heal(state.base_dir)
     return f"heal (failback: {report['reason']})"
 
 
@@ -153,7 +154,7 @@ def main() -> int:
     own = args.lab_dir is None
     base = args.lab_dir or Path(tempfile.mkdtemp(prefix="dr-bench-failover-"))
     base.chmod(0o755)
-    state = manager.up(base, prefect=True)
+    state = up.up(base, prefect=True)
     if not state.prefect_api_url:
         raise SystemExit("the lab has no Prefect server: bring it up with Prefect")
     # Prefect was imported by the lab (tasks.containers): its settings are overridden here.
@@ -185,7 +186,7 @@ def main() -> int:
     finally:
         settings.__exit__(None, None, None)
         if own and not args.keep:
-            manager.down(base)
+            down.down(base)
     summary = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "runs": args.runs,

@@ -8,7 +8,7 @@ while, stamps a recovery time in the middle of that run, and archives everything
 
 Each round recovers to the stamp twice, in rotating order:
 
-- ``flow``: what ``flows/data_corruption.py`` runs in its *recover* phase, through
+- ``flow``: what ``flows/data_corruption/pitr.py`` runs in its *recover* phase, through
   ``tasks/recovery.py``: list and choose the base backup, prove the WAL archive continuous
   (``plan_wal``), stream ``base.tar`` into ``tar -x`` while checking its SHA-256 against the
   manifest (a ``file://`` repository is read once; an ``s3://`` one is downloaded first,

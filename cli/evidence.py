@@ -66,17 +66,19 @@ def verify_url(url: str, cfg: DRConfig | None, manifest_sha256: str | None = Non
         ConfigError: the URL is neither form.
         StorageError: the repository cannot be read.
     """
-    from tasks import evidence, storage
+    from tasks.evidence import manifest as evidence_manifest
+    from tasks.evidence import verify as evidence_verify
+    from tasks.storage import client as storage_client
 
     url = url.rstrip("/")
-    if url.endswith("/" + evidence.MANIFEST_NAME):
-        url = url[: -len(evidence.MANIFEST_NAME) - 1]
+    if url.endswith("/" + evidence_manifest.MANIFEST_NAME):
+        url = url[: -len(evidence_manifest.MANIFEST_NAME) - 1]
     if url.startswith("s3://"):
-        client = storage.make_s3_client(cfg.aws if cfg is not None else None)
-        repo = storage.open_repository(url, s3_client=client)
+        client = storage_client.make_s3_client(cfg.aws if cfg is not None else None)
+        repo = storage_client.open_repository(url, s3_client=client)
     else:
-        repo = storage.open_repository(url)
-    return evidence.verify_bundle(repo, "", expected_manifest_sha256=manifest_sha256)
+        repo = storage_client.open_repository(url)
+    return evidence_verify.verify_bundle(repo, "", expected_manifest_sha256=manifest_sha256)
 
 
 def _print(report: Any) -> None:

@@ -37,10 +37,11 @@ def report_cmd(
     except ConfigError as exc:
         print_config_error(exc)
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    from tasks import history, report
+    from tasks.history import store as history_store
+    from tasks.report import html_report
 
     try:
-        rows = history.query_runs(
+        rows = history_store.query_runs(
             cfg.history,
             target=target,
             scenario=scenario.value if scenario else None,
@@ -52,7 +53,7 @@ def report_cmd(
     except DRError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(EXIT_FAILED) from None
-    written = report.write_html_report(rows, html)
+    written = html_report.write_html_report(rows, html)
     if json_out:
         payload = {
             "count": len(rows),

@@ -91,7 +91,7 @@ def ensure_podman_or_fallback(state: LabState, requested: str) -> str:
 
 
 def _docker_client(state: LabState) -> Any:
-    from tasks.containers import make_client
+    from tasks.containers.client import make_client
 
     return make_client(state.podman_base_url, timeout_seconds=30)
 

@@ -105,10 +105,11 @@ def _new_lab_dir(prefix: str) -> Path:
 
 def lab_pids(state: Any) -> set[int]:
     """Every PID the lab in ``state`` runs: its processes, postmasters, podman and conmon."""
-    from lab import manager, procs
+    from lab import procs
+    from lab import state as lab_state
 
     pids = {p.pid for p in state.processes.values()}
-    for cluster in manager.clusters(state).values():
+    for cluster in lab_state.clusters(state).values():
         pid = cluster.pid()
         if pid is not None:
             pids.add(pid)
@@ -160,20 +161,21 @@ def lab() -> Iterator[Any]:
     The teardown checks that ``down`` left no process and no folder (with the Podman
     engine where it is installed), so every session exercises the real ``down``.
     """
-    from lab import manager
+    from lab import down, up
+    from lab import state as lab_state
 
     base_dir = _new_lab_dir("dr-lab-test-")
     try:
-        state = manager.up(base_dir, prefect=True)
+        state = up.up(base_dir, prefect=True)
     except BaseException:
-        manager.down(base_dir)
+        down.down(base_dir)
         raise
     try:
         yield state
     finally:
-        final = manager.load_state(base_dir) or state
+        final = lab_state.load_state(base_dir) or state
         pids = lab_pids(final)
-        manager.down(base_dir)
+        down.down(base_dir)
         assert_lab_gone(base_dir, pids)
 
 
@@ -187,9 +189,9 @@ def new_lab_dir() -> Iterator[Path]:
         yield path
     finally:
         if (path / "state.json").exists():
-            from lab import manager
+            from lab import down
 
-            manager.down(path)
+            down.down(path)
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -17,8 +17,10 @@ from flows.common.backup_staging import (
     tool_conninfo,
 )
 from flows.common.backups import open_target_repository
-from tasks import backups as bk
-from tasks import postgres as pg
+from tasks.backups import dump as backups_dump
+from tasks.backups import manifest as backups_manifest
+from tasks.postgres import checks as postgres_checks
+from tasks.postgres import client as postgres_client
 
 __all__ = ["backup_database", "backup_database_task"]
 
@@ -50,11 +52,11 @@ def backup_database(
     bin_dir = pgc.primary.bin_dir
     report = progress or (lambda fraction, message="": None)
 
-    def make(backup_id: str, out_dir: Path) -> tuple[bk.Manifest, float]:
+    def make(backup_id: str, out_dir: Path) -> tuple[backups_manifest.Manifest, float]:
         db_conninfo = tool_conninfo(pgc, database)
-        with bk.SnapshotSession(db_conninfo, password=password, bin_dir=bin_dir) as snap:
+        with backups_dump.SnapshotSession(db_conninfo, password=password, bin_dir=bin_dir) as snap:
             counts = snap.row_counts()
-            info = bk.dump_database(
+            info = backups_dump.dump_database(
                 tool_conninfo(pgc, database),
                 database,
                 out_dir,
@@ -63,10 +65,10 @@ def backup_database(
                 password=password,
                 bin_dir=bin_dir,
             )
-        fingerprint = pg.schema_fingerprint(
-            pg.conninfo(pgc.primary, user=pgc.user, dbname=database, password=password)
+        fingerprint = postgres_checks.schema_fingerprint(
+            postgres_client.conninfo(pgc.primary, user=pgc.user, dbname=database, password=password)
         )["sha256"]
-        manifest = bk.build_manifest(
+        manifest = backups_manifest.build_manifest(
             out_dir,
             target=target_name,
             database=database,

@@ -29,7 +29,7 @@ from flows.common.backup_staging import DatabaseBackupResult
 from flows.common.backups import BASE_FOLDER, base_backup_target_task
 from flows.common.progress import ProgressBoard
 from flows.registry import find_config_path
-from tasks import report
+from tasks.report import tables as report_tables
 
 __all__ = ["backup_flow", "run_backup"]
 
@@ -89,7 +89,9 @@ def run_backup(
     kind = BackupKind(kind)
     names = list(tgt.postgres.databases) if kind is BackupKind.logical else [BASE_FOLDER]
     board = ProgressBoard(
-        report.artifact_key("backup", target, "progress"), f"{kind.value} backup of {target}", names
+        report_tables.artifact_key("backup", target, "progress"),
+        f"{kind.value} backup of {target}",
+        names,
     )
     try:
         futures = _submit_backups(cfg, target, kind, names, board, staging_dir)
@@ -122,7 +124,7 @@ def run_backup(
     with contextlib.suppress(Exception):
         create_markdown_artifact(
             markdown=render_markdown(result),
-            key=report.artifact_key("backup", target, "report"),
+            key=report_tables.artifact_key("backup", target, "report"),
             description=f"{kind.value} backup of {target}",
         )
     return result

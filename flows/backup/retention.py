@@ -12,7 +12,8 @@ from dr.config import DRConfig
 from dr.tasking import dr_task
 from flows.backup.models import RetentionResult
 from flows.common.backups import list_backups, open_target_repository
-from tasks import backups as bk
+from tasks.backups import retention as backups_retention
+from tasks.pitr import archiving
 
 __all__ = [
     "apply_retention",
@@ -35,7 +36,9 @@ def apply_retention(
     target = config.target(target_name)
     repo = open_target_repository(config, target.backup.repository)
     entries = list_backups(repo, folder)
-    keep, delete = bk.plan_retention(entries, target.backup.retention, now or utcnow())
+    keep, delete = backups_retention.plan_retention(
+        entries, target.backup.retention, now or utcnow()
+    )
     for entry in delete:
         count = repo.delete_prefix(f"{folder}/{entry.backup_id}/")
         log.info("retention: deleted backup %s/%s (%s objects)", folder, entry.backup_id, count)
@@ -50,7 +53,7 @@ def wal_archive_status(config: DRConfig, target_name: str) -> tuple[float | None
     if not target.backup.wal_archive:
         return None, None
     repo = open_target_repository(config, target.backup.wal_archive)
-    newest = bk.newest_wal_segment(repo)
+    newest = archiving.newest_wal_segment(repo)
     if newest is None:
         return None, None
     name, archived_at = newest

@@ -8,8 +8,9 @@ from typing import Any
 
 from dr.config import Target
 from flows.backup_verification.models import DatabaseVerification
-from tasks import backups as bk
-from tasks import postgres as pg
+from tasks.backups import verify as backups_verify
+from tasks.postgres import checks as postgres_checks
+from tasks.postgres import client as postgres_client
 
 __all__ = ["check_backup_age", "post_restore_checks"]
 
@@ -43,21 +44,25 @@ def post_restore_checks(
     """
     pgc = target.postgres
     password = pgc.password.resolve() if pgc.password else None
-    scratch_conn = pg.conninfo(pgc.primary, user=pgc.user, dbname=scratch, password=password)
-    source_conn = pg.conninfo(pgc.primary, user=pgc.user, dbname=database, password=password)
+    scratch_conn = postgres_client.conninfo(
+        pgc.primary, user=pgc.user, dbname=scratch, password=password
+    )
+    source_conn = postgres_client.conninfo(
+        pgc.primary, user=pgc.user, dbname=database, password=password
+    )
     t0 = time.perf_counter()
     if expected_counts is not None:
         _check_row_counts(scratch_conn, expected_counts, result)
     _check_schema(scratch_conn, source_conn, expected_schema, result)
     for query in _validation_queries(target, database):
-        answer = pg.run_validation_query_task(
+        answer = postgres_checks.run_validation_query_task(
             scratch_conn, name=query.name, sql=query.sql, expect=query.expect
         )
         value = answer.value if isinstance(answer.value, int | float | str | bool) else None
         result.check(f"validation {query.name}", answer.ok, answer.detail, value=value)
     # Last: --install-missing adds the amcheck extension to the scratch copy.
-    tool_conn = pg.conninfo(pgc.primary, user=pgc.user, dbname=scratch)
-    check = bk.amcheck_task(
+    tool_conn = postgres_client.conninfo(pgc.primary, user=pgc.user, dbname=scratch)
+    check = backups_verify.amcheck_task(
         tool_conn,
         heapallindexed=heapallindexed,
         jobs=2,
@@ -76,7 +81,7 @@ def post_restore_checks(
 def _check_row_counts(
     scratch_conn: str, expected_counts: dict[str, int], result: DatabaseVerification
 ) -> None:
-    counts = pg.table_row_counts_task(scratch_conn)
+    counts = postgres_checks.table_row_counts_task(scratch_conn)
     diffs = [
         f"{t}: {counts.get(t)} restored vs {expected_counts.get(t)} in the manifest"
         for t in sorted(set(counts) | set(expected_counts))
@@ -99,9 +104,9 @@ def _check_schema(
     result: DatabaseVerification,
 ) -> None:
     """Against the fingerprint at backup time when known (and note drift since), else live."""
-    restored_schema = pg.schema_fingerprint_task(scratch_conn)["sha256"]
+    restored_schema = postgres_checks.schema_fingerprint_task(scratch_conn)["sha256"]
     if expected_schema is None:
-        live = pg.schema_fingerprint_task(source_conn)["sha256"]
+        live = postgres_checks.schema_fingerprint_task(source_conn)["sha256"]
         result.check(
             "schema",
             restored_schema == live,
@@ -119,7 +124,7 @@ def _check_schema(
         else f"fingerprint {restored_schema[:12]} differs from the source's at backup time "
         f"{expected_schema[:12]}",
     )
-    live = pg.schema_fingerprint_task(source_conn)["sha256"]
+    live = postgres_checks.schema_fingerprint_task(source_conn)["sha256"]
     result.check(
         "schema unchanged since backup",
         live == expected_schema,

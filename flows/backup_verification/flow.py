@@ -59,8 +59,9 @@ from flows.backup_verification.parallel import verify_in_parallel
 from flows.backup_verification.record import mark_verified, record_results
 from flows.common.backups import open_target_repository
 from flows.lifecycle import RunContext, run_scenario
-from tasks import backups as bk
-from tasks import storage
+from tasks.backups import manifest as backups_manifest
+from tasks.storage import client as storage_client
+from tasks.storage import operations as storage_operations
 
 __all__ = ["backup_verification_flow"]
 
@@ -151,7 +152,7 @@ def _verify(ctx: RunContext, options: BackupVerificationOptions) -> None:
     finally:
         if scratch_prefix is not None:
             with contextlib.suppress(DRError):
-                storage.delete_prefix_task(repo, scratch_prefix + "/")
+                storage_operations.delete_prefix_task(repo, scratch_prefix + "/")
 
     with ctx.phase("measure"):
         measure_restore(ctx, results)
@@ -176,7 +177,7 @@ def _short_id(ctx: RunContext) -> str:
 
 def _find_newest(
     ctx: RunContext,
-    repo: storage.Repository,
+    repo: storage_client.Repository,
     drill_time: datetime,
     results: list[DatabaseVerification],
 ) -> dict[str, NewestBackup]:
@@ -210,7 +211,7 @@ def _plan(
         ctx.plan(
             "restore",
             f"{chosen.location} into scratch database "
-            f"{bk.scratch_database_name(db, short_id)}, check it, then drop it",
+            f"{backups_manifest.scratch_database_name(db, short_id)}, check it, then drop it",
         )
     for entry in foreign:
         ctx.plan("restore", f"the newest {entry.pattern} of {entry.location} into scratch")

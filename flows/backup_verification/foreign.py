@@ -17,9 +17,12 @@ from flows.backup_verification.checks import check_backup_age, post_restore_chec
 from flows.backup_verification.models import DatabaseVerification
 from flows.backup_verification.scratch import scratch_database
 from flows.common.backups import open_target_repository
-from tasks import backups as bk
-from tasks import postgres as pg
-from tasks import storage
+from tasks.backups import plain as backups_plain
+from tasks.backups import restore as backups_restore
+from tasks.backups import retention as backups_retention
+from tasks.postgres import client as postgres_client
+from tasks.storage import client as storage_client
+from tasks.storage import operations as storage_operations
 
 __all__ = [
     "restore_foreign_dump",
@@ -49,7 +52,9 @@ def verify_foreign_backup(
     target = config.target(target_name)
     pgc = target.postgres
     report_progress = progress or (lambda fraction, message="": None)
-    database = entry.database or bk.foreign_database_hint(entry.pattern) or pgc.databases[0]
+    database = (
+        entry.database or backups_retention.foreign_database_hint(entry.pattern) or pgc.databases[0]
+    )
     result = DatabaseVerification(
         database=database,
         label=f"foreign {entry.pattern} ({database})",
@@ -57,8 +62,8 @@ def verify_foreign_backup(
         location=entry.location,
     )
     repo = open_target_repository(config, entry.location)
-    found = storage.glob_objects_task(repo, entry.pattern)
-    newest = bk.pick_newest(found)
+    found = storage_operations.glob_objects_task(repo, entry.pattern)
+    newest = backups_retention.pick_newest(found)
     if newest is None:
         result.check(
             "newest foreign dump",
@@ -74,8 +79,8 @@ def verify_foreign_backup(
     result.check("newest foreign dump", True, f"{newest.key} ({newest.size} bytes)")
     check_backup_age(result, newest.mtime, now or utcnow(), rpo_seconds, seen="file modified")
     try:
-        head = storage.read_object_task(repo, newest.key, HEAD_BYTES)
-        fmt = bk.detect_dump_format(head)
+        head = storage_operations.read_object_task(repo, newest.key, HEAD_BYTES)
+        fmt = backups_restore.detect_dump_format(head)
     except (VerificationError, ObjectNotFound) as exc:
         result.check("restore", False, str(exc))
         return result
@@ -97,8 +102,8 @@ def verify_foreign_backup(
 
 def _restore(
     target: Target,
-    repo: storage.Repository,
-    newest: storage.ObjectInfo,
+    repo: storage_client.Repository,
+    newest: storage_client.ObjectInfo,
     fmt: str,
     scratch: str,
     result: DatabaseVerification,
@@ -107,7 +112,7 @@ def _restore(
     """Restore the foreign dump into the scratch database; False when it failed."""
     pgc = target.postgres
     password = pgc.password.resolve() if pgc.password else None
-    tool_conn = pg.conninfo(pgc.primary, user=pgc.user, dbname=scratch)
+    tool_conn = postgres_client.conninfo(pgc.primary, user=pgc.user, dbname=scratch)
     result.fetch_started_at = utcnow()
     t0 = time.perf_counter()
     try:
@@ -143,7 +148,7 @@ verify_foreign_backup_task = dr_task(
 
 
 def restore_foreign_dump(
-    repo: storage.Repository,
+    repo: storage_client.Repository,
     key: str,
     fmt: str,
     tool_conninfo: str,
@@ -152,7 +157,7 @@ def restore_foreign_dump(
     bin_dir: Path | None,
     total_bytes: int,
     progress: Callable[[float, str], None],
-) -> bk.RestoreInfo:
+) -> backups_restore.RestoreInfo:
     """Stream a foreign dump from the repository into the scratch database.
 
     Plain SQL goes through psql (gunzip on the fly), a custom-format archive through
@@ -160,7 +165,7 @@ def restore_foreign_dump(
     """
     with repo.open_read(key) as fh:
         if fmt in ("plain", "plain-gzip"):
-            return bk.restore_plain(
+            return backups_plain.restore_plain(
                 fh,
                 tool_conninfo,
                 gzipped=fmt == "plain-gzip",
@@ -169,7 +174,7 @@ def restore_foreign_dump(
                 progress_cb=progress,
                 total_bytes=total_bytes,
             )
-        return bk.restore_custom(
+        return backups_restore.restore_custom(
             fh,
             tool_conninfo,
             gzipped=fmt == "custom-gzip",

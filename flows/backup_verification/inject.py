@@ -10,20 +10,22 @@ from dr.errors import VerificationError
 from dr.tasking import dr_task
 from flows.backup_verification.models import SCRATCH_FOLDER, Injection, NewestBackup
 from flows.lifecycle import RunContext
-from tasks import backups as bk
-from tasks import storage
+from tasks.backups import inject as backups_inject
+from tasks.backups import manifest as backups_manifest
+from tasks.storage import client as storage_client
+from tasks.storage import operations as storage_operations
 
 __all__ = ["choose_injection", "inject_failure", "inject_into_copy", "inject_into_copy_task"]
 
 
 def inject_into_copy(
-    repo: storage.Repository,
+    repo: storage_client.Repository,
     newest: NewestBackup,
     injection: Injection,
     *,
     scratch_prefix: str,
     work_dir: str | None = None,
-) -> tuple[NewestBackup, bk.InjectionInfo]:
+) -> tuple[NewestBackup, backups_inject.InjectionInfo]:
     """Copy the newest backup to ``scratch_prefix`` in the repository, corrupted.
 
     The real backup is only read (and its checksums verified on the way down).
@@ -39,18 +41,19 @@ def inject_into_copy(
             repo.get_to_file(
                 f"{real_prefix}/{entry.path}", real / entry.path, expected_sha256=entry.sha256
             )
-        bk.write_manifest(newest.manifest, real / bk.MANIFEST_NAME)
+        backups_manifest.write_manifest(newest.manifest, real / backups_manifest.MANIFEST_NAME)
         kind = "flip" if injection is Injection.bad_backup else "truncate"
-        info = bk.inject_bad_backup(
+        info = backups_inject.inject_bad_backup(
             real, bad, kind, reseal_manifest=injection is Injection.bad_backup_truncate
         )
-        manifest = bk.read_manifest(bad / bk.MANIFEST_NAME)
+        manifest = backups_manifest.read_manifest(bad / backups_manifest.MANIFEST_NAME)
         for entry in manifest.files:
             with open(bad / entry.path, "rb") as fh:
                 # The copy's bytes are what they are: no expected checksum on the way up.
                 repo.put_stream(f"{scratch_prefix}/{entry.path}", fh)
         repo.put_bytes(
-            f"{scratch_prefix}/{bk.MANIFEST_NAME}", (bad / bk.MANIFEST_NAME).read_bytes()
+            f"{scratch_prefix}/{backups_manifest.MANIFEST_NAME}",
+            (bad / backups_manifest.MANIFEST_NAME).read_bytes(),
         )
     folder, _, backup_id = scratch_prefix.rpartition("/")
     copy = NewestBackup(
@@ -85,7 +88,7 @@ def choose_injection(
 
 def inject_failure(
     ctx: RunContext,
-    repo: storage.Repository,
+    repo: storage_client.Repository,
     newest: dict[str, NewestBackup],
     injected_db: str,
     injection: Injection,
@@ -106,7 +109,7 @@ def inject_failure(
             outcome="created",
             undo=f"delete {copy.location}",
         ),
-        undo=lambda: storage.delete_prefix_task(repo, prefix + "/"),
+        undo=lambda: storage_operations.delete_prefix_task(repo, prefix + "/"),
     )
     ctx.details["injection"] = {
         "injection": injection.value,

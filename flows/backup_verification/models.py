@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 
 from dr.errors import redact
 from flows.common.options import AlertOptions
-from tasks import backups as bk
+from tasks.backups import inject as backups_inject
+from tasks.backups import manifest as backups_manifest
 
 __all__ = [
     "SCRATCH_FOLDER",
@@ -60,7 +61,7 @@ class NewestBackup(BaseModel):
     database: str
     folder: str
     backup_id: str
-    manifest: bk.Manifest
+    manifest: backups_manifest.Manifest
     location: str
 
 
@@ -84,7 +85,7 @@ class DatabaseVerification(BaseModel):
     checks_seconds: float | None = None
     scratch_database: str | None = None
     scratch_dropped: bool = False
-    injected: bk.InjectionInfo | None = None
+    injected: backups_inject.InjectionInfo | None = None
     checks: list[CheckOutcome] = Field(default_factory=list)
     error: str = ""
 

@@ -6,13 +6,16 @@ from dr.errors import ObjectNotFound, VerificationError
 from dr.tasking import dr_task
 from flows.backup_verification.models import NewestBackup
 from flows.common.backups import list_backups
-from tasks import backups as bk
-from tasks import storage
+from tasks.backups import manifest as backups_manifest
+from tasks.storage import client as storage_client
+from tasks.storage import operations as storage_operations
 
 __all__ = ["find_newest_backup", "find_newest_backup_task"]
 
 
-def find_newest_backup(repo: storage.Repository, target_name: str, database: str) -> NewestBackup:
+def find_newest_backup(
+    repo: storage_client.Repository, target_name: str, database: str
+) -> NewestBackup:
     """The newest complete backup of a database, with its manifest.
 
     Raises:
@@ -46,15 +49,21 @@ def find_newest_backup(repo: storage.Repository, target_name: str, database: str
     )
 
 
-def _read_remote_manifest(repo: storage.Repository, prefix: str) -> bk.Manifest:
+def _read_remote_manifest(
+    repo: storage_client.Repository, prefix: str
+) -> backups_manifest.Manifest:
     try:
-        data = storage.read_object_task(repo, f"{prefix}/{bk.MANIFEST_NAME}")
+        data = storage_operations.read_object_task(
+            repo, f"{prefix}/{backups_manifest.MANIFEST_NAME}"
+        )
     except ObjectNotFound as exc:
         raise VerificationError(f"{repo.url_for(prefix)}: manifest missing") from exc
-    return bk.read_manifest(data)
+    return backups_manifest.read_manifest(data)
 
 
-def _check_identity(manifest: bk.Manifest, target_name: str, database: str, where: str) -> None:
+def _check_identity(
+    manifest: backups_manifest.Manifest, target_name: str, database: str, where: str
+) -> None:
     if manifest.target != target_name:
         raise VerificationError(
             f"{where} is a backup of target {manifest.target!r}, not {target_name!r}; "
@@ -64,8 +73,10 @@ def _check_identity(manifest: bk.Manifest, target_name: str, database: str, wher
         raise VerificationError(
             f"{where} is a backup of database {manifest.database!r}, not {database!r}"
         )
-    if manifest.kind != bk.DUMP_KIND:
-        raise VerificationError(f"{where} is a {manifest.kind} backup, not a {bk.DUMP_KIND}")
+    if manifest.kind != backups_manifest.DUMP_KIND:
+        raise VerificationError(
+            f"{where} is a {manifest.kind} backup, not a {backups_manifest.DUMP_KIND}"
+        )
 
 
 find_newest_backup_task = dr_task(find_newest_backup, name="find-newest-backup", retries=2)

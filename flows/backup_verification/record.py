@@ -10,14 +10,15 @@ from dr.errors import VerificationError
 from flows.backup_verification.models import DatabaseVerification
 from flows.backup_verification.scratch import drop_scratch_database
 from flows.lifecycle import RunContext
-from tasks import backups as bk
-from tasks import storage
+from tasks.backups import manifest as backups_manifest
+from tasks.storage import client as storage_client
+from tasks.storage import operations as storage_operations
 
 __all__ = ["mark_verified", "record_results"]
 
 
 def mark_verified(
-    ctx: RunContext, repo: storage.Repository, result: DatabaseVerification, folder: str
+    ctx: RunContext, repo: storage_client.Repository, result: DatabaseVerification, folder: str
 ) -> None:
     """Write ``verified.json`` next to a backup that passed (retention keeps the newest one)."""
     prefix = f"{folder}/{result.backup_id}"
@@ -30,8 +31,11 @@ def mark_verified(
         "checks": [c.model_dump(mode="json") for c in result.checks],
     }
     # Not a change to compensate: the backup was verified, whatever else fails later.
-    put = storage.put_bytes_task(
-        repo, f"{prefix}/{bk.VERIFIED_NAME}", json.dumps(body, indent=2).encode(), overwrite=True
+    put = storage_operations.put_bytes_task(
+        repo,
+        f"{prefix}/{backups_manifest.VERIFIED_NAME}",
+        json.dumps(body, indent=2).encode(),
+        overwrite=True,
     )
     ctx.note(f"{result.database}: backup {result.backup_id} marked verified ({put.url})")
 

@@ -20,17 +20,19 @@ from flows.backup_verification.models import DatabaseVerification, NewestBackup
 from flows.backup_verification.newest import find_newest_backup_task
 from flows.backup_verification.scratch import scratch_database
 from flows.common.backups import open_target_repository
-from tasks import backups as bk
-from tasks import postgres as pg
-from tasks import storage
+from tasks.backups import manifest as backups_manifest
+from tasks.backups import restore as backups_restore
+from tasks.postgres import client as postgres_client
+from tasks.storage import client as storage_client
+from tasks.storage import operations as storage_operations
 
 __all__ = ["verify_database_backup", "verify_database_backup_task"]
 
 
 def fetch_backup_files(
-    repo: storage.Repository,
+    repo: storage_client.Repository,
     prefix: str,
-    manifest: bk.Manifest,
+    manifest: backups_manifest.Manifest,
     dest: Path,
     progress: Callable[[float, str], None],
 ) -> None:
@@ -38,7 +40,7 @@ def fetch_backup_files(
     total = max(1, manifest.total_bytes)
     done = 0
     for entry in manifest.files:
-        storage.get_to_file_task(
+        storage_operations.get_to_file_task(
             repo, f"{prefix}/{entry.path}", dest / entry.path, expected_sha256=entry.sha256
         )
         local_size = (dest / entry.path).stat().st_size
@@ -142,10 +144,10 @@ def _restore(
     """``pg_restore`` the downloaded dump into the scratch database; False when it failed."""
     pgc = target.postgres
     password = pgc.password.resolve() if pgc.password else None
-    tool_conn = pg.conninfo(pgc.primary, user=pgc.user, dbname=scratch)
+    tool_conn = postgres_client.conninfo(pgc.primary, user=pgc.user, dbname=scratch)
     t1 = time.perf_counter()
     try:
-        restored = bk.restore_dump_task(
+        restored = backups_restore.restore_dump_task(
             local,
             tool_conn,
             password=password,
@@ -154,7 +156,7 @@ def _restore(
         )
     except DRError as exc:
         result.restore_seconds = round(time.perf_counter() - t1, 3)
-        found = bk.diagnose_dump_dir(local)
+        found = backups_manifest.diagnose_dump_dir(local)
         result.check("restore", False, str(exc) + (f" [{'; '.join(found[:3])}]" if found else ""))
         return False
     result.restore_seconds = restored.duration_seconds

@@ -10,8 +10,9 @@ from dr.changes import Change
 from dr.config import PostgresConfig, Target
 from dr.errors import DRError, UnsafeTargetError
 from flows.backup_verification.models import DatabaseVerification
-from tasks import backups as bk
-from tasks import postgres as pg
+from tasks.backups import manifest as backups_manifest
+from tasks.postgres import admin as postgres_admin
+from tasks.postgres import client as postgres_client
 
 __all__ = ["drop_scratch_database", "maintenance_conninfo", "protected", "scratch_database"]
 
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def maintenance_conninfo(pgc: PostgresConfig, password: str | None) -> str:
-    return pg.conninfo(
+    return postgres_client.conninfo(
         pgc.primary,
         user=pgc.user,
         dbname=pgc.maintenance_db,
@@ -46,15 +47,15 @@ def scratch_database(
     pgc = target.postgres
     password = pgc.password.resolve() if pgc.password else None
     maint = maintenance_conninfo(pgc, password)
-    name = bk.scratch_database_name(database, short_id)
+    name = backups_manifest.scratch_database_name(database, short_id)
     if name in protected(target):
         raise UnsafeTargetError(f"scratch name {name!r} is a database of the target; refusing")
-    if pg.database_exists_task(maint, name):
+    if postgres_admin.database_exists_task(maint, name):
         raise UnsafeTargetError(
-            f"scratch database {name!r} already exists on {pg.describe_conninfo(maint)}; "
+            f"scratch database {name!r} already exists on {postgres_client.describe_conninfo(maint)}; "
             "refusing to restore over it (drop it by hand if it is a leftover of a drill)"
         )
-    change = pg.create_database_task(maint, name, template="template0")
+    change = postgres_admin.create_database_task(maint, name, template="template0")
     if change.outcome != "created":
         # Created by someone else between the check and the CREATE: not ours to use or drop.
         raise UnsafeTargetError(f"scratch database {name!r} appeared concurrently; refusing")
@@ -63,7 +64,9 @@ def scratch_database(
         yield name
     finally:
         try:
-            pg.drop_database_task(maint, name, must_not_be=protected(target), force=True)
+            postgres_admin.drop_database_task(
+                maint, name, must_not_be=protected(target), force=True
+            )
             result.scratch_dropped = True
         except DRError as exc:
             result.error = result.error or f"scratch database {name} not dropped: {exc}"
@@ -75,6 +78,6 @@ def drop_scratch_database(target: Target, name: str) -> Change:
     """Drop a scratch database left behind (the run's undo), never a protected one."""
     pgc = target.postgres
     password = pgc.password.resolve() if pgc.password else None
-    return pg.drop_database_task(
+    return postgres_admin.drop_database_task(
         maintenance_conninfo(pgc, password), name, must_not_be=protected(target), force=True
     )

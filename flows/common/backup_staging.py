@@ -33,9 +33,9 @@ from pydantic import BaseModel, Field
 from dr.clock import utcnow
 from dr.config import PostgresConfig
 from dr.errors import DRError, PreconditionError
-from tasks import backups as bk
-from tasks import storage
+from tasks.backups import manifest as backups_manifest
 from tasks.postgres.client import conninfo
+from tasks.storage import client as storage_client
 
 __all__ = [
     "LOCK_FILE",
@@ -119,19 +119,19 @@ def _read_marker(path: Path) -> _Marker | None:
         return None
 
 
-def _usable_partial(stage: Path, marker: _Marker | None) -> bk.Manifest | None:
+def _usable_partial(stage: Path, marker: _Marker | None) -> backups_manifest.Manifest | None:
     """The manifest of a staged, complete, unchanged dump the marker names; else None."""
     if marker is None:
         return None
     folder = stage / marker.backup_id
-    manifest_path = folder / bk.MANIFEST_NAME
+    manifest_path = folder / backups_manifest.MANIFEST_NAME
     if not manifest_path.is_file():
         return None
     try:
-        manifest = bk.read_manifest(manifest_path)
+        manifest = backups_manifest.read_manifest(manifest_path)
     except DRError:
         return None
-    problems = bk.verify_local_files(folder, manifest)
+    problems = backups_manifest.verify_local_files(folder, manifest)
     if problems:
         log.warning("staged backup %s changed on disk (%s); discarding it", folder, problems[0])
         return None
@@ -139,10 +139,10 @@ def _usable_partial(stage: Path, marker: _Marker | None) -> bk.Manifest | None:
 
 
 def _upload(
-    repo: storage.Repository,
+    repo: storage_client.Repository,
     prefix: str,
     folder: Path,
-    manifest: bk.Manifest,
+    manifest: backups_manifest.Manifest,
     progress: Callable[[float, str], None],
 ) -> tuple[int, int]:
     """Stream every file up with its SHA-256, then the manifest. Returns (sent, unchanged)."""
@@ -160,16 +160,17 @@ def _upload(
         progress(0.3 + 0.7 * done / total, f"uploaded {entry.path}")
     # Last: only now is the backup complete for drills and retention.
     repo.put_bytes(
-        f"{prefix}/{bk.MANIFEST_NAME}", (manifest.model_dump_json(indent=2) + "\n").encode()
+        f"{prefix}/{backups_manifest.MANIFEST_NAME}",
+        (manifest.model_dump_json(indent=2) + "\n").encode(),
     )
     return sent, unchanged
 
 
 def stage_and_upload(
-    repo: storage.Repository,
+    repo: storage_client.Repository,
     folder_key: str,
     stage: Path,
-    make: Callable[[str, Path], tuple[bk.Manifest, float]],
+    make: Callable[[str, Path], tuple[backups_manifest.Manifest, float]],
     progress: Callable[[float, str], None],
     *,
     label: str,
@@ -212,9 +213,9 @@ def _fresh_marker(marker_path: Path, label: str) -> _Marker | None:
 
 def _fresh_dump(
     stage: Path,
-    make: Callable[[str, Path], tuple[bk.Manifest, float]],
+    make: Callable[[str, Path], tuple[backups_manifest.Manifest, float]],
     progress: Callable[[float, str], None],
-) -> tuple[bk.Manifest, float]:
+) -> tuple[backups_manifest.Manifest, float]:
     """Clear the staging folder, make a new backup in it, and mark it resumable."""
     marker_path = stage / PARTIAL_MARKER
     # Anything left in staging without a usable marker is an interrupted dump: useless.
@@ -226,10 +227,10 @@ def _fresh_dump(
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
-    backup_id = bk.new_backup_id()
+    backup_id = backups_manifest.new_backup_id()
     progress(0.02, "dumping")
     manifest, dump_seconds = make(backup_id, stage / backup_id)
-    bk.write_manifest(manifest, stage / backup_id / bk.MANIFEST_NAME)
+    backups_manifest.write_manifest(manifest, stage / backup_id / backups_manifest.MANIFEST_NAME)
     marker_path.write_text(
         _Marker(
             backup_id=backup_id,
@@ -243,10 +244,10 @@ def _fresh_dump(
 
 
 def _stage_and_upload_locked(
-    repo: storage.Repository,
+    repo: storage_client.Repository,
     folder_key: str,
     stage: Path,
-    make: Callable[[str, Path], tuple[bk.Manifest, float]],
+    make: Callable[[str, Path], tuple[backups_manifest.Manifest, float]],
     progress: Callable[[float, str], None],
     *,
     label: str,

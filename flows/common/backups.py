@@ -23,9 +23,12 @@ from flows.common.backup_staging import (
     staging_root,
     tool_conninfo,
 )
-from tasks import backups as bk
-from tasks import postgres as pg
-from tasks import storage
+from tasks.backups import manifest as backups_manifest
+from tasks.backups import retention as backups_retention
+from tasks.pitr import base_backup
+from tasks.postgres import assess
+from tasks.postgres import client as postgres_client
+from tasks.storage import client as storage_client
 
 __all__ = [
     "BASE_FOLDER",
@@ -40,11 +43,13 @@ __all__ = [
 BASE_FOLDER = "base"
 
 
-def open_target_repository(config: DRConfig, url: str) -> storage.Repository:
+def open_target_repository(config: DRConfig, url: str) -> storage_client.Repository:
     """Open a repository URL of the config, with the config's S3 endpoint and credentials."""
     if url.startswith("s3://"):
-        return storage.open_repository(url, s3_client=storage.make_s3_client(config.aws))
-    return storage.open_repository(url)
+        return storage_client.open_repository(
+            url, s3_client=storage_client.make_s3_client(config.aws)
+        )
+    return storage_client.open_repository(url)
 
 
 def backup_id_time(backup_id: str) -> datetime | None:
@@ -55,13 +60,15 @@ def backup_id_time(backup_id: str) -> datetime | None:
         return None
 
 
-def list_backups(repo: storage.Repository, folder: str) -> list[bk.BackupEntry]:
+def list_backups(
+    repo: storage_client.Repository, folder: str
+) -> list[backups_retention.BackupEntry]:
     """Every backup under ``<folder>/``: complete when its manifest is there.
 
     ``folder`` is ``<target>/<database>`` or ``<target>/base``. Start times come from the
     ids (no manifest is downloaded); ids that encode none use the oldest object's time.
     """
-    grouped: dict[str, list[storage.ObjectInfo]] = {}
+    grouped: dict[str, list[storage_client.ObjectInfo]] = {}
     for obj in repo.list(folder.rstrip("/") + "/"):
         rest = obj.key[len(folder.rstrip("/")) + 1 :]
         if "/" not in rest:
@@ -73,11 +80,11 @@ def list_backups(repo: storage.Repository, folder: str) -> list[bk.BackupEntry]:
         names = {o.key.rsplit("/", 1)[-1] for o in objs}
         started = backup_id_time(backup_id) or min(o.mtime for o in objs)
         entries.append(
-            bk.BackupEntry(
+            backups_retention.BackupEntry(
                 backup_id=backup_id,
                 started_at=started,
-                complete=bk.MANIFEST_NAME in names,
-                verified=bk.VERIFIED_NAME in names,
+                complete=backups_manifest.MANIFEST_NAME in names,
+                verified=backups_manifest.VERIFIED_NAME in names,
             )
         )
     return sorted(entries, key=lambda e: (e.started_at, e.backup_id), reverse=True)
@@ -101,18 +108,20 @@ def base_backup_target(
     password = resolve_password(pgc)
     report = progress or (lambda fraction, message="": None)
 
-    def make(backup_id: str, out_dir: Path) -> tuple[bk.Manifest, float]:
-        info = bk.base_backup(
+    def make(backup_id: str, out_dir: Path) -> tuple[backups_manifest.Manifest, float]:
+        info = base_backup.base_backup(
             tool_conninfo(pgc, pgc.maintenance_db),
             out_dir,
             password=password,
             bin_dir=pgc.primary.bin_dir,
             label=f"dr-pipelines {target_name} {backup_id}",
         )
-        server_version = pg.health(
-            pg.conninfo(pgc.primary, user=pgc.user, dbname=pgc.maintenance_db, password=password)
+        server_version = assess.health(
+            postgres_client.conninfo(
+                pgc.primary, user=pgc.user, dbname=pgc.maintenance_db, password=password
+            )
         ).server_version
-        manifest = bk.build_manifest(
+        manifest = backups_manifest.build_manifest(
             out_dir,
             target=target_name,
             database="*",
@@ -125,7 +134,7 @@ def base_backup_target(
             timeline=info.timeline,
             row_counts={},
             backup_id=backup_id,
-            kind=bk.BASE_KIND,
+            kind=backups_manifest.BASE_KIND,
         )
         return manifest, info.duration_seconds
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect.context import FlowRunContext
 
-from tasks import report
+from tasks.report import artifacts as report_artifacts
 
 __all__ = ["PROGRESS_INTERVAL_SECONDS", "ProgressBoard"]
 
@@ -28,7 +28,7 @@ class ProgressBoard:
         self._lock = threading.Lock()
         self._state: dict[str, tuple[float, str]] = {n: (0.0, "waiting") for n in names}
         self._artifact = (
-            report.ProgressArtifact(key, description)
+            report_artifacts.ProgressArtifact(key, description)
             if key and FlowRunContext.get() is not None
             else None
         )

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from dr.changes import Change
 from dr.config import DRConfig, Mode, Objectives, Scenario, Target
 from flows.lifecycle.models import ApprovalRecord, CheckRecord, Measurement, PhaseRecord
-from tasks import notify, report
+from tasks.notify import thread as notify_thread
+from tasks.report import artifacts as report_artifacts
 
 if TYPE_CHECKING:
     from tasks.postgres.heartbeat import HeartbeatProbe
@@ -35,7 +36,7 @@ class RunBase:
     restored_at: datetime | None
     flow_run_id: str | None
     flow_run_url: str | None
-    slack: notify.SlackThread | notify.NullThread
+    slack: notify_thread.SlackThread | notify_thread.NullThread
     phases: list[PhaseRecord]
     checks: list[CheckRecord]
     changes: list[Change]
@@ -50,7 +51,7 @@ class RunBase:
     _current_phase: str | None
     _waiting_for: str | None
     _started: float
-    _progress: report.ProgressArtifact | None
+    _progress: report_artifacts.ProgressArtifact | None
     _probe: HeartbeatProbe | None
     _log: logging.Logger | logging.LoggerAdapter[logging.Logger]
 

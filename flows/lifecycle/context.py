@@ -21,7 +21,8 @@ from flows.lifecycle.measure import Measuring
 from flows.lifecycle.models import ApprovalRecord, CheckRecord, Measurement, PhaseRecord
 from flows.lifecycle.runlog import run_logger
 from flows.lifecycle.timeline import Timeline
-from tasks import notify, report
+from tasks.notify import thread as notify_thread
+from tasks.report import artifacts as report_artifacts
 
 if TYPE_CHECKING:
     from tasks.postgres.heartbeat import HeartbeatProbe
@@ -47,7 +48,7 @@ class RunContext(Timeline, ApprovalGates, Measuring, Compensation):
         declared_at: datetime,
         flow_run_id: str | None,
         flow_run_url: str | None,
-        slack: notify.SlackThread | notify.NullThread,
+        slack: notify_thread.SlackThread | notify_thread.NullThread,
     ) -> None:
         self.config = config
         self.target_name = target_name
@@ -77,6 +78,6 @@ class RunContext(Timeline, ApprovalGates, Measuring, Compensation):
         self._current_phase: str | None = None
         self._waiting_for: str | None = None
         self._started = time.monotonic()
-        self._progress: report.ProgressArtifact | None = None
+        self._progress: report_artifacts.ProgressArtifact | None = None
         self._probe: HeartbeatProbe | None = None
         self._log = run_logger()

@@ -11,7 +11,11 @@ from dr.errors import ApprovalError, redact
 from flows.lifecycle.context import RunContext
 from flows.lifecycle.measure import derive_measurement, meets_objectives
 from flows.lifecycle.models import RunOutcome, RunResult
-from tasks import history, notify, report
+from tasks.history import store as history_store
+from tasks.notify import blocks as notify_blocks
+from tasks.report import artifacts as report_artifacts
+from tasks.report import markdown as report_markdown
+from tasks.report import tables as report_tables
 
 __all__ = ["SLACK_FLUSH_SECONDS", "finish_run", "result_for"]
 
@@ -100,9 +104,9 @@ def finish_run(ctx: RunContext, error: BaseException | None) -> RunResult:
         result.scenario,
         result.target,
         result.outcome,
-        report.format_duration(result.rto_seconds),
+        report_tables.format_duration(result.rto_seconds),
         objectives.rto_seconds,
-        report.format_duration(result.rpo_seconds),
+        report_tables.format_duration(result.rpo_seconds),
         objectives.rpo_seconds,
         "met" if objectives_met else "not met",
     )
@@ -117,7 +121,7 @@ def _final_slack(ctx: RunContext, result: RunResult) -> None:
     notes = [n for n in [result.reason, *result.not_undone] if n]
     if result.plan:
         notes.append(f"dry run: {len(result.plan)} planned step(s), nothing changed")
-    final = notify.final_blocks(
+    final = notify_blocks.final_blocks(
         result.outcome,
         result.rto_seconds,
         result.rpo_seconds,
@@ -127,12 +131,12 @@ def _final_slack(ctx: RunContext, result: RunResult) -> None:
         notes,
     )
     summary = (
-        f"{result.outcome.upper()}: RTO {report.format_duration(result.rto_seconds)}"
-        f" (objective {report.format_duration(result.objectives.rto_seconds)}),"
-        f" RPO {report.format_duration(result.rpo_seconds)}"
-        f" (objective {report.format_duration(result.objectives.rpo_seconds)})"
+        f"{result.outcome.upper()}: RTO {report_tables.format_duration(result.rto_seconds)}"
+        f" (objective {report_tables.format_duration(result.objectives.rto_seconds)}),"
+        f" RPO {report_tables.format_duration(result.rpo_seconds)}"
+        f" (objective {report_tables.format_duration(result.objectives.rpo_seconds)})"
     )
-    opening = notify.incident_opening_blocks(
+    opening = notify_blocks.incident_opening_blocks(
         result.scenario,
         result.target,
         result.mode,
@@ -159,7 +163,7 @@ def _record_history(ctx: RunContext, result: RunResult) -> None:
         result.notes.append("history not written: no history.dsn in the config")
         return
     try:
-        history.record_run(ctx.config.history, result.model_dump(mode="json"))
+        history_store.record_run(ctx.config.history, result.model_dump(mode="json"))
     except Exception as exc:  # noqa: BLE001 - a run completes even if history is down
         result.notes.append(redact(f"history not written: {exc}"))
         ctx._log.error("history not written: %s", redact(str(exc)))
@@ -172,7 +176,7 @@ def _publish(ctx: RunContext, result: RunResult) -> None:
     note = ""
     if result.history_written:
         try:
-            past = history.query_runs(
+            past = history_store.query_runs(
                 ctx.config.history, target=result.target, scenario=result.scenario
             )
         except Exception as exc:  # noqa: BLE001 - the chart then shows this run only
@@ -180,16 +184,16 @@ def _publish(ctx: RunContext, result: RunResult) -> None:
     else:
         note = "History was not written for this run; the chart shows this run only."
     keys = {
-        "table": report.artifact_key(result.scenario, result.target),
-        "markdown": report.artifact_key(result.scenario, result.target, "report"),
+        "table": report_tables.artifact_key(result.scenario, result.target),
+        "markdown": report_tables.artifact_key(result.scenario, result.target, "report"),
     }
     result.artifacts = keys
     if ctx.flow_run_id is None:
         return
     try:
         dump = result.model_dump(mode="json")
-        markdown = report.render_markdown(dump, history=past, history_note=note)
-        report.publish_run_artifacts(dump, markdown)
+        markdown = report_markdown.render_markdown(dump, history=past, history_note=note)
+        report_artifacts.publish_run_artifacts(dump, markdown)
     except Exception as exc:  # noqa: BLE001 - the result is still returned and recorded
         result.artifacts = {}
         ctx._log.error("artifacts not written: %s", redact(str(exc)))

@@ -17,7 +17,8 @@ from flows.lifecycle.models import RunFailed, RunResult
 from flows.lifecycle.runlog import run_logger
 from flows.lifecycle.timeline import StatusTicker
 from flows.registry import find_config_path
-from tasks import notify
+from tasks.notify import blocks as notify_blocks
+from tasks.notify import thread as notify_thread
 
 __all__ = ["SLACK_RETRY_BUDGET_SECONDS", "run_scenario"]
 
@@ -130,7 +131,7 @@ def run_scenario(
             declared_at=declared_at,
             flow_run_id=flow_run_id,
             flow_run_url=flow_run_url,
-            slack=notify.slack_thread_for(
+            slack=notify_thread.slack_thread_for(
                 cfg.slack, tgt.slack_channel, retry_budget_seconds=SLACK_RETRY_BUDGET_SECONDS
             ),
         )
@@ -151,7 +152,7 @@ def _open_incident(ctx: RunContext) -> None:
     ctx.slack.open(
         f"DR {mode}: {scenario} on {target} ({ctx.severity}) started"
         + (f": {ctx.flow_run_url}" if ctx.flow_run_url else ""),
-        notify.incident_opening_blocks(
+        notify_blocks.incident_opening_blocks(
             scenario, target, mode, ctx.severity, ctx.flow_run_url, "in_progress"
         ),
     )

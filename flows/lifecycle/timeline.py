@@ -15,7 +15,9 @@ from dr.clock import utcnow
 from dr.errors import ApprovalError, redact
 from flows.lifecycle.base import RunBase
 from flows.lifecycle.models import CheckRecord, PhaseRecord
-from tasks import notify, report
+from tasks.notify import blocks as notify_blocks
+from tasks.report import artifacts as report_artifacts
+from tasks.report import tables as report_tables
 
 if TYPE_CHECKING:
     from flows.lifecycle.context import RunContext
@@ -90,7 +92,9 @@ class Timeline(RunBase):
             self.slack.reply(
                 f"{name}: {record.outcome} in {duration:.1f} s"
                 + (f" ({record.detail})" if record.detail else ""),
-                notify.phase_reply_blocks(name, record.outcome, duration, record.detail or None),
+                notify_blocks.phase_reply_blocks(
+                    name, record.outcome, duration, record.detail or None
+                ),
             )
 
     def plan(self, action: str, obj: str) -> bool:
@@ -213,8 +217,10 @@ class Timeline(RunBase):
             return
         try:
             if self._progress is None:
-                key = report.artifact_key(self.scenario.value, self.target_name, "progress")
-                self._progress = report.ProgressArtifact(key, f"{self.scenario.value} progress")
+                key = report_tables.artifact_key(self.scenario.value, self.target_name, "progress")
+                self._progress = report_artifacts.ProgressArtifact(
+                    key, f"{self.scenario.value} progress"
+                )
             self._progress.update(fraction, message)
         except Exception as exc:  # noqa: BLE001 - progress display never fails a recovery
             self._log.warning("progress artifact not updated: %s", exc)

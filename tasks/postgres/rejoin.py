@@ -311,3 +311,4 @@ rebuild_from_base_backup_task = dr_task(
     name="postgres-rebuild-from-base-backup",
     retries=0,
 )
+last_checkpoint_task = dr_task(last_checkpoint, name="postgres-last-checkpoint", retries=0)

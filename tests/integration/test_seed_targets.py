@@ -25,15 +25,16 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from dr.cli import app
+from cli.main import app
 from dr.config import load_config
-from lab import manager, seeds
-from tasks import measure
+from lab import seeds, status, up
+from lab import state as lab_state
+from tasks.health import checks as health_checks
 
 pytestmark = pytest.mark.integration
 
 
-def _conn(lab: manager.LabState, dbname: str) -> psycopg.Connection[Any]:
+def _conn(lab: lab_state.LabState, dbname: str) -> psycopg.Connection[Any]:
     return psycopg.connect(
         host="127.0.0.1", port=lab.primary.port, dbname=dbname, user="postgres", autocommit=True
     )
@@ -43,7 +44,7 @@ def _quiet() -> Console:
     return Console(file=io.StringIO(), width=200)
 
 
-def _scratch_databases(lab: manager.LabState) -> list[str]:
+def _scratch_databases(lab: lab_state.LabState) -> list[str]:
     with _conn(lab, "postgres") as conn:
         rows = conn.execute(
             "SELECT datname FROM pg_catalog.pg_database WHERE datname LIKE 'dr\\_verify\\_%'"
@@ -65,7 +66,7 @@ def traversable_dir() -> Iterator[Path]:
 # --------------------------------------------------------------------------- config
 
 
-def test_every_seed_is_a_valid_target_of_the_lab(lab: manager.LabState) -> None:
+def test_every_seed_is_a_valid_target_of_the_lab(lab: lab_state.LabState) -> None:
     config = load_config(lab.config_path)
     text = lab.config_path.read_text()
     assert list(config.targets)[:2] == ["lab", "lab-s3"]  # the lab's own come first
@@ -80,11 +81,11 @@ def test_every_seed_is_a_valid_target_of_the_lab(lab: manager.LabState) -> None:
         assert [r.port for r in target.postgres.replicas] == [lab.replica.port]
         assert target.backup.wal_archive == lab.wal_archive
         if s.storage == "s3":
-            assert target.backup.repository.startswith(f"s3://{manager.BUCKET}/")
+            assert target.backup.repository.startswith(f"s3://{lab_state.BUCKET}/")
         else:
             assert target.backup.repository.startswith(lab.file_repository + "/")
         assert target.slack_channel == s.slack_channel
-        assert target.evidence_repository == f"s3://{manager.EVIDENCE_BUCKET}/{s.target}"
+        assert target.evidence_repository == f"s3://{lab_state.EVIDENCE_BUCKET}/{s.target}"
         # The YAML cites the runbook next to the target (and its tier when custom).
         assert f"  {s.target}:  # seed {s.number}" in text
         if s.custom_tier:
@@ -97,7 +98,7 @@ def test_every_seed_is_a_valid_target_of_the_lab(lab: manager.LabState) -> None:
 # --------------------------------------------------------------------------- data
 
 
-def test_seed_databases_hold_rows_and_pass_their_checks(lab: manager.LabState) -> None:
+def test_seed_databases_hold_rows_and_pass_their_checks(lab: lab_state.LabState) -> None:
     config = load_config(lab.config_path)
     for s in seeds.SEEDS:
         with _conn(lab, s.database) as conn:
@@ -118,31 +119,31 @@ def test_seed_databases_hold_rows_and_pass_their_checks(lab: manager.LabState) -
         assert sum(counts.values()) >= 5000, (s.database, counts)
         assert marker == seeds.dataset_marker(s)
         # The drills' own check runner: SQL health checks and every validation query.
-        outcomes, primary = measure.run_health_checks(config.target(s.target))
+        outcomes, primary = health_checks.run_health_checks(config.target(s.target))
         assert primary == f"127.0.0.1:{lab.primary.port}"
         assert len(outcomes) == len(s.health_sql) + len(s.validation)
         failing = [(o.name, o.detail) for o in outcomes if not o.ok]
         assert failing == [], (s.target, failing)
 
 
-def test_a_validation_query_catches_what_it_names(lab: manager.LabState) -> None:
+def test_a_validation_query_catches_what_it_names(lab: lab_state.LabState) -> None:
     """bt2c's chain check goes red on a broken link, and green again when it is mended."""
     target = load_config(lab.config_path).target("bt2c")
     with _conn(lab, "bt2c") as conn:
         good = conn.execute("SELECT prev_hash FROM public.blocks WHERE height = 1500").fetchone()[0]
         conn.execute("UPDATE public.blocks SET prev_hash = repeat('f', 64) WHERE height = 1500")
         try:
-            outcomes, _ = measure.run_health_checks(target)
+            outcomes, _ = health_checks.run_health_checks(target)
         finally:
             conn.execute("UPDATE public.blocks SET prev_hash = %s WHERE height = 1500", (good,))
     failing = {o.name: o for o in outcomes if not o.ok}
     assert set(failing) == {"blocks-link-to-parent-hash"}
     assert failing["blocks-link-to-parent-hash"].value == 1
-    outcomes, _ = measure.run_health_checks(target)
+    outcomes, _ = health_checks.run_health_checks(target)
     assert all(o.ok for o in outcomes)
 
 
-def test_seed_001_cron_dump_is_a_gzipped_plain_pg_dump(lab: manager.LabState) -> None:
+def test_seed_001_cron_dump_is_a_gzipped_plain_pg_dump(lab: lab_state.LabState) -> None:
     folder = lab.base_dir / seeds.FOREIGN_FOLDER
     dumps = sorted(folder.glob(seeds.FOREIGN_PATTERN))
     assert dumps, f"no {seeds.FOREIGN_PATTERN} in {folder}"
@@ -158,7 +159,7 @@ def test_seed_001_cron_dump_is_a_gzipped_plain_pg_dump(lab: manager.LabState) ->
 
 
 def test_heal_reloads_a_dropped_seed_reopens_a_closed_one_and_refreshes_the_dump(
-    lab: manager.LabState,
+    lab: lab_state.LabState,
 ) -> None:
     folder = lab.base_dir / seeds.FOREIGN_FOLDER
     old = max(folder.glob(seeds.FOREIGN_PATTERN), key=lambda p: p.stat().st_mtime)
@@ -169,22 +170,22 @@ def test_heal_reloads_a_dropped_seed_reopens_a_closed_one_and_refreshes_the_dump
         conn.execute("ALTER DATABASE cryptofunk WITH ALLOW_CONNECTIONS false")
 
     console = _quiet()
-    manager.heal(lab.base_dir, console=console)
+    up.heal(lab.base_dir, console=console)
 
     out = console.file.getvalue()  # type: ignore[attr-defined]
     assert "loaded bt2c" in out and "reopened cryptofunk" in out, out
     assert "dumped db_backup_" in out, out
     newest = max(folder.glob(seeds.FOREIGN_PATTERN), key=lambda p: p.stat().st_mtime)
     assert newest != old and time.time() - newest.stat().st_mtime < 60
-    assert manager.status(lab.base_dir)["ok"]
+    assert status.status(lab.base_dir)["ok"]
     config = load_config(lab.config_path)
     for name in ("bt2c", "cryptofunk"):
-        outcomes, _ = measure.run_health_checks(config.target(name))
+        outcomes, _ = health_checks.run_health_checks(config.target(name))
         assert all(o.ok for o in outcomes), [(o.name, o.detail) for o in outcomes if not o.ok]
     # Nothing left to do: the same step again changes nothing.
-    state = manager.load_state(lab.base_dir)
+    state = lab_state.load_state(lab.base_dir)
     assert state is not None
-    again = seeds.ensure(manager.clusters(state)["primary"], lab.base_dir)
+    again = seeds.ensure(lab_state.clusters(state)["primary"], lab.base_dir)
     assert again.startswith("unchanged"), again
 
 
@@ -192,7 +193,7 @@ def test_heal_reloads_a_dropped_seed_reopens_a_closed_one_and_refreshes_the_dump
 
 
 @pytest.fixture
-def lab_prefect(lab: manager.LabState) -> Iterator[None]:
+def lab_prefect(lab: lab_state.LabState) -> Iterator[None]:
     """This process's Prefect pointed at the lab's server (its Secret blocks)."""
     from prefect.settings import (
         PREFECT_API_URL,
@@ -211,7 +212,7 @@ def lab_prefect(lab: manager.LabState) -> Iterator[None]:
         yield
 
 
-def _private_config(lab: manager.LabState, folder: Path, target: str) -> Path:
+def _private_config(lab: lab_state.LabState, folder: Path, target: str) -> Path:
     """The lab's config with ``target``'s repository in ``folder`` (the lab's stays clean)."""
     data = yaml.safe_load(lab.config_path.read_text())
     data["targets"][target]["backup"]["repository"] = f"file://{folder / 'repo'}"
@@ -221,7 +222,7 @@ def _private_config(lab: manager.LabState, folder: Path, target: str) -> Path:
 
 
 def test_foreign_dump_age_is_held_to_seed_001s_rpo(
-    lab: manager.LabState, lab_prefect: None, traversable_dir: Path
+    lab: lab_state.LabState, lab_prefect: None, traversable_dir: Path
 ) -> None:
     """The runbook's daily "latest backup exists and its age" check, with its 1 h RPO."""
     from flows.backup_verification import verify_foreign_backup
@@ -259,7 +260,7 @@ def test_foreign_dump_age_is_held_to_seed_001s_rpo(
 
 @pytest.mark.slow
 def test_backup_verification_drill_on_bun_trading_proves_the_cron_dump(
-    lab: manager.LabState, lab_prefect: None, traversable_dir: Path
+    lab: lab_state.LabState, lab_prefect: None, traversable_dir: Path
 ) -> None:
     """Seed 001's monthly test restore, through the flow: its own backup and the cron dump."""
     from flows.backup import backup_flow

@@ -15,7 +15,6 @@ import pytest
 from dr.errors import PreconditionError, StorageError
 from flows.common import backup_staging as fb
 from flows.common.backups import backup_id_time
-from tasks import storage
 from tasks.backups.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -24,6 +23,7 @@ from tasks.backups.manifest import (
     read_manifest,
     verify_local_files,
 )
+from tasks.storage import file as storage_file
 
 
 def maker(calls: list[str]):
@@ -50,7 +50,7 @@ def maker(calls: list[str]):
     return make
 
 
-class FlakyRepo(storage.FileRepository):
+class FlakyRepo(storage_file.FileRepository):
     """A file repository whose disk "goes away" after ``ok_puts`` streamed puts."""
 
     def __init__(self, root: Path, ok_puts: int) -> None:
@@ -81,7 +81,7 @@ def test_interrupted_upload_resumes_the_same_dump_without_resending(tmp_path):
     mtime = first.stat().st_mtime_ns
     assert not (folder / MANIFEST_NAME).exists()
 
-    result = run(storage.FileRepository(root), stage, calls)
+    result = run(storage_file.FileRepository(root), stage, calls)
     assert calls == [marker["backup_id"]]  # no second dump
     assert result.resumed and result.backup_id == marker["backup_id"]
     assert (result.uploaded, result.unchanged) == (1, 1)
@@ -100,7 +100,7 @@ def test_a_stale_or_altered_staged_dump_is_replaced_by_a_fresh_one(tmp_path):
     marker = json.loads(marker_path.read_text())
     marker["created_at"] = (datetime.now(UTC) - timedelta(hours=7)).isoformat()
     marker_path.write_text(json.dumps(marker))
-    result = run(storage.FileRepository(root), stage, calls)
+    result = run(storage_file.FileRepository(root), stage, calls)
     assert not result.resumed and len(calls) == 2 and result.backup_id == calls[1]
     assert not (stage / calls[0]).exists()
 
@@ -109,7 +109,7 @@ def test_a_stale_or_altered_staged_dump_is_replaced_by_a_fresh_one(tmp_path):
         run(FlakyRepo(root, ok_puts=0), stage, calls)
     staged = stage / calls[2] / "1.dat.gz"
     staged.write_bytes(b"tampered")
-    result = run(storage.FileRepository(root), stage, calls)
+    result = run(storage_file.FileRepository(root), stage, calls)
     assert not result.resumed and result.backup_id == calls[3]
 
 
@@ -119,7 +119,7 @@ def test_two_runs_never_share_a_staging_folder(tmp_path):
     with open(stage / fb.LOCK_FILE, "a+") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         with pytest.raises(PreconditionError, match="another backup of t/db is running"):
-            run(storage.FileRepository(tmp_path / "repo"), stage, [])
+            run(storage_file.FileRepository(tmp_path / "repo"), stage, [])
 
 
 def test_backup_ids_encode_their_time_for_listing():

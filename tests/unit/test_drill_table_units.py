@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dr.errors import ConfigError
-from flows.data_corruption import CorruptionOptions, Variant, choose_drill_table
+from flows.data_corruption.drill import choose_drill_table
+from flows.data_corruption.options import CorruptionOptions, Variant
 from tasks.pitr.drill import DrillCandidate, drill_statement
 
 

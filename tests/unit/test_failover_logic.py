@@ -8,19 +8,13 @@ import pytest
 
 from dr.config import PostgresNode
 from dr.errors import ApprovalError, PreconditionError
-from flows.region_failover import (
-    Assessment,
-    Failover,
-    FailoverOptions,
-    NodeView,
-    ServiceView,
-    choose_replica,
-    declare_severity,
-    estimate_lag_seconds,
-    identify_old_primary,
-    node_position,
-    rto_breakdown,
-)
+from flows.region_failover.assess import declare_severity, identify_old_primary
+from flows.region_failover.choose import choose_replica, estimate_lag_seconds, node_position
+from flows.region_failover.fence import unproven_gate
+from flows.region_failover.measure import rto_breakdown
+from flows.region_failover.models import Assessment, NodeView, ServiceView
+from flows.region_failover.options import FailoverOptions
+from flows.region_failover.run import Failover
 from tasks.postgres.models import FenceProof
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -244,20 +238,20 @@ PROOF = FenceProof(target="p", proven=False, method="write_succeeded", reason="a
 def test_unproven_fence_is_refused_in_drills_even_though_drills_auto_approve() -> None:
     ctx = StubContext(drill=True)
     with pytest.raises(ApprovalError, match="refused: p could not be proven fenced"):
-        _gate(ctx).unproven_gate(NODE, PROOF)
+        unproven_gate(_gate(ctx), NODE, PROOF)
     assert ctx.approved == [] and ctx.paused == []
 
 
 def test_unproven_fence_in_an_incident_asks_a_person_whatever_the_policy() -> None:
     ctx = StubContext(drill=False)
     with pytest.raises(ApprovalError, match="timed out"):
-        _gate(ctx, auto_approve=True).unproven_gate(NODE, PROOF)
+        unproven_gate(_gate(ctx, auto_approve=True), NODE, PROOF)
     assert len(ctx.paused) == 1 and "NOT proven fenced" in ctx.paused[0]
     assert ctx.approved == []
 
 
 def test_only_the_explicit_option_lets_a_run_go_on_without_proof() -> None:
     ctx = StubContext(drill=True)
-    _gate(ctx, allow_unproven_fence=True).unproven_gate(NODE, PROOF)
+    unproven_gate(_gate(ctx, allow_unproven_fence=True), NODE, PROOF)
     assert len(ctx.approved) == 1 and "two primaries are possible" in ctx.approved[0]
     assert any("allow_unproven_fence" in n for n in ctx.notes)

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 import flows.registry as registry
+from cli.runs import parse_options
 from dr.changes import Change
-from dr.cli_runs import parse_options
 from dr.config import Mode, Objectives, Scenario, parse_config
 from dr.errors import ConfigError, register_secret
 from flows.lifecycle import (
@@ -23,15 +23,11 @@ from flows.lifecycle import (
     lock_name,
     meets_objectives,
 )
-from tasks.notify import NullThread
-from tasks.report import (
-    artifact_key,
-    render_html,
-    render_markdown,
-    svg_data_uri,
-    table_rows,
-    trend_svg,
-)
+from tasks.notify.thread import NullThread
+from tasks.report.chart import svg_data_uri, trend_svg
+from tasks.report.html_report import render_html
+from tasks.report.markdown import render_markdown
+from tasks.report.tables import artifact_key, table_rows
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 OBJ = Objectives(rto_seconds=900, rpo_seconds=300)

@@ -14,8 +14,8 @@ from dr.errors import StorageError
 from flows.backup import backup_flow
 from flows.backup_verification import backup_verification_flow
 from flows.common.backup_staging import PARTIAL_MARKER
-from tasks import backups as bk
-from tasks import storage
+from tasks.backups import manifest as backups_manifest
+from tasks.storage import file as storage_file
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ def test_interrupted_backup_resumes_without_reuploading_identical_files(
     config = backup_lab.write_config(work)
     staging = work / "staging"
     repo_root = work / "repo"
-    original = storage.FileRepository.put_stream
+    original = storage_file.FileRepository.put_stream
     calls: list[str] = []
 
     def unplugged_after_first(self, key, fileobj, **kw):
@@ -35,16 +35,16 @@ def test_interrupted_backup_resumes_without_reuploading_identical_files(
             raise StorageError("injected: the repository disk went away", transient=False)
         return original(self, key, fileobj, **kw)
 
-    monkeypatch.setattr(storage.FileRepository, "put_stream", unplugged_after_first)
+    monkeypatch.setattr(storage_file.FileRepository, "put_stream", unplugged_after_first)
     with pytest.raises(Exception, match="the repository disk went away"):
         backup_flow("lab", config_path=str(config), staging_dir=str(staging))
-    monkeypatch.setattr(storage.FileRepository, "put_stream", original)
+    monkeypatch.setattr(storage_file.FileRepository, "put_stream", original)
 
     # Interrupted: one file up, no manifest (so incomplete), the dump kept in staging.
     marker = json.loads((staging / "lab" / "app" / PARTIAL_MARKER).read_text())
     folder = repo_root / "lab" / "app" / marker["backup_id"]
     uploaded = [p for p in folder.iterdir() if p.is_file()]
-    assert len(uploaded) == 1 and not (folder / bk.MANIFEST_NAME).exists()
+    assert len(uploaded) == 1 and not (folder / backups_manifest.MANIFEST_NAME).exists()
     first = uploaded[0]
     first_mtime = first.stat().st_mtime_ns
 
@@ -55,7 +55,7 @@ def test_interrupted_backup_resumes_without_reuploading_identical_files(
         sent.append(result.outcome)
         return result
 
-    monkeypatch.setattr(storage.FileRepository, "put_stream", counting)
+    monkeypatch.setattr(storage_file.FileRepository, "put_stream", counting)
     result = backup_flow("lab", config_path=str(config), staging_dir=str(staging))
     backup = result["backups"][0]
     assert result["ok"] and backup["resumed"] is True
@@ -64,8 +64,8 @@ def test_interrupted_backup_resumes_without_reuploading_identical_files(
     assert first.stat().st_mtime_ns == first_mtime  # not written again
     # Every put went through the idempotent path: the first one said "unchanged".
     assert sent.count("unchanged") >= 1
-    manifest = bk.read_manifest(folder / bk.MANIFEST_NAME)
-    assert bk.verify_local_files(folder, manifest) == []
+    manifest = backups_manifest.read_manifest(folder / backups_manifest.MANIFEST_NAME)
+    assert backups_manifest.verify_local_files(folder, manifest) == []
     assert manifest.row_counts["shop.customers"] == 20000
     assert manifest.wal_lsn and manifest.server_version.startswith("15")
     assert not (staging / "lab" / "app" / PARTIAL_MARKER).exists()
@@ -80,10 +80,10 @@ def test_base_backup_records_wal_positions_and_checks_the_wal_archive(backup_lab
     assert base["kind"] == "basebackup" and base["wal_lsn"] and base["wal_stop_lsn"]
     folder = work / "repo" / "lab" / "base" / base["backup_id"]
     names = {p.name for p in folder.iterdir()}
-    assert {"base.tar", "backup_manifest", bk.MANIFEST_NAME} <= names
-    manifest = bk.read_manifest(folder / bk.MANIFEST_NAME)
+    assert {"base.tar", "backup_manifest", backups_manifest.MANIFEST_NAME} <= names
+    manifest = backups_manifest.read_manifest(folder / backups_manifest.MANIFEST_NAME)
     assert manifest.kind == "basebackup" and manifest.wal_stop_lsn == base["wal_stop_lsn"]
-    assert bk.verify_local_files(folder, manifest) == []
+    assert backups_manifest.verify_local_files(folder, manifest) == []
     # The lab archives WAL (archive_timeout 30 s): the newest segment is within the RPO.
     assert result["wal_archive_age_seconds"] is not None
     assert result["wal_within_rpo"] is True

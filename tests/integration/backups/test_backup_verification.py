@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from dr import localexec
 from dr.config import load_config
 from dr.errors import UnsafeTargetError
 from flows.backup import backup_flow
@@ -23,8 +24,8 @@ from flows.backup_verification import backup_verification_flow
 from flows.backup_verification.foreign import verify_foreign_backup
 from flows.backup_verification.newest import find_newest_backup
 from flows.backup_verification.restore import verify_database_backup
-from tasks import backups as bk
-from tasks.storage import open_repository
+from tasks.backups import manifest as backups_manifest
+from tasks.storage.client import open_repository
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +74,7 @@ def test_backup_then_green_drill_on_the_lab_measures_rto_and_rpo(backup_lab):
     assert 1 <= db["restore_jobs"] <= (os.cpu_count() or 1)  # from table sizes
     assert backup_lab.scratch_databases() == []
     repo = Path(backup_lab.raw_config["targets"]["lab"]["backup"]["repository"][7:])
-    verified = repo / "lab" / "app" / db["backup_id"] / bk.VERIFIED_NAME
+    verified = repo / "lab" / "app" / db["backup_id"] / backups_manifest.VERIFIED_NAME
     assert json.loads(verified.read_text())["checks"]
 
 
@@ -93,7 +94,7 @@ def test_foreign_plain_gzip_dump_is_verified_without_a_manifest(backup_lab, seed
     folder.mkdir()
     node = backup_lab.raw_config["targets"]["lab"]["postgres"]["primary"]
     dump = subprocess.run(
-        [str(bk.find_tool("pg_dump")), "-h", "127.0.0.1", "-p", str(node["port"]),
+        [str(localexec.find_tool("pg_dump")), "-h", "127.0.0.1", "-p", str(node["port"]),
          "-U", "postgres", "-d", "app"],
         capture_output=True, check=True,
     ).stdout  # fmt: skip
@@ -161,7 +162,7 @@ def test_injected_bad_backup_turns_the_drill_red_and_leaves_the_real_one_untouch
     assert injection["injection"] == inject and "_drill-scratch" in injection["corrupted_copy"]
     # The real backup: same files, same bytes, not marked verified; the copy is gone.
     assert checksums(seed_copy["repo"]) == before
-    assert not (seed_copy["backup_dir"] / bk.VERIFIED_NAME).exists()
+    assert not (seed_copy["backup_dir"] / backups_manifest.VERIFIED_NAME).exists()
     assert not (seed_copy["repo"] / "_drill-scratch").exists() or not any(
         p.is_file() for p in (seed_copy["repo"] / "_drill-scratch").rglob("*")
     )
@@ -188,7 +189,7 @@ def test_empty_repository(backup_lab, work, checksums):
 
 
 def test_missing_manifest(backup_lab, seed_copy, work, checksums):
-    (seed_copy["backup_dir"] / bk.MANIFEST_NAME).unlink()
+    (seed_copy["backup_dir"] / backups_manifest.MANIFEST_NAME).unlink()
     before = checksums(seed_copy["repo"])
     config = backup_lab.write_config(work, repository=f"file://{seed_copy['repo']}")
     result = drill(config)
@@ -198,7 +199,9 @@ def test_missing_manifest(backup_lab, seed_copy, work, checksums):
 
 
 def test_checksum_mismatch(backup_lab, seed_copy, work, checksums):
-    manifest = bk.read_manifest(seed_copy["backup_dir"] / bk.MANIFEST_NAME)
+    manifest = backups_manifest.read_manifest(
+        seed_copy["backup_dir"] / backups_manifest.MANIFEST_NAME
+    )
     victim = seed_copy["backup_dir"] / max(manifest.files, key=lambda f: f.size).path
     data = bytearray(victim.read_bytes())
     data[len(data) // 3] ^= 0x01
@@ -213,7 +216,9 @@ def test_checksum_mismatch(backup_lab, seed_copy, work, checksums):
 
 
 def test_truncated_dump(backup_lab, seed_copy, work, checksums):
-    manifest = bk.read_manifest(seed_copy["backup_dir"] / bk.MANIFEST_NAME)
+    manifest = backups_manifest.read_manifest(
+        seed_copy["backup_dir"] / backups_manifest.MANIFEST_NAME
+    )
     victim = seed_copy["backup_dir"] / max(manifest.files, key=lambda f: f.size).path
     with open(victim, "r+b") as fh:
         fh.truncate(victim.stat().st_size // 2)
@@ -227,10 +232,10 @@ def test_truncated_dump(backup_lab, seed_copy, work, checksums):
 
 
 def test_backup_of_another_target_is_refused(backup_lab, seed_copy, work, checksums):
-    path = seed_copy["backup_dir"] / bk.MANIFEST_NAME
-    manifest = bk.read_manifest(path)
+    path = seed_copy["backup_dir"] / backups_manifest.MANIFEST_NAME
+    manifest = backups_manifest.read_manifest(path)
     manifest.target = "billing-prod"
-    bk.write_manifest(manifest, path)
+    backups_manifest.write_manifest(manifest, path)
     before = checksums(seed_copy["repo"])
     config = backup_lab.write_config(work, repository=f"file://{seed_copy['repo']}")
     result = drill(config)
@@ -243,7 +248,7 @@ def test_backup_of_another_target_is_refused(backup_lab, seed_copy, work, checks
 def test_existing_scratch_name_is_refused_and_left_alone(backup_lab, seed_copy, work, checksums):
     config_path = backup_lab.write_config(work, repository=f"file://{seed_copy['repo']}")
     config = load_config(config_path)
-    name = bk.scratch_database_name("app", "taken01")
+    name = backups_manifest.scratch_database_name("app", "taken01")
     backup_lab.psql(f"CREATE DATABASE {name}", "postgres")
     try:
         backup_lab.psql("CREATE TABLE mine (note text); INSERT INTO mine VALUES ('keep me')", name)

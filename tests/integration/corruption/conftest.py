@@ -25,12 +25,13 @@ from typing import Any
 import pytest
 import yaml
 
+from lab import up
 from lab.pgcluster import Cluster, free_port
-from tasks import storage
 from tasks.backups.manifest import BASE_KIND, MANIFEST_NAME, build_manifest
 from tasks.pitr.archiving import switch_wal_and_wait
 from tasks.pitr.base_backup import BaseBackup, base_backup, list_base_backups
 from tasks.pitr.cluster import remove_cluster
+from tasks.storage import client as storage_client
 
 TARGET = "pitr"
 ROWS = 20_000
@@ -57,7 +58,7 @@ class Pitr:
         return self.cluster.conninfo()
 
     def wal_repo(self, folder: Path | None = None) -> Any:
-        return storage.open_repository(f"file://{folder or self.archive}")
+        return storage_client.open_repository(f"file://{folder or self.archive}")
 
     def work(self) -> Path:
         return traversable_dir("w-", self.root)
@@ -111,7 +112,7 @@ def pitr() -> Iterator[Pitr]:
             "CREATE TABLE public.t (id int PRIMARY KEY, v int NOT NULL);"
             f"INSERT INTO public.t SELECT g, g FROM generate_series(1, {ROWS}) g"
         )
-        repo = storage.open_repository(f"file://{root / 'repo'}")
+        repo = storage_client.open_repository(f"file://{root / 'repo'}")
         take_base_backup(cluster, repo, root / "stage", "20000101T000000Z-first")
         backup = list_base_backups(repo, TARGET)[0]
         yield Pitr(root=root, cluster=cluster, archive=root / "wal", repo=repo, backup=backup)
@@ -205,12 +206,11 @@ class CorruptionLab:
 
     def restore(self, result: dict[str, Any] | None = None) -> None:
         """Leave the lab as the next test expects it: app on the primary, no leftovers."""
-        from lab import manager
 
         recovery = ((result or {}).get("details") or {}).get("recovery") or {}
         # Heal first (the app back on the primary), then remove the recovered cluster.
         if self.app_env().get("DB_PORT") != str(self.primary.port) or not self.app_writing(5):
-            manager.heal(self.state.base_dir)
+            up.heal(self.state.base_dir)
         if recovery.get("data_dir") and Path(recovery["data_dir"]).exists():
             remove_cluster(recovery["data_dir"])
         for name in self.damaged_databases():

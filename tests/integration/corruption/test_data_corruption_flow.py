@@ -22,11 +22,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from dr.cli_runs import register
+from cli.runs import register
 from flows.backup import base_backup_target
-from flows.data_corruption import CorruptionOptions, data_corruption_flow
-from tasks import recovery as rc
-from tasks import storage
+from flows.data_corruption.flow import data_corruption_flow
+from flows.data_corruption.options import CorruptionOptions
+from tasks.pitr import archiving, base_backup, wal
+from tasks.pitr import relations as pitr_relations
+from tasks.pitr import target as pitr_target
+from tasks.storage import client as storage_client
 
 from .conftest import CorruptionLab, traversable_dir
 
@@ -71,7 +74,7 @@ def assert_green(result: dict[str, Any], victim: str) -> None:
 
 @pytest.mark.slow
 def test_bad_update_drill_restores_the_table_in_one_transaction(healthy_lab: CorruptionLab):
-    before = rc.relation_digests(healthy_lab.conninfo(), SHOP)
+    before = pitr_relations.relation_digests(healthy_lab.conninfo(), SHOP)
     result = drill(healthy_lab, variant="bad-update")
     assert_green(result, "shop.orders")
     details = result["details"]
@@ -87,7 +90,7 @@ def test_bad_update_drill_restores_the_table_in_one_transaction(healthy_lab: Cor
     assert details["evidence"]["dump"]["sha256"]
     assert result["lost_rows"] == 0  # the heartbeat table was not touched
     # The live data is exactly as before the drill; the app writes to the primary again.
-    assert rc.relation_digests(healthy_lab.conninfo(), SHOP) == before
+    assert pitr_relations.relation_digests(healthy_lab.conninfo(), SHOP) == before
     assert healthy_lab.app_env()["DB_PORT"] == str(healthy_lab.primary.port)
     assert healthy_lab.app_writing()
     assert not Path(details["recovery"]["data_dir"]).exists()
@@ -111,7 +114,7 @@ def cli() -> Any:
 def test_mass_delete_drill_from_the_cli_switches_the_whole_database(
     healthy_lab: CorruptionLab, cli: Any
 ):
-    before = rc.relation_digests(healthy_lab.conninfo(), SHOP)
+    before = pitr_relations.relation_digests(healthy_lab.conninfo(), SHOP)
     options = healthy_lab.options(whole_database=True, base_backup_max_age_minutes=0.25)
     args = ["--option", "variant=mass-delete"]
     for key, value in options.items():
@@ -140,13 +143,13 @@ def test_mass_delete_drill_from_the_cli_switches_the_whole_database(
     # The recovered cluster holds the rows of the stamp; the drill also repaired the old
     # primary, so switching the lab back later finds no damage there.
     recovered_conninfo = f"host=127.0.0.1 port={recovered['port']} dbname=app user=postgres"
-    assert rc.relation_digests(recovered_conninfo, SHOP) == before
-    assert rc.relation_digests(healthy_lab.conninfo(), SHOP) == before
+    assert pitr_relations.relation_digests(recovered_conninfo, SHOP) == before
+    assert pitr_relations.relation_digests(healthy_lab.conninfo(), SHOP) == before
 
 
 @pytest.mark.slow
 def test_damaged_page_drill_is_caught_by_checksums_and_repaired(healthy_lab: CorruptionLab):
-    before = rc.relation_digests(healthy_lab.conninfo(), SHOP)
+    before = pitr_relations.relation_digests(healthy_lab.conninfo(), SHOP)
     result = drill(healthy_lab, variant="damaged-page")
     assert_green(result, "shop.orders")
     details = result["details"]
@@ -156,7 +159,7 @@ def test_damaged_page_drill_is_caught_by_checksums_and_repaired(healthy_lab: Cor
     assert check(result, "recovered: pg_checksums")["ok"]
     assert details["evidence"]["damaged_files"][0]["sha256"]
     assert not Path(details["damaged_copy"]["data_dir"]).exists()
-    assert rc.relation_digests(healthy_lab.conninfo(), SHOP) == before
+    assert pitr_relations.relation_digests(healthy_lab.conninfo(), SHOP) == before
     assert healthy_lab.app_writing()
 
 
@@ -166,7 +169,7 @@ def test_damaged_page_drill_is_caught_by_checksums_and_repaired(healthy_lab: Cor
 def world(lab: CorruptionLab) -> dict[str, Any]:
     container = lab.app_container()
     return {
-        "rows": rc.relation_digests(lab.conninfo(), SHOP),
+        "rows": pitr_relations.relation_digests(lab.conninfo(), SHOP),
         "app": (container.id, container.status, lab.app_env().get("DB_PORT")),
         "databases": lab.psql("SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database"),
     }
@@ -200,8 +203,8 @@ def lab_backup(corruption_lab: CorruptionLab) -> None:
     from dr.config import load_config
 
     cfg = load_config(corruption_lab.config_path)
-    repo = storage.open_repository(cfg.target("lab").backup.repository)
-    if not rc.list_base_backups(repo, "lab"):
+    repo = storage_client.open_repository(cfg.target("lab").backup.repository)
+    if not base_backup.list_base_backups(repo, "lab"):
         base_backup_target(cfg, "lab", staging_dir=str(corruption_lab.root / "staging"))
 
 
@@ -271,14 +274,18 @@ def test_wal_gap_is_reported_with_the_segment_before_recovery_starts(
     target = cfg.target("lab")
     base = base_backup_target(cfg, "lab", staging_dir=str(lab.root / "staging"))
     for _ in range(3):
-        rc.switch_wal_and_wait(lab.conninfo())
-    point = rc.server_position(lab.conninfo())["lsn"]
-    rc.switch_wal_and_wait(lab.conninfo())
-    repo = storage.open_repository(target.backup.repository)
-    backup = next(b for b in rc.list_base_backups(repo, "lab") if b.backup_id == base.backup_id)
+        archiving.switch_wal_and_wait(lab.conninfo())
+    point = archiving.server_position(lab.conninfo())["lsn"]
+    archiving.switch_wal_and_wait(lab.conninfo())
+    repo = storage_client.open_repository(target.backup.repository)
+    backup = next(
+        b for b in base_backup.list_base_backups(repo, "lab") if b.backup_id == base.backup_id
+    )
     archive = Path(target.backup.wal_archive[len("file://") :])
-    plan = rc.plan_wal(
-        storage.open_repository(target.backup.wal_archive), backup, rc.RecoveryTarget(lsn=point)
+    plan = wal.plan_wal(
+        storage_client.open_repository(target.backup.wal_archive),
+        backup,
+        pitr_target.RecoveryTarget(lsn=point),
     )
     folder = traversable_dir("gap-", lab.root)
     copy = folder / "wal"

@@ -22,7 +22,6 @@ from dr.errors import (
     UnsafeTargetError,
     VerificationError,
 )
-from tasks import storage
 from tasks.pitr.archiving import server_position, switch_wal_and_wait
 from tasks.pitr.base_backup import choose_base_backup, list_base_backups
 from tasks.pitr.base_restore import download_base_backup, extract_base_backup
@@ -36,6 +35,8 @@ from tasks.pitr.relation_restore import restore_relations
 from tasks.pitr.relations import relation_digests, relation_filepaths, resolve_filenodes
 from tasks.pitr.target import RecoveryTarget
 from tasks.pitr.wal import plan_wal, restore_command_for, stage_wal
+from tasks.storage import client as storage_client
+from tasks.storage import file as storage_file
 
 from .conftest import ROWS, Pitr
 
@@ -161,7 +162,7 @@ def test_unsafe_recovery_points_are_refused_with_the_reason(pitr: Pitr) -> None:
         choose_base_backup(backups, RecoveryTarget(lsn="F/0"), current_lsn=current)
 
 
-class FlakyRepository(storage.FileRepository):
+class FlakyRepository(storage_file.FileRepository):
     """A file repository whose reads fail (transiently) mid-stream a given number of times."""
 
     def __init__(self, root: Path, failures: int, after_bytes: int) -> None:
@@ -298,12 +299,12 @@ def test_recovery_from_s3_stages_the_wal_locally_and_verifies_every_file(
     pitr: Pitr, s3_endpoint: str
 ) -> None:
     """Base backup and WAL archive both in S3: the server restores from a staged folder."""
-    client = storage.make_s3_client(
+    client = storage_client.make_s3_client(
         endpoint_url=s3_endpoint, access_key_id="testing", secret_access_key="testing"
     )
     client.create_bucket(Bucket="pitr")
-    repo = storage.open_repository("s3://pitr/backups", s3_client=client)
-    wal = storage.open_repository("s3://pitr/wal", s3_client=client)
+    repo = storage_client.open_repository("s3://pitr/backups", s3_client=client)
+    wal = storage_client.open_repository("s3://pitr/wal", s3_client=client)
     for name, _sha in sorted(pitr.backup.files.items()):
         repo.put_file(
             f"{pitr.backup.prefix}{name}", Path(pitr.repo.url[7:]) / pitr.backup.prefix / name

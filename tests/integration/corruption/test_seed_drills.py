@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from flows.data_corruption import CorruptionOptions, data_corruption_flow
+from flows.data_corruption.flow import data_corruption_flow
+from flows.data_corruption.options import CorruptionOptions
 from tasks.pitr.drill import drill_candidates
 from tasks.pitr.relations import relation_digests
 

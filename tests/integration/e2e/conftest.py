@@ -259,7 +259,7 @@ def e2e_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def e2e_prefect(lab: Any, e2e_dir: Path) -> Iterator[PrefectUnderTest]:
     """The lab's Prefect server; or our own when the lab runs without one."""
-    from lab import manager
+    from lab import state as lab_state
 
     if lab.prefect_api_url:
         yield PrefectUnderTest(api_url=lab.prefect_api_url, ui_url=lab.prefect_ui_url, own=False)
@@ -291,7 +291,7 @@ def e2e_prefect(lab: Any, e2e_dir: Path) -> Iterator[PrefectUnderTest]:
         )
         # The lab's dr.yaml names environment variables for its secrets in this case.
         yield PrefectUnderTest(
-            api_url=f"{base}/api", ui_url=base, own=True, extra_env=manager.lab_env(lab)
+            api_url=f"{base}/api", ui_url=base, own=True, extra_env=lab_state.lab_env(lab)
         )
     finally:
         server.stop()

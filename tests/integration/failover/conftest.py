@@ -36,7 +36,9 @@ import pytest
 import yaml
 from botocore.config import Config
 
-from lab import manager
+from lab import state as lab_state
+from lab import status as lab_status
+from lab import up
 from lab.pgcluster import Cluster, free_port, pg_bin_dir, server_user
 
 STREAMING_WAIT_SECONDS = 30
@@ -50,7 +52,7 @@ FAKE_SECRET = "dr-failover-test-fake-secret-000"
 
 
 @pytest.fixture
-def prefect_lab(lab: manager.LabState, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def prefect_lab(lab: lab_state.LabState, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Point Prefect at the lab's server for one test (flow heartbeats off: faster runs)."""
     from prefect.settings import (
         PREFECT_API_URL,
@@ -79,26 +81,26 @@ def prefect_lab(lab: manager.LabState, monkeypatch: pytest.MonkeyPatch) -> Itera
 class LabDrill:
     """The shared lab, for drills that heal it afterwards."""
 
-    state: manager.LabState
+    state: lab_state.LabState
 
     @property
     def config_path(self) -> Path:
         return self.state.config_path
 
     def cluster(self, name: str) -> Cluster:
-        return manager.clusters(self.state)[name]
+        return lab_state.clusters(self.state)[name]
 
     def status(self) -> dict[str, Any]:
-        return manager.status(self.state.base_dir)
+        return lab_status.status(self.state.base_dir)
 
 
 @pytest.fixture
-def lab_drill(lab: manager.LabState, prefect_lab: None) -> Iterator[LabDrill]:
+def lab_drill(lab: lab_state.LabState, prefect_lab: None) -> Iterator[LabDrill]:
     """The lab, healed after the test whatever it did (primary + replica + app writing)."""
     try:
         yield LabDrill(lab)
     finally:
-        manager.heal(lab.base_dir)
+        up.heal(lab.base_dir)
 
 
 # --------------------------------------------------------------------------- pairs
@@ -400,7 +402,9 @@ def _proxy_handler(proxy: FlakyRoute53) -> type[BaseHTTPRequestHandler]:
 
 
 @pytest.fixture
-def flaky_route53(lab: manager.LabState, monkeypatch: pytest.MonkeyPatch) -> Iterator[FlakyRoute53]:
+def flaky_route53(
+    lab: lab_state.LabState, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FlakyRoute53]:
     """Route 53 through a scriptable proxy to the lab's moto; credentials by reference."""
     monkeypatch.setenv(AWS_KEY_ENV, FAKE_KEY)
     monkeypatch.setenv(AWS_SECRET_ENV, FAKE_SECRET)

@@ -19,12 +19,14 @@ import pytest
 
 from dr.errors import PostgresError
 from dr.tasking import dr_task
-from flows import region_failover as rf
-from flows.failback import failback_flow
-from flows.region_failover import FailoverOptions, region_failover_flow
+from flows.failback.flow import failback_flow
+from flows.region_failover import fence as fencing
+from flows.region_failover.flow import region_failover_flow
+from flows.region_failover.options import FailoverOptions
+from flows.region_failover.run import Failover
 from lab.pgcluster import free_port
-from tasks import faults, standby
-from tasks import postgres as pg
+from tasks import faults
+from tasks.postgres import fence, rejoin
 
 from .conftest import FlakyRoute53, Pair, in_recovery
 
@@ -40,7 +42,7 @@ def run(config_path: str, mode: str, **options: Any) -> dict[str, Any]:
 def writable(pair: Pair, which: str = "primary") -> bool:
     """True when the node takes a write (the way the flow proves the opposite)."""
     cluster = pair.primary if which == "primary" else pair.replica
-    proof = pg.prove_not_writable(cluster.conninfo("app"))
+    proof = fence.prove_not_writable(cluster.conninfo("app"))
     return proof.method == "write_succeeded"
 
 
@@ -143,18 +145,18 @@ def test_old_primary_coming_back_is_fenced_again_then_failback_restores_roles(
 ) -> None:
     pair = make_pair()
     config = pair.write_config()
-    original = rf.Failover.fence
+    original = fencing.fence
     came_back: list[bool] = []
 
-    def fence_then_restart(self: rf.Failover, node: Any, *, again: bool = False) -> Any:
-        proof = original(self, node, again=again)
+    def fence_then_restart(run: Failover, node: Any, *, again: bool = False) -> Any:
+        proof = original(run, node, again=again)
         if not again and not came_back:
             # Someone (a watchdog, a person) starts the old primary right after the fence.
             pair.primary.start()
             came_back.append(True)
         return proof
 
-    monkeypatch.setattr(rf.Failover, "fence", fence_then_restart)
+    monkeypatch.setattr(fencing, "fence", fence_then_restart)
     result = run(config, "incident", auto_approve=True)
 
     assert result["outcome"] == "passed", result["reason"]
@@ -187,7 +189,7 @@ def test_failback_falls_back_to_a_base_backup_when_rewind_fails(
     def broken_rewind(*args: Any, **kwargs: Any) -> Any:
         raise PostgresError("pg_rewind failed (exit 1): simulated: could not find WAL")
 
-    monkeypatch.setattr(standby, "rewind_task", dr_task(broken_rewind, retries=0))
+    monkeypatch.setattr(rejoin, "rewind_task", dr_task(broken_rewind, retries=0))
     result = run(config, "drill", warmup_seconds=0.3)
 
     assert result["outcome"] == "passed", result["reason"]

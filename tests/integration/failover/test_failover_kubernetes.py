@@ -18,7 +18,8 @@ import kmock
 import pytest
 import yaml
 
-from flows.region_failover import FailoverOptions, region_failover_flow
+from flows.region_failover.flow import region_failover_flow
+from flows.region_failover.options import FailoverOptions
 
 from .conftest import Pair, in_recovery
 

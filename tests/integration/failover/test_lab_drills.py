@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from dr.cli import app
+from cli.main import app
 
 from .conftest import LabDrill, in_recovery
 

@@ -31,8 +31,8 @@ from typer.testing import CliRunner
 
 import flows.lifecycle as lifecycle
 import flows.registry
+from cli.runs import register
 from dr.changes import Change
-from dr.cli_runs import register
 from dr.config import Mode, Scenario
 from dr.errors import PreconditionError, UnsafeTargetError, VerificationError
 from flows.lifecycle import RunContext, RunResult, run_scenario

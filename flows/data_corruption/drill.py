@@ -1,0 +1,244 @@
+"""Drills only: choose the table, keep a safety dump, stamp, then damage it."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import timedelta
+
+from dr.changes import Change
+from dr.clock import utcnow
+from dr.errors import ConfigError
+from flows.backup import base_backup_target
+from flows.data_corruption.options import (
+    DRILL_COLUMN,
+    DRILL_STATEMENTS,
+    DRILL_VICTIMS,
+    HEARTBEAT_TABLE,
+    Variant,
+)
+from flows.data_corruption.run import CorruptionRun, mkdir_traversable
+from tasks.backups import restore as backups_restore
+from tasks.pitr import archiving, base_backup, checksums, relation_restore
+from tasks.pitr import cluster as pitr_cluster
+from tasks.pitr import drill as pitr_drill
+from tasks.pitr import relations as pitr_relations
+from tasks.postgres import admin as postgres_admin
+
+__all__ = ["choose_drill_table", "inject"]
+
+
+def _unsuitable(variant: Variant, table: pitr_drill.DrillCandidate) -> str | None:
+    """Why ``table`` cannot take the drill (None: it can)."""
+    if table.rows == 0:
+        return "it has no rows"
+    if variant is Variant.mass_delete:
+        if table.referenced:
+            return "another table's foreign key references it (the DELETE would fail)"
+    elif not table.numeric_columns:
+        return "it has no numeric column outside its keys, constraints and indexes"
+    return None
+
+
+def choose_drill_table(
+    variant: Variant,
+    tables: Sequence[pitr_drill.DrillCandidate],
+    *,
+    database: str,
+    requested: str | None = None,
+    exclude: Collection[str] = (),
+) -> tuple[str, str | None]:
+    """The table a drill damages and, for bad-update, the column it sets to 0.
+
+    The lab's shop table when the database has it (the drills stay as they were);
+    otherwise the largest table (by rows) that suits the variant, so the damage looks like
+    a real bug's and the statement succeeds: mass-delete takes a table no other table's
+    foreign key references, bad-update and damaged-page a table with a numeric column
+    outside every key, constraint and index (bad-update zeroes the first such column).
+
+    Args:
+        variant: the drill variant.
+        tables: the damaged database's tables (:func:`tasks.recovery.drill_candidates`).
+        database: the damaged database (named in refusals).
+        requested: ``options.drill_table``; checked, never replaced.
+        exclude: tables never chosen automatically (the heartbeat table).
+
+    Returns:
+        ``(schema.table, column)``; the column is None unless the variant is bad-update.
+
+    Raises:
+        ConfigError: the requested table is missing or unsuitable, or no table suits.
+    """
+    by_name = {t.relation: t for t in tables}
+    default = DRILL_VICTIMS[variant]
+    zeroes = variant is Variant.bad_update
+    if requested in (None, default) and default in by_name:
+        return default, DRILL_COLUMN if zeroes else None
+    if requested is not None:
+        table = by_name.get(requested)
+        if table is None:
+            raise ConfigError(
+                f"drill_table {requested} is not a table of database {database!r}",
+                [("options.drill_table", requested)],
+            )
+        problem = _unsuitable(variant, table)
+        if problem:
+            raise ConfigError(
+                f"drill_table {requested} of database {database!r} cannot take a "
+                f"{variant.value} drill: {problem}",
+                [("options.drill_table", requested)],
+            )
+        return requested, table.numeric_columns[0] if zeroes else None
+    fits = [t for t in tables if t.relation not in exclude and _unsuitable(variant, t) is None]
+    if not fits:
+        need = (
+            "a table with rows that no foreign key references"
+            if variant is Variant.mass_delete
+            else "a table with rows and a numeric column outside its keys and constraints"
+        )
+        raise ConfigError(
+            f"database {database!r} has no table a {variant.value} drill can damage (it needs "
+            f"{need}): nothing was changed; give drill_table",
+            [("options.drill_table", None)],
+        )
+    best = min(fits, key=lambda t: (-t.rows, t.relation))
+    return best.relation, best.numeric_columns[0] if zeroes else None
+
+
+def _ensure_base_backup(run: CorruptionRun) -> None:
+    repo = run.backup_repo()
+    backups = base_backup.list_base_backups_task(repo, run.ctx.target_name)
+    limit = timedelta(minutes=run.opts.base_backup_max_age_minutes)
+    newest = backups[0] if backups else None
+    if newest is not None and utcnow() - newest.ended_at <= limit:
+        run.ctx.note(
+            f"base backup {newest.backup_id} is {(utcnow() - newest.ended_at).seconds} s "
+            "old: no new one needed"
+        )
+        return
+    if not run.ctx.plan("take", f"a base backup of {run.ctx.target_name}"):
+        return
+    result = base_backup_target(
+        run.ctx.config, run.ctx.target_name, staging_dir=run.opts.staging_dir
+    )
+    run.details["drill_base_backup"] = result.backup_id
+    run.ctx.note(f"took base backup {result.backup_id} ({result.bytes} bytes) for the drill")
+
+
+def _safety_net(run: CorruptionRun, victims: list[str]) -> None:
+    """Dump the tables the drill will damage, so a failed drill can put their rows back."""
+    path = mkdir_traversable(run.work) / "drill-safety.dump"
+    relation_restore.dump_relations_task(
+        run.tool_conninfo(),
+        victims,
+        path,
+        bin_dir=run.bin_dir,
+        password=run.password,
+        sections=("pre-data", "data"),
+    )
+    run.safety_dump = path
+
+
+def _undo_drill_damage(run: CorruptionRun, victims: list[str]) -> None:
+    """Compensation: restore the drill's victims from the safety dump (one transaction)."""
+    assert run.safety_dump is not None
+    scratch = f"dr_drill_undo_{run.run_id.lower()}"
+    maintenance = run.conninfo(run.pgc.maintenance_db)
+    postgres_admin.create_database(maintenance, scratch)
+    try:
+        pitr_relations.ensure_schemas(run.conninfo(scratch), [v.split(".", 1)[0] for v in victims])
+        backups_restore.restore_dump(
+            run.safety_dump,
+            run.tool_conninfo(scratch),
+            password=run.password,
+            bin_dir=run.bin_dir,
+            no_owner=True,
+        )
+        relation_restore.restore_relations(run.conninfo(scratch), run.conninfo(), victims)
+    finally:
+        postgres_admin.drop_database(
+            maintenance, scratch, must_not_be=run.pgc.databases, force=True
+        )
+
+
+def inject(run: CorruptionRun) -> None:
+    """Drill: stamp, snapshot, then damage like a real bug (or bit rot) would."""
+    ctx, opts = run.ctx, run.opts
+    with ctx.phase("prepare drill", detail=f"variant {opts.variant.value}") as record:
+        victim, column = choose_drill_table(
+            opts.variant,
+            pitr_drill.drill_candidates_task(run.conninfo()),
+            database=run.db,
+            requested=opts.drill_table,
+            exclude={HEARTBEAT_TABLE},
+        )
+        run.victim, run.victim_column = victim, column
+        run.details["drill_table"] = {"relation": victim, "column": column}
+        record.detail = f"variant {opts.variant.value} on {victim}" + (
+            f" (column {column})" if column else ""
+        )
+        victims = sorted({victim, *opts.relations})
+        _ensure_base_backup(run)
+        if not ctx.plan("snapshot", f"rows of {', '.join(victims)} and stamp the time"):
+            return
+        if opts.variant is not Variant.damaged_page:
+            _safety_net(run, victims)
+        run.snapshot = pitr_relations.relation_digests_task(run.conninfo(), victims)
+        run.stamp = archiving.server_position_task(run.conninfo())
+        run.details["stamp"] = {
+            "at": run.stamp["at"].isoformat(),
+            "lsn": run.stamp["lsn"],
+            "timeline": run.stamp["timeline"],
+            "digests": {k: v.model_dump() for k, v in run.snapshot.items()},
+        }
+    with ctx.phase("inject damage", detail=f"{opts.variant.value} on {victim}") as record:
+        if opts.variant is Variant.damaged_page:
+            _inject_damaged_page(run, victim)
+        else:
+            sql_text = DRILL_STATEMENTS.get((victim, column)) or pitr_drill.drill_statement(
+                victim, column
+            )
+            done = pitr_drill.run_drill_statement_task(run.conninfo(), sql_text)
+            rows = done["rows"]
+            record.detail = f"{sql_text}: {rows} rows"
+            run.damage_at = done["committed_at"]
+            ctx.record_change(
+                Change(
+                    system="postgres",
+                    action="inject-damage",
+                    object=f"{victim} in {run.db}",
+                    outcome="changed",
+                    before={"rows": run.snapshot[victim].rows},
+                    after={"statement": sql_text, "rows_affected": rows},
+                    undo="the drill restores it; if it fails, compensation reloads the rows",
+                ),
+                undo=lambda: _undo_drill_damage(run, victims),
+            )
+        ctx.stamp_failure(run.damage_at)
+
+
+def _inject_damaged_page(run: CorruptionRun, victim: str) -> None:
+    """Copy the cluster (stopped), then invert bytes in one heap page of the victim there."""
+    copy_dir = mkdir_traversable(run.work) / "damaged-copy"
+    info = checksums.make_stopped_copy_task(
+        run.tool_conninfo(run.pgc.maintenance_db),
+        copy_dir,
+        bin_dir=run.bin_dir,
+        password=run.password,
+    )
+    relpath = pitr_relations.relation_filepaths_task(run.conninfo(), [victim])[victim]
+    damage = checksums.damage_heap_page_task(copy_dir, relpath)
+    run.damaged_copy = copy_dir
+    run.damage_at = utcnow()
+    run.details["damaged_copy"] = {**info, **damage, "relation": victim}
+    run.ctx.record_change(
+        Change(
+            system="postgres",
+            action="damage-page-of-copy",
+            object=f"{relpath} in the stopped copy {copy_dir}",
+            outcome="changed",
+            before={"sha256": damage["sha256_before"]},
+            after={"sha256": damage["sha256_after"], "block": damage["block"]},
+            undo=f"remove the copy {copy_dir} (the live cluster was never touched)",
+        ),
+        undo=lambda: pitr_cluster.remove_cluster(copy_dir, bin_dir=run.bin_dir),
+    )

@@ -1,0 +1,23 @@
+"""Promote the chosen replica, right after checking the old primary is still fenced."""
+
+from __future__ import annotations
+
+from dr.config import PostgresNode
+from flows.region_failover.fence import recheck_fence
+from flows.region_failover.run import Failover
+from tasks.postgres import fence
+
+__all__ = ["promote"]
+
+
+def promote(run: Failover, node: PostgresNode) -> None:
+    """Approval, one more fence check, then the promotion (idempotent)."""
+    ctx = run.ctx
+    ctx.approve(f"promote {node.name} ({node.host}:{node.port}) to primary")
+    recheck_fence(run, run.old)  # type: ignore[arg-type]
+    if not ctx.plan("promote", f"{node.name} ({node.host}:{node.port})"):
+        return
+    change = fence.ensure_promoted_task(run.ci(node), wait_seconds=run.opts.promote_timeout_seconds)
+    run.promoted = True
+    run.mark("promoted")
+    ctx.record_change(change)
