@@ -24,35 +24,12 @@ Every change is recorded with its undo (through the incident lifecycle when run 
 drill, or in this flow's own report when run alone). Run alone, the flow takes the target's
 lock like every DR run, so it never races a failover.
 
-The runbook reads top to bottom in :mod:`flows.failback.flow`. The other names below are a
-compatibility facade of the old ``flows/failback.py`` (removed when the layout lands).
+The flow is in :mod:`flows.failback.flow`; the runbook it runs is
+:mod:`flows.common.failback.runbook` (the region-failover drill runs it too).
 """
 
 from __future__ import annotations
 
-from flows.common.recorder import Recorder
-from flows.common.systems import Systems, node_conninfo
-from flows.common.writers import DB_HOST_ENV, DB_PORT_ENV, repoint_application, wait_for_app_write
-from flows.failback.flow import failback_flow, run_failback
-from flows.failback.models import FailbackOptions, FailbackReport, NodeRejoin
-from flows.failback.nodes import find_primary
-from flows.failback.recorder import FailbackRun
-from flows.failback.rejoin import rejoin_as_standby
+from flows.failback.flow import failback_flow
 
-__all__ = [
-    "DB_HOST_ENV",
-    "DB_PORT_ENV",
-    "FailbackOptions",
-    "FailbackReport",
-    "FailbackRun",
-    "NodeRejoin",
-    "Recorder",
-    "Systems",
-    "failback_flow",
-    "find_primary",
-    "node_conninfo",
-    "rejoin_as_standby",
-    "repoint_application",
-    "run_failback",
-    "wait_for_app_write",
-]
+__all__ = ["failback_flow"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 
 from dr.errors import DRError
-from flows.failback.flow import run_failback
-from flows.failback.models import FailbackOptions
+from flows.common.failback.models import FailbackOptions
+from flows.common.failback.runbook import run_failback
 from flows.region_failover.run import Failover
 from tasks.kubernetes import deployments as kubernetes_deployments
 

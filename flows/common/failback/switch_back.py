@@ -12,6 +12,15 @@ from dr.changes import Change
 from dr.clock import utcnow
 from dr.config import DockerService, PostgresConfig, PostgresNode, Target
 from dr.errors import PreconditionError, VerificationError
+from flows.common.failback.models import FailbackOptions, FailbackReport
+from flows.common.failback.nodes import (
+    is_local,
+    replayed_at_least,
+    start_node,
+    stop_node,
+    wait_until,
+)
+from flows.common.failback.rejoin import rejoin_as_standby
 from flows.common.recorder import Recorder
 from flows.common.systems import Systems, node_conninfo
 from flows.common.writers import (
@@ -22,9 +31,6 @@ from flows.common.writers import (
     stop_writer,
     wait_for_app_write,
 )
-from flows.failback.models import FailbackOptions, FailbackReport
-from flows.failback.nodes import is_local, replayed_at_least, start_node, stop_node, wait_until
-from flows.failback.rejoin import rejoin_as_standby
 from tasks.postgres import assess, fence, rejoin
 
 __all__ = ["start_writers", "stop_writers", "switch_over"]

@@ -8,10 +8,10 @@ from typing import Literal
 
 from dr.config import PostgresConfig, PostgresNode
 from dr.errors import PostgresError, PreconditionError, VerificationError, redact
+from flows.common.failback.models import FailbackOptions, NodeRejoin
+from flows.common.failback.nodes import is_local, start_node, stop_node, streaming_names, wait_until
 from flows.common.recorder import Recorder
 from flows.common.systems import node_conninfo
-from flows.failback.models import FailbackOptions, NodeRejoin
-from flows.failback.nodes import is_local, start_node, stop_node, streaming_names, wait_until
 from tasks.postgres import rejoin, standby
 
 __all__ = ["rejoin_as_standby"]

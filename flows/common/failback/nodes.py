@@ -9,9 +9,9 @@ from typing import Literal
 from dr.changes import Change
 from dr.config import PostgresConfig, PostgresNode
 from dr.errors import PostgresError, PreconditionError, VerificationError
+from flows.common.failback.models import FailbackOptions
 from flows.common.recorder import Recorder
 from flows.common.systems import node_conninfo
-from flows.failback.models import FailbackOptions
 from tasks.postgres import assess, local_server
 from tasks.postgres import models as postgres_models
 

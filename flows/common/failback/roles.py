@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dr.config import PostgresConfig, PostgresNode
+from flows.common.failback.models import FailbackOptions, FailbackReport, NodeRejoin
+from flows.common.failback.nodes import find_primary, streaming_names
+from flows.common.failback.rejoin import rejoin_as_standby
 from flows.common.recorder import Recorder
-from flows.failback.models import FailbackOptions, FailbackReport, NodeRejoin
-from flows.failback.nodes import find_primary, streaming_names
-from flows.failback.rejoin import rejoin_as_standby
 from tasks.postgres import models as postgres_models
 
 __all__ = ["check_roles", "rejoin_others"]

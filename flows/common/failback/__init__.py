@@ -1,0 +1,1 @@
+"""Failback steps shared by the failback flow and the region-failover drill."""
