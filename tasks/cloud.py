@@ -2019,3 +2019,8 @@ prove_key_works_task = dr_task(prove_key_works, name="prove-access-key-works")
 prove_key_rejected_task = dr_task(prove_key_rejected, name="prove-access-key-rejected")
 put_secret_value_task = dr_task(put_secret_value, name="put-secret-value")
 undo_change_task = dr_task(undo_change, name="undo-cloud-change")
+
+
+# --- wrappers added for flows (lead: move on merge)
+describe_ingress_task = dr_task(describe_ingress, name="describe-security-group-ingress")
+read_secret_task = dr_task(read_secret, name="read-secret-value")

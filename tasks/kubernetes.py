@@ -764,3 +764,8 @@ apply_isolation_policy_task = dr_task(apply_isolation_policy, name="apply-isolat
 remove_isolation_policy_task = dr_task(remove_isolation_policy, name="remove-isolation-policy")
 list_events_task = dr_task(list_events, name="list-kubernetes-events")
 undo_change_task = dr_task(undo_change, name="undo-kubernetes-change")
+
+
+# --- wrappers added for flows (lead: move on merge)
+restore_scale_task = dr_task(restore_scale, name="restore-deployment-scale")
+read_secret_task = dr_task(read_secret, name="read-kubernetes-secret")

@@ -2917,3 +2917,9 @@ restore_relations_task = dr_task(restore_relations, name="recovery-restore-relat
 find_damage_task = dr_task(find_damage, name="recovery-find-damage")
 switch_wal_and_wait_task = dr_task(switch_wal_and_wait, name="recovery-switch-wal")
 dump_relations_task = dr_task(dump_relations, name="recovery-dump-relations")
+
+
+# --- wrappers added for flows (lead: move on merge)
+server_position_task = dr_task(server_position, name="recovery-server-position")
+extract_base_backup_task = dr_task(extract_base_backup, name="recovery-extract-base-backup")
+remove_cluster_task = dr_task(remove_cluster, name="recovery-remove-cluster")

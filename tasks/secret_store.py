@@ -208,3 +208,13 @@ write_prefect_secret_task = dr_task(
     write_prefect_secret, name="write-prefect-secret", timeout_seconds=120
 )
 write_secret_file_task = dr_task(write_secret_file, name="write-secret-file", timeout_seconds=60)
+
+
+# --- wrappers added for flows (lead: move on merge)
+read_prefect_secret_task = dr_task(
+    read_prefect_secret, name="read-prefect-secret", timeout_seconds=120
+)
+read_secret_file_task = dr_task(read_secret_file, name="read-secret-file", timeout_seconds=60)
+find_prefect_secrets_holding_task = dr_task(
+    find_prefect_secrets_holding, name="find-prefect-secrets-holding", timeout_seconds=300
+)

@@ -1786,3 +1786,9 @@ list_roles_and_privileges_task = dr_task(
 server_log_files_task = dr_task(
     server_log_files, name="postgres-server-log-files", timeout_seconds=60
 )
+
+
+# --- wrappers added for flows (lead: move on merge)
+role_exists_task = dr_task(
+    role_exists, name="postgres-role-exists", retries=0, timeout_seconds=60
+)

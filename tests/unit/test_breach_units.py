@@ -152,9 +152,9 @@ class _Ctx:
 def test_isolation_is_compensated_in_drills_only(is_drill: bool, queued: bool) -> None:
     """An incident that fails keeps its containment (fail closed); a drill puts the lab back."""
     from dr.changes import Change
-    from flows.breach_response import BreachResponse
+    from flows.breach_response import BreachRun
 
-    run = BreachResponse.__new__(BreachResponse)
+    run = BreachRun.__new__(BreachRun)
     run.ctx = _Ctx(is_drill)  # type: ignore[assignment]
     change = Change(system="docker", action="stop", object="app", outcome="changed")
     run.record(change, lambda: None)
