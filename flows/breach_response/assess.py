@@ -193,6 +193,38 @@ def preflight(
         services = select_services(target, opts.services)
     except ConfigError as exc:
         problems.extend(exc.problems)
+    block, keep = _networks(mode, opts, problems)
+    problems += _request_problems(target_name, target, mode, opts)
+    creds, env_problem = _credentials(systems, target, services, mode, opts, problems)
+    pgc = target.postgres
+    if any(isinstance(s, DockerService) for s in services):
+        with contextlib.suppress(DRError):
+            systems.docker  # noqa: B018 - warm the client now, not on the containment clock
+    admin = pgc.password.resolve() if pgc.password else None
+    pf = Preflight(
+        config=config,
+        target_name=target_name,
+        target=target,
+        services=services,
+        compromised_roles=list(dict.fromkeys(opts.compromised_roles)),
+        credentials=creds,
+        block_cidrs=block,
+        keep_cidrs=keep,
+        admin_password=admin,
+        primary_reachable=False,
+        notes=[env_problem] if env_problem else [],
+    )
+    _check_roles(pf, problems)
+    if problems:
+        listed = "; ".join(f"{where}: {why}" for where, why in problems)
+        raise ConfigError(f"breach response on {target_name}, nothing changed: {listed}", problems)
+    return pf
+
+
+def _networks(
+    mode: Mode, opts: BreachOptions, problems: list[tuple[str, str]]
+) -> tuple[list[str], list[str]]:
+    """The networks to block (drills: the drill's) and to keep, normalized."""
     block = list(opts.block_cidrs)
     if mode == Mode.drill and not block:
         block = list(opts.drill_block_cidrs)
@@ -202,6 +234,14 @@ def preflight(
     except ConfigError as exc:
         problems.extend(exc.problems)
         keep = []
+    return block, keep
+
+
+def _request_problems(
+    target_name: str, target: Target, mode: Mode, opts: BreachOptions
+) -> list[tuple[str, str]]:
+    """What the options ask that the target cannot do (evidence, restore, own role)."""
+    problems: list[tuple[str, str]] = []
     if target.evidence_repository is None and opts.evidence_required:
         problems.append(
             (
@@ -223,9 +263,25 @@ def preflight(
             problems.append(
                 (f"targets.{target_name}.backup.wal_archive", "not set: no point-in-time recovery")
             )
-    pgc = target.postgres
-    if pgc.user in opts.compromised_roles:
-        problems.append(("options.compromised_roles", f"{pgc.user} is the role this run acts with"))
+    user = target.postgres.user
+    if user in opts.compromised_roles:
+        problems.append(("options.compromised_roles", f"{user} is the role this run acts with"))
+    return problems
+
+
+def _credentials(
+    systems: Systems,
+    target: Target,
+    services: list[DockerService | KubernetesService],
+    mode: Mode,
+    opts: BreachOptions,
+    problems: list[tuple[str, str]],
+) -> tuple[list[Credential], str]:
+    """The database credentials to rotate, with the containers using them and the old value.
+
+    Returns:
+        The credentials, and a note when an incident could not inspect the containers.
+    """
     rotate_app = opts.rotate_app_credentials
     if rotate_app is None:
         rotate_app = mode == Mode.drill and not opts.credentials
@@ -264,34 +320,19 @@ def preflight(
                 spec = DatabaseCredential(role=role)
                 names, old = _users_of(chosen_envs, spec)
                 creds.append(Credential(role, spec, names, old))
-    if any(isinstance(s, DockerService) for s in services):
-        with contextlib.suppress(DRError):
-            systems.docker  # noqa: B018 - warm the client now, not on the containment clock
-    admin = pgc.password.resolve() if pgc.password else None
-    pf = Preflight(
-        config=config,
-        target_name=target_name,
-        target=target,
-        services=services,
-        compromised_roles=list(dict.fromkeys(opts.compromised_roles)),
-        credentials=creds,
-        block_cidrs=block,
-        keep_cidrs=keep,
-        admin_password=admin,
-        primary_reachable=False,
-        notes=[env_problem] if env_problem else [],
-    )
-    roles = pf.compromised_roles + [c.role for c in creds]
-    if roles:
-        conninfo = admin_conninfo(pf, pgc.primary)
-        try:
-            for role in roles:
-                if not pg.role_exists_task(conninfo, role):
-                    problems.append((f"role {role}", "does not exist on the primary"))
-            pf.primary_reachable = True
-        except PostgresError as exc:
-            pf.notes.append(f"roles not checked: the primary cannot be reached ({exc})")
-    if problems:
-        listed = "; ".join(f"{where}: {why}" for where, why in problems)
-        raise ConfigError(f"breach response on {target_name}, nothing changed: {listed}", problems)
-    return pf
+    return creds, env_problem
+
+
+def _check_roles(pf: Preflight, problems: list[tuple[str, str]]) -> None:
+    """Every role named exists on the primary (noted, not fatal, when it cannot be reached)."""
+    roles = pf.compromised_roles + [c.role for c in pf.credentials]
+    if not roles:
+        return
+    conninfo = admin_conninfo(pf, pf.target.postgres.primary)
+    try:
+        for role in roles:
+            if not pg.role_exists_task(conninfo, role):
+                problems.append((f"role {role}", "does not exist on the primary"))
+        pf.primary_reachable = True
+    except PostgresError as exc:
+        pf.notes.append(f"roles not checked: the primary cannot be reached ({exc})")
