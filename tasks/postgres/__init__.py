@@ -1789,6 +1789,4 @@ server_log_files_task = dr_task(
 
 
 # --- wrappers added for flows (lead: move on merge)
-role_exists_task = dr_task(
-    role_exists, name="postgres-role-exists", retries=0, timeout_seconds=60
-)
+role_exists_task = dr_task(role_exists, name="postgres-role-exists", retries=0, timeout_seconds=60)
