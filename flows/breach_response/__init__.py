@@ -69,7 +69,6 @@ from __future__ import annotations
 
 from flows.breach_response.assess import (
     Preflight,
-    _users_of,
     deadlines_from,
     preflight,
     select_services,
@@ -98,7 +97,6 @@ __all__ = [
     "SecretStore",
     "Systems",
     "TokenRotation",
-    "_users_of",
     "breach_response_flow",
     "deadlines_from",
     "preflight",

@@ -29,22 +29,18 @@ def capture_volatile(run: BreachRun) -> None:
     bundle = run.bundle
     assert bundle is not None
     primary = run.pgc.primary
-    sessions = [(n, pgs.session_snapshot_task.submit(run.ci(n))) for n in run.pgc.nodes]
+    # Not retried: a retry's backoff would delay containment (an unreachable node is noted).
+    snapshot = pgs.session_snapshot_task.with_options(retries=0)
+    list_roles = pg.list_roles_and_privileges_task.with_options(retries=0)
+    find = containers.find_containers_task.with_options(retries=0)
+    describe = cloud.describe_ingress_task.with_options(retries=0)
+    sessions = [(n, snapshot.submit(run.ci(n))) for n in run.pgc.nodes]
     dbs = dict.fromkeys([run.pgc.maintenance_db, *run.pgc.databases])
-    roles = [(db, pg.list_roles_and_privileges_task.submit(run.ci(primary, db))) for db in dbs]
+    roles = [(db, list_roles.submit(run.ci(primary, db))) for db in dbs]
     docker = [s.name for s in run.pf.services if isinstance(s, DockerService)]
-    states = [
-        (
-            n,
-            submit_with(containers.find_containers_task, lambda: run.systems.docker, name=n),
-        )
-        for n in docker
-    ]
+    states = [(n, submit_with(find, lambda: run.systems.docker, name=n)) for n in docker]
     groups = dict.fromkeys([*run.opts.security_groups, *run.opts.block_cidrs_in_groups])
-    rules = [
-        (g, submit_with(cloud.describe_ingress_task, lambda: run.systems.aws("ec2"), g))
-        for g in groups
-    ]
+    rules = [(g, submit_with(describe, lambda: run.systems.aws("ec2"), g)) for g in groups]
     for node, fut in sessions:
         where = f"postgres {node.name} ({node.host}:{node.port})"
         _file_json(

@@ -11,13 +11,8 @@ from pydantic import ValidationError
 
 from dr.config import Deadline, parse_config
 from dr.errors import ConfigError
-from flows.breach_response import (
-    BreachOptions,
-    SecretStore,
-    _users_of,
-    deadlines_from,
-    select_services,
-)
+from flows.breach_response import BreachOptions, SecretStore, deadlines_from, select_services
+from flows.breach_response.assess import _users_of
 from tasks import pg_security as pgs
 
 
