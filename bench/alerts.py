@@ -3,7 +3,7 @@
 Starts a Prefect API on loopback (by default ``prefect server start`` on a temporary
 PostgreSQL cluster, like the lab's server; ``--prefect harness`` uses Prefect's test
 harness on SQLite), deploys a stand-in flow named like a scenario, runs the receiver as
-its own process (``python -m deployments.cli_alerts serve-alerts``, the same code as
+its own process (``python -m cli.alerts serve-alerts``, the same code as
 ``dr serve-alerts``) on a free loopback port, then sends Alertmanager posts at a fixed
 rate (open loop: request *i* is due at ``start + i / rate`` whether or not earlier ones
 have answered) and reports latency percentiles.
@@ -224,7 +224,7 @@ def start_receiver(config_path: Path, port: int, log_path: Path) -> subprocess.P
             [
                 sys.executable,
                 "-m",
-                "deployments.cli_alerts",
+                "cli.alerts",
                 "serve-alerts",
                 "--config",
                 str(config_path),

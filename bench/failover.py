@@ -104,7 +104,8 @@ def manual_failover(state: lab_state.LabState) -> dict[str, float]:
 
 
 def drill_failover(state: lab_state.LabState, inject: str) -> dict[str, Any]:
-    from flows.region_failover import FailoverOptions, region_failover_flow
+    from flows.region_failover.flow import region_failover_flow
+    from flows.region_failover.options import FailoverOptions
 
     started = time.perf_counter()
     result = region_failover_flow(

@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
         os.environ[CONFIG_ENV_VAR] = str(path.absolute())
         try:
             with prefect_api(cfg):
-                from flows.backup import backup_flow
+                from flows.backup.flow import backup_flow
 
                 state = backup_flow(
                     target=target,

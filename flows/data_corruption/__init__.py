@@ -49,20 +49,10 @@ column to 0; damaged-page damages that table). A drill keeps a dump of the table
 damages; if the drill fails before the switch, compensation puts those rows back.
 
 The runbook reads top to bottom in :mod:`flows.data_corruption.flow`. The other names below
-are a compatibility facade of the old ``flows/data_corruption.py`` (removed when the layout
-lands).
 """
 
 from __future__ import annotations
 
-from flows.data_corruption.drill import choose_drill_table
 from flows.data_corruption.flow import data_corruption_flow
-from flows.data_corruption.options import DRILL_VICTIMS, CorruptionOptions, Variant
 
-__all__ = [
-    "DRILL_VICTIMS",
-    "CorruptionOptions",
-    "Variant",
-    "choose_drill_table",
-    "data_corruption_flow",
-]
+__all__ = ["data_corruption_flow"]

@@ -8,7 +8,7 @@ from typing import Any
 
 from dr.config import DRConfig, Target
 from dr.tasking import dr_task
-from flows.backup import list_backups, open_target_repository
+from flows.common.backups import list_backups, open_target_repository
 from flows.data_corruption.options import ROW_DROP_SHARE
 from flows.data_corruption.run import CorruptionRun, as_utc, db_conninfo, iso, mkdir_traversable
 from tasks.backups import manifest as backups_manifest

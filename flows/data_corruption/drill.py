@@ -8,7 +8,7 @@ from datetime import timedelta
 from dr.changes import Change
 from dr.clock import utcnow
 from dr.errors import ConfigError
-from flows.backup import base_backup_target
+from flows.common.backups import base_backup_target
 from flows.data_corruption.options import (
     DRILL_COLUMN,
     DRILL_STATEMENTS,

@@ -13,7 +13,7 @@ from dr.changes import Change
 from dr.clock import utcnow
 from dr.config import PostgresConfig, PostgresNode, Target
 from dr.errors import ConfigError, PreconditionError
-from flows.backup import open_target_repository
+from flows.common.backups import open_target_repository
 from flows.common.systems import Systems
 from flows.data_corruption.options import (
     DRILL_VICTIMS,

@@ -43,33 +43,10 @@ can restart the old primary; after, nothing automatic may do so (the guarded und
 the old primary comes back only as a standby, through failback.
 
 The runbook reads top to bottom in :mod:`flows.region_failover.flow`. The other names below
-are a compatibility facade of the old ``flows/region_failover.py`` (removed when the layout
-lands).
 """
 
 from __future__ import annotations
 
-from flows.region_failover.assess import assess_node, declare_severity, identify_old_primary
-from flows.region_failover.choose import choose_replica, estimate_lag_seconds, node_position
 from flows.region_failover.flow import region_failover_flow
-from flows.region_failover.measure import rto_breakdown
-from flows.region_failover.models import Assessment, NodeView, ReplicaChoice, ServiceView
-from flows.region_failover.options import FailoverOptions
-from flows.region_failover.run import Failover
 
-__all__ = [
-    "Assessment",
-    "Failover",
-    "FailoverOptions",
-    "NodeView",
-    "ReplicaChoice",
-    "ServiceView",
-    "assess_node",
-    "choose_replica",
-    "declare_severity",
-    "estimate_lag_seconds",
-    "identify_old_primary",
-    "node_position",
-    "region_failover_flow",
-    "rto_breakdown",
-]
+__all__ = ["region_failover_flow"]

@@ -1,1 +1,1 @@
-"""End-to-end health of a target: its HTTP checks, SQL checks and validation queries."""
+"""End-to-end health checks: HTTP and SQL."""

@@ -197,3 +197,5 @@ def _clean_blocks(value: Any) -> Any:
 post_message_task = dr_task(post_message, name="slack-post-message", timeout_seconds=120)
 reply_in_thread_task = dr_task(reply_in_thread, name="slack-reply-in-thread", timeout_seconds=120)
 update_message_task = dr_task(update_message, name="slack-update-message", timeout_seconds=120)
+# A proof: never retried (a retry could turn a refusal into a pass).
+check_token_task = dr_task(check_token, name="slack-check-token", retries=0, timeout_seconds=60)

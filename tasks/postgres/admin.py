@@ -443,3 +443,4 @@ list_roles_and_privileges_task = dr_task(
     timeout_seconds=120,
 )
 database_exists_task = dr_task(database_exists, name="postgres-database-exists", timeout_seconds=60)
+role_exists_task = dr_task(role_exists, name="postgres-role-exists", retries=0, timeout_seconds=60)

@@ -21,6 +21,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from dr.changes import Change
 from dr.clock import utcnow
 from dr.errors import ConfigError, PreconditionError, redact, register_secret
+from dr.tasking import dr_task
 from tasks.postgres.client import connect, describe_conninfo, session
 from tasks.postgres.models import SYSTEM
 
@@ -239,3 +240,16 @@ class HeldSession:
         """End the session from our side (cleanup)."""
         self._stop.set()
         self._thread.join(5)
+
+
+create_login_role_task = dr_task(
+    create_login_role, name="postgres-create-login-role", timeout_seconds=120
+)
+drop_role_task = dr_task(drop_role, name="postgres-drop-role", timeout_seconds=300)
+# Drill damage: never repeated (a retry would delete more rows than planned).
+delete_rows_bypassing_checks_task = dr_task(
+    delete_rows_bypassing_checks,
+    name="postgres-delete-rows-bypassing-checks",
+    retries=0,
+    timeout_seconds=120,
+)

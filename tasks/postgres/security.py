@@ -311,3 +311,7 @@ collect_server_logs_task = dr_task(
     name="postgres-collect-server-logs",
     timeout_seconds=900,
 )
+# A proof: never retried.
+sessions_alive_task = dr_task(
+    sessions_alive, name="postgres-sessions-alive", retries=0, timeout_seconds=60
+)

@@ -225,7 +225,7 @@ def test_foreign_dump_age_is_held_to_seed_001s_rpo(
     lab: lab_state.LabState, lab_prefect: None, traversable_dir: Path
 ) -> None:
     """The runbook's daily "latest backup exists and its age" check, with its 1 h RPO."""
-    from flows.backup_verification import verify_foreign_backup
+    from flows.backup_verification.foreign import verify_foreign_backup
 
     source = max(
         (lab.base_dir / seeds.FOREIGN_FOLDER).glob(seeds.FOREIGN_PATTERN),
@@ -263,8 +263,8 @@ def test_backup_verification_drill_on_bun_trading_proves_the_cron_dump(
     lab: lab_state.LabState, lab_prefect: None, traversable_dir: Path
 ) -> None:
     """Seed 001's monthly test restore, through the flow: its own backup and the cron dump."""
-    from flows.backup import backup_flow
-    from flows.backup_verification import backup_verification_flow
+    from flows.backup.flow import backup_flow
+    from flows.backup_verification.flow import backup_verification_flow
 
     config_path = _private_config(lab, traversable_dir, "bun-trading")
     backup = backup_flow(

@@ -19,19 +19,21 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from deployments.alert_payloads import (
-    DEFAULT_SEVERITY,
-    IncomingAlert,
-    idempotency_key,
-    label_fingerprint,
-    match_route,
-    parse_payload,
+from cli.alerts import register
+from deployments.alerts import TokenBucket, create_app, deployment_for, ui_url_from_api
+from deployments.alerts.auth import (
     sign_body,
     verify_hmac_sha256,
     verify_pagerduty_signature,
     verify_request,
 )
-from deployments.alerts import TokenBucket, create_app, deployment_for, ui_url_from_api
+from deployments.alerts.payloads import (
+    DEFAULT_SEVERITY,
+    IncomingAlert,
+    label_fingerprint,
+    parse_payload,
+)
+from deployments.alerts.routing import idempotency_key, match_route
 from dr.config import AlertRoute, DRConfig, Mode, Scenario
 from dr.errors import ConfigError
 
@@ -846,8 +848,6 @@ def test_concurrent_repeats_wait_for_the_first_creation(monkeypatch: pytest.Monk
 def test_serve_alerts_command_reports_config_errors(tmp_path: Any) -> None:
     import typer
     from typer.testing import CliRunner
-
-    from deployments.cli_alerts import register
 
     app = typer.Typer()
 

@@ -11,13 +11,9 @@ from pydantic import ValidationError
 
 from dr.config import Deadline, parse_config
 from dr.errors import ConfigError
-from flows.breach_response import (
-    BreachOptions,
-    SecretStore,
-    _users_of,
-    deadlines_from,
-    select_services,
-)
+from flows.breach_response.assess import _users_of, deadlines_from, select_services
+from flows.breach_response.options import BreachOptions, DatabaseCredential, SecretStore
+from flows.breach_response.state import BreachRun
 from tasks.postgres import hba
 
 
@@ -98,7 +94,6 @@ def test_options_from_the_command_line_shapes() -> None:
 
 
 def test_leaked_credentials_found_in_container_environments() -> None:
-    from flows.breach_response import DatabaseCredential
 
     envs = {
         "api": {"DB_USER": "app", "DB_PASSWORD": "leaked-password-123"},
@@ -152,9 +147,8 @@ class _Ctx:
 def test_isolation_is_compensated_in_drills_only(is_drill: bool, queued: bool) -> None:
     """An incident that fails keeps its containment (fail closed); a drill puts the lab back."""
     from dr.changes import Change
-    from flows.breach_response import BreachResponse
 
-    run = BreachResponse.__new__(BreachResponse)
+    run = BreachRun.__new__(BreachRun)
     run.ctx = _Ctx(is_drill)  # type: ignore[assignment]
     change = Change(system="docker", action="stop", object="app", outcome="changed")
     run.record(change, lambda: None)

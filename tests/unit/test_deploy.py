@@ -297,8 +297,8 @@ def test_alert_receiver_parameters_pass_each_scenario_deployments_schema(
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.schema_tools.validation import validate
 
-    from deployments.alert_payloads import IncomingAlert
     from deployments.alerts import deployment_for, flow_parameters
+    from deployments.alerts.payloads import IncomingAlert
     from deployments.deploy import load_prefect_file, patch_parameter_schema, plan_deployments
     from dr.config import AlertRoute
     from flows.registry import load_flow

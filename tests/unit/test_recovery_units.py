@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from dr.errors import ConfigError, PreconditionError, VerificationError
-from flows.data_corruption import CorruptionOptions, Variant
+from flows.data_corruption.options import CorruptionOptions, Variant
 from tasks.pitr.base_backup import BaseBackup, choose_base_backup
 from tasks.pitr.checksums import parse_checksums_output
 from tasks.pitr.damage_finder import _commit_time, parse_waldump_line

@@ -129,7 +129,7 @@ def seed_backup(backup_lab: BackupLab) -> dict[str, Any]:
 
     Tests that damage a repository work on a copy of it (:func:`seed_copy`).
     """
-    from flows.backup import backup_flow
+    from flows.backup.flow import backup_flow
 
     folder = backup_lab.root / "seed"
     config = backup_lab.write_config(folder)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from dr.errors import StorageError
-from flows.backup import backup_flow
-from flows.backup_verification import backup_verification_flow
+from flows.backup.flow import backup_flow
+from flows.backup_verification.flow import backup_verification_flow
 from flows.common.backup_staging import PARTIAL_MARKER
 from tasks.backups import manifest as backups_manifest
 from tasks.storage import file as storage_file

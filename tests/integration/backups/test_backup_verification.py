@@ -19,8 +19,8 @@ import pytest
 from dr import localexec
 from dr.config import load_config
 from dr.errors import UnsafeTargetError
-from flows.backup import backup_flow
-from flows.backup_verification import backup_verification_flow
+from flows.backup.flow import backup_flow
+from flows.backup_verification.flow import backup_verification_flow
 from flows.backup_verification.foreign import verify_foreign_backup
 from flows.backup_verification.newest import find_newest_backup
 from flows.backup_verification.restore import verify_database_backup

@@ -39,7 +39,10 @@ import yaml
 from botocore.config import Config
 from typer.testing import CliRunner
 
-from lab import manager
+from cli.evidence import register as register_evidence
+from cli.runs import register as register_runs
+from lab import state as lab_state
+from lab import up
 from lab.pgcluster import free_port
 
 REGION = "us-east-1"
@@ -61,7 +64,7 @@ HEARTBEAT_FRESH_SECONDS = 2.0
 class BreachLab:
     """The shared lab, as the breach tests use it."""
 
-    lab: manager.LabState
+    lab: lab_state.LabState
     runner: CliRunner
     app: typer.Typer
     root: Path
@@ -83,7 +86,8 @@ class BreachLab:
         mode: str = "drill",
     ) -> dict[str, Any]:
         """Run the flow function in this process (exceptions propagate)."""
-        from flows.breach_response import BreachOptions, breach_response_flow
+        from flows.breach_response.flow import breach_response_flow
+        from flows.breach_response.options import BreachOptions
 
         opts = BreachOptions.model_validate(options or {})
         try:
@@ -116,8 +120,10 @@ class BreachLab:
         with os.fdopen(fd, "w") as fh:
             fh.write(value + "\n")
         env = "".join(
-            f"export {manager.SECRET_ENV[block]}=" + (secrets_dir / name).read_text().strip() + "\n"
-            for block, name in manager.SECRET_BLOCKS.items()
+            f"export {lab_state.SECRET_ENV[block]}="
+            + (secrets_dir / name).read_text().strip()
+            + "\n"
+            for block, name in lab_state.SECRET_BLOCKS.items()
         )
         fd = os.open(secrets_dir / "env", os.O_WRONLY | os.O_TRUNC)
         with os.fdopen(fd, "w") as fh:
@@ -170,7 +176,7 @@ class BreachLab:
 
 @pytest.fixture(scope="module")
 def breach_lab(
-    lab: manager.LabState, tmp_path_factory: pytest.TempPathFactory
+    lab: lab_state.LabState, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BreachLab]:
     """The lab with Prefect pointed at its server; left with the app writing afterwards."""
     from prefect.settings import (
@@ -179,9 +185,6 @@ def breach_lab(
         PREFECT_SERVER_ANALYTICS_ENABLED,
         temporary_settings,
     )
-
-    from dr.cli_evidence import register as register_evidence
-    from dr.cli_runs import register as register_runs
 
     assert lab.prefect_api_url, "the lab runs without its Prefect server"
     app = typer.Typer()
@@ -207,7 +210,7 @@ def breach_lab(
         finally:
             env.sync_lab_secrets()
             if not env.wait_app_writing(15):
-                manager.heal(lab.base_dir)
+                up.heal(lab.base_dir)
 
 
 # --------------------------------------------------------------------------- moto with auth

@@ -288,10 +288,10 @@ def _in_run(message: dict[str, Any], drill: Drill) -> bool:
 
 def _repo(breach_lab: BreachLab, url: str) -> Any:
     from dr.config import load_config
-    from tasks import storage
+    from tasks.storage import client as storage_client
 
     cfg = load_config(breach_lab.config_path)
-    return storage.open_repository(url, s3_client=storage.make_s3_client(cfg.aws))
+    return storage_client.open_repository(url, s3_client=storage_client.make_s3_client(cfg.aws))
 
 
 def _read_object(breach_lab: BreachLab, url: str, key: str) -> str:

@@ -92,7 +92,9 @@ def test_preflight_lists_every_problem(
     breach_lab: BreachLab, options: dict[str, Any], mode: str, message: str
 ) -> None:
     from dr.config import Mode, load_config
-    from flows.breach_response import BreachOptions, Systems, preflight
+    from flows.breach_response.assess import preflight
+    from flows.breach_response.options import BreachOptions
+    from flows.breach_response.systems import Systems
 
     cfg = load_config(breach_lab.config_path)
     systems = Systems(cfg)
@@ -107,7 +109,9 @@ def test_preflight_lists_every_problem(
 
 def test_preflight_resolves_the_drill_s_leaked_credential(breach_lab: BreachLab) -> None:
     from dr.config import Mode, load_config
-    from flows.breach_response import BreachOptions, Systems, preflight
+    from flows.breach_response.assess import preflight
+    from flows.breach_response.options import BreachOptions
+    from flows.breach_response.systems import Systems
 
     cfg = load_config(breach_lab.config_path)
     systems = Systems(cfg)

@@ -16,7 +16,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from dr.cli_evidence import register
+from cli.evidence import register
 from dr.errors import ChecksumMismatch, ConfigError
 from tasks.evidence.bundle import EvidenceBundle, collector_identity, write_bundle
 from tasks.evidence.manifest import EvidenceManifest

@@ -23,7 +23,7 @@ import typer
 from typer.testing import CliRunner
 
 from cli.runs import register
-from flows.backup import base_backup_target
+from flows.common.backups import base_backup_target
 from flows.data_corruption.flow import data_corruption_flow
 from flows.data_corruption.options import CorruptionOptions
 from tasks.pitr import archiving, base_backup, wal
