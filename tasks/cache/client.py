@@ -107,6 +107,10 @@ def connect(cache: CacheConfig, *, ping: bool = True) -> redis.Redis:
         options["username"] = cache.username
     client = redis.Redis.from_url(cache.url, **options)
     if ping:
-        with translated("PING", cache.url):
-            client.ping()
+        try:
+            with translated("PING", cache.url):
+                client.ping()
+        except CacheError:
+            client.close()
+            raise
     return client

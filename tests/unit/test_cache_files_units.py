@@ -129,3 +129,25 @@ def test_compare_reports_both_ways() -> None:
     assert result.orphan_objects == ["orphan"] and not result.passed
     presence = compare("uploads", rows, src, checksums=False)
     assert presence.mismatched_count == 0 and presence.missing_count == 2
+
+
+def test_every_step_has_its_task() -> None:
+    from tasks.cache import flush, probe, recover, warm
+    from tasks.files import backup, links, restore, verify
+
+    names = {
+        flush.flush_cache_task.name,
+        warm.warm_cache_task.name,
+        probe.sample_hit_rate_task.name,
+        probe.plant_value_task.name,
+        probe.read_value_task.name,
+        recover.recover_cache_task.name,
+        backup.backup_files_task.name,
+        verify.verify_files_backup_task.name,
+        verify.inject_bad_object_task.name,
+        restore.restore_prefix_to_time_task.name,
+        restore.restore_from_backup_task.name,
+        links.check_links_task.name,
+    }
+    assert len(names) == 12
+    assert all(n.startswith(("cache-", "files-")) for n in names)
