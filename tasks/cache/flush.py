@@ -32,7 +32,7 @@ def flush_all(client: redis.Redis, url: str) -> int:
     """
     with translated("FLUSHDB", url):
         before = int(client.dbsize())
-        client.flushdb()
+        client.flushdb(asynchronous=True)  # memory is freed in the background
     logger.info("flushed %s: %s key(s)", describe_url(url), before)
     return before
 

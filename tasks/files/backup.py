@@ -61,6 +61,7 @@ def store_object(
         version_id=obj.version_id,
         mtime=obj.mtime,
         etag=obj.etag,
+        mode=obj.mode,
     )
 
 

@@ -30,6 +30,7 @@ class FileEntry(BaseModel):
     version_id: str | None = None
     mtime: datetime | None = None
     etag: str | None = None
+    mode: int | None = Field(None, description="Permission bits of a local file.")
 
 
 class FilesManifest(BaseModel):

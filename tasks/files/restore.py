@@ -101,7 +101,8 @@ def _restore_key(
         return
     copy = {"Bucket": src.bucket, "Key": src.full(key), "VersionId": wanted["VersionId"]}
     with s3_errors(f"restore {src.location}{key}"):
-        src.client.copy_object(CopySource=copy, Bucket=src.bucket, Key=src.full(key))
+        # The managed copy: multipart above S3's 5 GiB single-copy limit.
+        src.client.copy(copy, src.bucket, src.full(key))
     result.restored.append(key)
 
 
@@ -179,7 +180,7 @@ def restore_from_backup(
             local = Path(tmp) / "object"
             stored = object_key(source.name, backup_id, entry.key)
             repo.get_to_file(stored, local, expected_sha256=entry.sha256, resume=False)
-            src.write_file(entry.key, local)
+            src.write_file(entry.key, local, entry.mode)
             local.unlink()
             result.restored.append(entry.key)
     result.newer = sorted(current - {e.key for e in manifest.entries})

@@ -35,6 +35,7 @@ class SourceObject:
     mtime: datetime
     version_id: str | None = None
     etag: str | None = None
+    mode: int | None = None
 
 
 def sha256_of(stream: BinaryIO) -> str:
@@ -59,8 +60,12 @@ class Source(ABC):
         """Open one object for streaming (a given S3 version when asked)."""
 
     @abstractmethod
-    def write_file(self, key: str, local_path: Path) -> None:
-        """Store a local file's content at ``key`` (a new S3 version; an atomic rename)."""
+    def write_file(self, key: str, local_path: Path, mode: int | None = None) -> None:
+        """Store a local file's content at ``key`` (a new S3 version; an atomic rename).
+
+        ``mode`` is the permission bits a local file had when it was backed up (an ``.env``
+        restored world-readable would be a new problem); S3 ignores it.
+        """
 
     @abstractmethod
     def keep_aside(self, key: str, evidence: str) -> str:
@@ -114,7 +119,7 @@ class S3Source(Source):
         with s3_errors(f"{self.location}{key}"):
             return self.client.get_object(Bucket=self.bucket, Key=self.full(key), **extra)["Body"]
 
-    def write_file(self, key: str, local_path: Path) -> None:
+    def write_file(self, key: str, local_path: Path, mode: int | None = None) -> None:
         with s3_errors(f"upload {self.location}{key}"):
             self.client.upload_file(str(local_path), self.bucket, self.full(key))
 
@@ -126,7 +131,8 @@ class S3Source(Source):
         if version_id:
             source["VersionId"] = version_id
         with s3_errors(f"copy {self.location}{key} aside"):
-            self.client.copy_object(CopySource=source, Bucket=bucket, Key=prefix + key)
+            # The managed copy: multipart above S3's 5 GiB single-copy limit.
+            self.client.copy(source, bucket, prefix + key)
         return f"s3://{bucket}/{prefix}{key}"
 
 
@@ -153,7 +159,8 @@ class DirectorySource(Source):
                 continue
             stat = path.stat()
             mtime = datetime.fromtimestamp(stat.st_mtime, UTC)
-            found.append(SourceObject(path.relative_to(self.root).as_posix(), stat.st_size, mtime))
+            key = path.relative_to(self.root).as_posix()
+            found.append(SourceObject(key, stat.st_size, mtime, mode=stat.st_mode & 0o7777))
         return found
 
     def open(self, key: str, version_id: str | None = None) -> BinaryIO:
@@ -164,11 +171,13 @@ class DirectorySource(Source):
         except OSError as exc:
             raise StorageError(f"{self.path(key)}: {exc.strerror}", transient=False) from exc
 
-    def write_file(self, key: str, local_path: Path) -> None:
+    def write_file(self, key: str, local_path: Path, mode: int | None = None) -> None:
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(f".{dest.name}.dr-restore")
         shutil.copyfile(local_path, part)
+        if mode is not None:
+            part.chmod(mode)
         with part.open("rb") as handle:
             os.fsync(handle.fileno())
         os.replace(part, dest)

@@ -113,7 +113,7 @@ class _Memory(Source):
     def open(self, key: str, version_id: str | None = None) -> BinaryIO:
         return io.BytesIO(self.objects[key])
 
-    def write_file(self, key: str, local_path: Path) -> None:
+    def write_file(self, key: str, local_path: Path, mode: int | None = None) -> None:
         raise AssertionError("a check never writes")
 
     def keep_aside(self, key: str, evidence: str) -> str:

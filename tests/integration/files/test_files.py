@@ -134,6 +134,7 @@ def test_restore_refuses_evidence_inside_the_source(
 def _folder(root: Path) -> FileSource:
     (root / "conf").mkdir(parents=True)
     (root / "conf" / "app.env").write_text("SECRET_REF=env:X\n")
+    (root / "conf" / "app.env").chmod(0o600)
     (root / "cert.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\n")
     return FileSource(name="config", directory=root)
 
@@ -145,13 +146,16 @@ def test_directory_restore_from_the_newest_verified_backup(tmp_path: Path) -> No
         restore_from_backup(source, repo_url, evidence=str(tmp_path / "evidence"))
     backup_files(source, repo_url, backup_id="20260101T000000Z")
     assert verify_files_backup(source, repo_url, tmp_path / "scratch").passed
+    (tmp_path / "srv" / "conf" / "app.env").unlink()
     (tmp_path / "srv" / "conf" / "app.env").write_text("tampered\n")
+    (tmp_path / "srv" / "conf" / "app.env").chmod(0o644)
     (tmp_path / "srv" / "cert.pem").unlink()
     (tmp_path / "srv" / "dropped.sh").write_text("#!/bin/sh\n")
     result = restore_from_backup(source, repo_url, evidence=str(tmp_path / "evidence"))
     assert sorted(result.restored) == ["cert.pem", "conf/app.env"]
     assert result.newer == ["dropped.sh"] and result.unchanged == 0
     assert (tmp_path / "srv" / "conf" / "app.env").read_text() == "SECRET_REF=env:X\n"
+    assert (tmp_path / "srv" / "conf" / "app.env").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "evidence" / "conf" / "app.env").read_text() == "tampered\n"
     assert (tmp_path / "srv" / "dropped.sh").exists()
 
