@@ -2,7 +2,8 @@
 
 Everything a flow needs to know about a target comes from here: tiers and their
 objectives, PostgreSQL nodes, backup repositories, services, DNS, health checks,
-validation queries, Slack, history and alert routing. Credentials are never values in
+validation queries, caches, files and their links to tables (:mod:`dr.config_state`),
+Slack, history and alert routing. Credentials are never values in
 this file, only references (:class:`SecretRef`): the name of an environment variable or
 of a Prefect Secret block, resolved at the moment a client is built.
 
@@ -19,14 +20,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from dr.config_base import SecretRef, Strict
 from dr.config_file import (  # noqa: F401 - the resolver and its constants are dr.config's API
     CONFIG_ENV_VAR,
     DEFAULT_CONFIG_PATH,
@@ -35,53 +35,8 @@ from dr.config_file import (  # noqa: F401 - the resolver and its constants are 
     problems_from_validation,
     read_yaml_file,
 )
-from dr.errors import ConfigError, register_secret
-
-
-class Strict(BaseModel):
-    """Base for every config model: unknown keys are errors, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=False)
-
-
-# --------------------------------------------------------------------------- secrets
-
-
-class SecretRef(Strict):
-    """Where a credential lives: exactly one of an environment variable or a Prefect Secret block."""
-
-    env: str | None = Field(None, description="Name of an environment variable.")
-    prefect_secret: str | None = Field(None, description="Name of a Prefect Secret block.")
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SecretRef:
-        if (self.env is None) == (self.prefect_secret is None):
-            raise ValueError("give exactly one of 'env' or 'prefect_secret'")
-        return self
-
-    def describe(self) -> str:
-        """A safe, human description of the reference (never the value)."""
-        return f"env:{self.env}" if self.env else f"prefect-secret:{self.prefect_secret}"
-
-    def resolve(self) -> str:
-        """Fetch the secret's value. The value is registered for redaction everywhere."""
-        if self.env is not None:
-            value = os.environ.get(self.env)
-            if value is None:
-                raise ConfigError(f"environment variable {self.env} is not set", [])
-        else:
-            from prefect.blocks.system import Secret  # imported lazily: slow import
-
-            try:
-                value = Secret.load(self.prefect_secret).get()  # type: ignore[arg-type]
-            except ValueError as exc:
-                raise ConfigError(
-                    f"Prefect Secret block {self.prefect_secret!r} not found", []
-                ) from exc
-            value = str(value)
-        register_secret(value)
-        return value
-
+from dr.config_state import CacheConfig, FileLink, FileSource, state_problems
+from dr.errors import ConfigError
 
 # --------------------------------------------------------------------------- tiers
 
@@ -304,6 +259,9 @@ class Target(Strict):
     regulatory_deadlines: list[Deadline] = Field(
         default_factory=lambda: [Deadline(name="GDPR notification", hours=72)]
     )
+    caches: list[CacheConfig] = Field(default_factory=list)
+    files: list[FileSource] = Field(default_factory=list)
+    links: list[FileLink] = Field(default_factory=list)
 
     @field_validator("evidence_repository")
     @classmethod
@@ -438,6 +396,9 @@ class DRConfig(Strict):
                     f"targets.{name}.tier: unknown tier {target.tier!r} "
                     f"(known: {', '.join(sorted(self.tiers))})"
                 )
+            problems.extend(
+                state_problems(f"targets.{name}", target.caches, target.files, target.links)
+            )
         for i, route in enumerate(self.alerts.routes):
             if route.target not in self.targets:
                 problems.append(f"alerts.routes.{i}.target: unknown target {route.target!r}")

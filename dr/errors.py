@@ -14,6 +14,7 @@ so that retries are decided in one place (:func:`is_transient`)::
         ├── StorageError
         │   ├── ObjectNotFound
         │   └── ChecksumMismatch
+        ├── CacheError           Redis
         ├── ContainerError
         ├── KubernetesError
         ├── CloudError           AWS APIs other than S3 (Route 53, EC2, IAM)
@@ -32,6 +33,7 @@ from typing import Any
 
 __all__ = [
     "ApprovalError",
+    "CacheError",
     "ChecksumMismatch",
     "CloudError",
     "ConfigError",
@@ -113,6 +115,10 @@ class ObjectNotFound(StorageError):
 
 class ChecksumMismatch(StorageError):
     """Content does not match the recorded SHA-256 (or an object exists with other content)."""
+
+
+class CacheError(SystemError_):
+    """A cache (Redis) failed or refused."""
 
 
 class ContainerError(SystemError_):
