@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from dr.localexec import server_argv, server_os_user
 
 PG_BIN_CANDIDATES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 FORBIDDEN_PORTS = {5432}
@@ -49,24 +50,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 def server_user() -> str | None:
     """The OS user to run server tools as: ``postgres`` when we are root, else ourselves."""
-    return "postgres" if os.geteuid() == 0 else None
-
-
-def chown_for_server(path: Path) -> None:
-    """Give ``path`` (recursively) to the server user, so the server can write there."""
-    user = server_user()
-    if user is None:
-        return
-    pw = pwd.getpwnam(user)
-    if not path.is_dir():
-        # os.walk yields nothing for a file: a file is given to the server user directly.
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-        return
-    for root, dirs, files in os.walk(path):
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-        for name in dirs + files:
-            with contextlib.suppress(FileNotFoundError):
-                os.lchown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+    return server_os_user()
 
 
 def run_as_server(
@@ -77,26 +61,12 @@ def run_as_server(
     timeout: float | None = 120,
     capture: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a server tool as the server user (``runuser -u postgres``) from a readable cwd."""
-    args = [str(a) for a in argv]
-    user = server_user()
-    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
-    if env:
-        full_env.update(env)
-    if user is not None:
-        full_env["HOME"] = pwd.getpwnam(user).pw_dir
-        args = [
-            "runuser",
-            "-u",
-            user,
-            "--",
-            "env",
-            *[f"{k}={v}" for k, v in full_env.items()],
-            *args,
-        ]
-        run_env = None
-    else:
-        run_env = {**os.environ, **full_env}
+    """Run a server tool as the server user (``runuser -u postgres``) from a readable cwd.
+
+    The command line comes from :func:`dr.localexec.server_argv` (the one place that knows how
+    to run as the server's user); only the error type is the lab's own.
+    """
+    args, run_env = server_argv(argv, env)
     proc = subprocess.run(
         args,
         cwd="/",
@@ -108,7 +78,7 @@ def run_as_server(
     )
     if check and proc.returncode != 0:
         raise ClusterError(
-            f"{Path(args[len(args) - len(argv)]).name} failed ({proc.returncode}): "
+            f"{Path(str(argv[0])).name} failed ({proc.returncode}): "
             f"{(proc.stderr or proc.stdout or '').strip()[-2000:]}"
         )
     return proc
