@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dr.errors import DRError
+from dr.errors import DRError, PreconditionError
 from flows.breach_response.restore import prepare_drill_restore
 from flows.breach_response.state import BreachRun, iso, new_secret
 from tasks.aws import security_groups
@@ -46,6 +46,8 @@ def plant_intruder(run: BreachRun) -> None:
         run.held[f"leaked:{cred.role}"] = session
         leaked.append({"role": cred.role, "pid": session.pid})
     run.intrusion_at = ctx.stamp_failure(run.held[role].started_at)
+    if run.opts.inject == "credential-survives":
+        open_backdoor(run)
     db = run.restore_db
     for table in run.opts.restore_tables:
         deleted = postgres_intruder.delete_rows_bypassing_checks_task(
@@ -66,11 +68,30 @@ def plant_intruder(run: BreachRun) -> None:
     )
 
 
+def open_backdoor(run: BreachRun) -> None:
+    """The red twin: a second way in that survives the rotation (a pg_hba trust line for
+    each leaked role on the primary), so the old password still logs in."""
+    primary = run.pgc.primary
+    rules = [f'host all "{c.role}" all trust' for c in run.pf.credentials if c.old is not None]
+    if not rules:
+        raise PreconditionError("credential-survives: no leaked credential to keep usable")
+    change = hba.inject_hba_rules_task(run.ci(primary), rules, reason="credential-survives")
+    run.backdoors.append(change)
+    run.record(change, lambda: hba.remove_hba_rules(run.ci(primary), change))
+    run.info["drill_backdoor"] = {"node": primary.name, "rules": rules}
+
+
 def drill_cleanup(run: BreachRun) -> None:
     """Drop the rogue role, lift the drill's network blocks, close the held sessions."""
     ctx = run.ctx
     for session in run.held.values():
         session.close()
+    while run.backdoors:
+        change = run.backdoors.pop()
+        try:
+            ctx.record_change(hba.remove_hba_rules_task(run.ci(run.pgc.primary), change))
+        except DRError as exc:
+            ctx.record_check("drill: backdoor closed", False, detail=str(exc))
     if run.rogue_role and run.rogue_password is not None:
         try:
             change = postgres_intruder.drop_role_task(

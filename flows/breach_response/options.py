@@ -187,6 +187,11 @@ class BreachOptions(_Strict):
     app_heartbeat_writer: str | None = Field(
         "app", description="The application's writer in dr_heartbeat; None: not checked."
     )
+    inject: Literal["credential-survives"] | None = Field(
+        None,
+        description="Drills: credential-survives = the red twin: a pg_hba trust line for each "
+        "leaked role stays open, so the 'old password rejected' proof must fail.",
+    )
     drill_block_cidrs: list[str] = Field(
         default_factory=lambda: list(DRILL_BLOCK_CIDRS),
         description="Drills: the 'attacker' networks blocked, then unblocked at the end.",

@@ -106,6 +106,7 @@ class BreachRun:
         self.revoked: list[Change] = []
         self.hba_blocks: dict[str, Change] = {}
         self.sg_blocks: list[Change] = []
+        self.backdoors: list[Change] = []
         self.rotations: list[Rotation] = []
         self.failed_rotations: list[str] = []
         self.stored: evidence_manifest.StoredBundle | None = None

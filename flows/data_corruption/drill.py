@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 from dr.changes import Change
 from dr.clock import utcnow
-from dr.errors import ConfigError
+from dr.errors import ConfigError, PreconditionError
+from dr.tasking import dr_task
 from flows.common.backups import base_backup_target
 from flows.data_corruption.options import (
     DRILL_COLUMN,
@@ -18,13 +21,22 @@ from flows.data_corruption.options import (
 )
 from flows.data_corruption.run import CorruptionRun, mkdir_traversable
 from tasks.backups import restore as backups_restore
-from tasks.pitr import archiving, base_backup, checksums, relation_restore
+from tasks.pitr import archiving, base_backup, checksums, relation_restore, wal
 from tasks.pitr import cluster as pitr_cluster
 from tasks.pitr import drill as pitr_drill
 from tasks.pitr import relations as pitr_relations
+from tasks.pitr import target as pitr_target
 from tasks.postgres import admin as postgres_admin
+from tasks.storage.client import Repository
 
-__all__ = ["choose_drill_table", "inject"]
+__all__ = [
+    "choose_drill_table",
+    "inject",
+    "put_segment_back",
+    "put_segment_back_task",
+    "set_segment_aside",
+    "set_segment_aside_task",
+]
 
 
 def _unsuitable(variant: Variant, table: pitr_drill.DrillCandidate) -> str | None:
@@ -163,9 +175,11 @@ def _undo_drill_damage(run: CorruptionRun, victims: list[str]) -> None:
 def inject(run: CorruptionRun) -> None:
     """Drill: stamp, snapshot, then damage like a real bug (or bit rot) would."""
     ctx, opts = run.ctx, run.opts
+    # The red twin damages like bad-update; its gap comes after the damage.
+    variant = Variant.bad_update if opts.variant is Variant.wal_gap else opts.variant
     with ctx.phase("prepare drill", detail=f"variant {opts.variant.value}") as record:
         victim, column = choose_drill_table(
-            opts.variant,
+            variant,
             pitr_drill.drill_candidates_task(run.conninfo()),
             database=run.db,
             requested=opts.drill_table,
@@ -180,7 +194,7 @@ def inject(run: CorruptionRun) -> None:
         _ensure_base_backup(run)
         if not ctx.plan("snapshot", f"rows of {', '.join(victims)} and stamp the time"):
             return
-        if opts.variant is not Variant.damaged_page:
+        if variant is not Variant.damaged_page:
             _safety_net(run, victims)
         run.snapshot = pitr_relations.relation_digests_task(run.conninfo(), victims)
         run.stamp = archiving.server_position_task(run.conninfo())
@@ -191,7 +205,7 @@ def inject(run: CorruptionRun) -> None:
             "digests": {k: v.model_dump() for k, v in run.snapshot.items()},
         }
     with ctx.phase("inject damage", detail=f"{opts.variant.value} on {victim}") as record:
-        if opts.variant is Variant.damaged_page:
+        if variant is Variant.damaged_page:
             _inject_damaged_page(run, victim)
         else:
             sql_text = DRILL_STATEMENTS.get((victim, column)) or pitr_drill.drill_statement(
@@ -214,6 +228,9 @@ def inject(run: CorruptionRun) -> None:
                 undo=lambda: _undo_drill_damage(run, victims),
             )
         ctx.stamp_failure(run.damage_at)
+    if opts.variant is Variant.wal_gap and not ctx.dry_run:
+        with ctx.phase("inject WAL gap", detail="set aside the segment the recovery needs") as rec:
+            rec.detail = _inject_wal_gap(run)
 
 
 def _inject_damaged_page(run: CorruptionRun, victim: str) -> None:
@@ -242,3 +259,71 @@ def _inject_damaged_page(run: CorruptionRun, victim: str) -> None:
         ),
         undo=lambda: pitr_cluster.remove_cluster(copy_dir, bin_dir=run.bin_dir),
     )
+
+
+def _inject_wal_gap(run: CorruptionRun) -> str:
+    """The red twin: set aside the archived segment holding the stamp (every recovery to a
+    point after it replays that segment); compensation puts it back."""
+    assert run.stamp is not None
+    # The stamp's segment and a later one archived: a missing segment is then a gap.
+    for _ in range(2):
+        archiving.switch_wal_and_wait_task(run.conninfo())
+    point = pitr_target.RecoveryTarget(lsn=run.stamp["lsn"])
+    now = archiving.server_position_task(run.conninfo())
+    backup = base_backup.choose_base_backup(
+        base_backup.list_base_backups_task(run.backup_repo(), run.ctx.target_name),
+        point,
+        now=now["at"],
+        current_lsn=now["lsn"],
+    )
+    repo = run.wal_repo()
+    needed = wal.plan_wal_task(repo, backup, point).needed
+    if not needed:
+        raise PreconditionError(f"base backup {backup.backup_id} needs no archived segment")
+    change = set_segment_aside_task(repo, needed[-1], mkdir_traversable(run.work / "wal-aside"))
+    run.details["wal_gap"] = {"segment": needed[-1], "base_backup": backup.backup_id}
+    run.ctx.record_change(change, undo=lambda: put_segment_back_task(repo, change))
+    return f"segment {needed[-1]} set aside (needed from base backup {backup.backup_id})"
+
+
+def _segment_key(repo: Repository, segment: str) -> str:
+    for obj in repo.list(""):
+        if obj.key.rsplit("/", 1)[-1] == segment:
+            return str(obj.key)
+    raise PreconditionError(f"segment {segment} is not in the WAL archive {repo.url}")
+
+
+def set_segment_aside(repo: Repository, segment: str, folder: Path) -> Change:
+    """Move one archived WAL segment out of the archive into ``folder`` (verified copy first).
+
+    Returns:
+        A compensable Change; :func:`put_segment_back` undoes it.
+
+    Raises:
+        PreconditionError: the segment is not in the archive.
+        StorageError: the archive cannot be read or written.
+    """
+    key = _segment_key(repo, segment)
+    local = folder / segment
+    sha = repo.get_to_file(key, local)
+    repo.delete(key)
+    return Change(
+        system="storage",
+        action="set-wal-segment-aside",
+        object=repo.url_for(key),
+        outcome="changed",
+        before={"key": key, "sha256": sha},
+        after={"aside": str(local)},
+        undo=f"put {local} back at {repo.url_for(key)}",
+        compensable=True,
+    )
+
+
+def put_segment_back(repo: Repository, change: Change) -> Any:
+    """Put a segment :func:`set_segment_aside` moved back, unchanged (a no-op if there)."""
+    local = Path(str(change.after["aside"]))
+    return repo.put_file(str(change.before["key"]), local)
+
+
+set_segment_aside_task = dr_task(set_segment_aside, name="drill-set-wal-segment-aside")
+put_segment_back_task = dr_task(put_segment_back, name="drill-put-wal-segment-back")

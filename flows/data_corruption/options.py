@@ -42,11 +42,16 @@ EVIDENCE_FOLDER = "evidence"
 
 
 class Variant(StrEnum):
-    """What a drill damages (always like a real bug or bit rot would)."""
+    """What a drill damages (always like a real bug or bit rot would).
+
+    ``wal-gap`` is the red twin: a bad-update, then the archived WAL segment the recovery
+    needs is set aside (put back afterwards), so the recovery must be refused.
+    """
 
     bad_update = "bad-update"
     mass_delete = "mass-delete"
     damaged_page = "damaged-page"
+    wal_gap = "wal-gap"
 
 
 #: The table each drill variant damages (the lab's demo shop).
@@ -54,6 +59,7 @@ DRILL_VICTIMS: dict[Variant, str] = {
     Variant.bad_update: "shop.orders",
     Variant.mass_delete: "shop.order_items",
     Variant.damaged_page: "shop.orders",
+    Variant.wal_gap: "shop.orders",
 }
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dr.clock import utcnow
 from dr.config import KubernetesService
-from dr.errors import ConfigError, PreconditionError
+from dr.errors import ConfigError, PreconditionError, VerificationError
 from flows.common.writers import writer_services
+from flows.data_corruption.options import Variant
 from flows.data_corruption.run import CorruptionRun, as_utc
 from tasks.pitr import archiving, base_backup, lsn, wal
 from tasks.pitr import target as pitr_target
@@ -71,7 +72,7 @@ def plan(
             current_lsn=now["lsn"],
         )
         _advise(run, target)
-        plan = wal.plan_wal_task(run.wal_repo(), backup, target, allow_unarchived_end=ctx.dry_run)
+        plan = _plan_wal(run, backup, target)
         if plan.unarchived_from:
             ctx.plan(
                 "switch WAL and wait for the archiver to archive",
@@ -101,6 +102,25 @@ def plan(
         if run.opts.whole_database:
             _check_repointable(run)
         return target, backup, plan
+
+
+def _plan_wal(
+    run: CorruptionRun, backup: base_backup.BaseBackup, target: pitr_target.RecoveryTarget
+) -> wal.WalPlan:
+    """The WAL plan; in a drill a refusal (a gap) fails the drill, naming the check."""
+    ctx, check = run.ctx, "WAL archive continuous to the recovery point"
+    try:
+        plan = wal.plan_wal_task(run.wal_repo(), backup, target, allow_unarchived_end=ctx.dry_run)
+    except PreconditionError as exc:
+        if not ctx.is_drill:
+            raise
+        ctx.record_check(check, False, detail=str(exc))
+        raise VerificationError(f"{check}: {exc}") from exc
+    gap = run.details.get("wal_gap")
+    if run.opts.variant is Variant.wal_gap and ctx.is_drill and gap and not ctx.dry_run:
+        ctx.record_check(check, False, detail=f"segment {gap['segment']} was set aside, unseen")
+        raise VerificationError(f"{check}: the plan did not see the gap at {gap['segment']}")
+    return plan
 
 
 def _advise(run: CorruptionRun, target: pitr_target.RecoveryTarget) -> None:

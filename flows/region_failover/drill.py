@@ -6,14 +6,14 @@ import time
 from datetime import datetime
 
 from dr.clock import utcnow
-from dr.errors import PreconditionError
+from dr.errors import DRError, PreconditionError
 from flows.region_failover.assess import assess
 from flows.region_failover.choose import choose_replica
 from flows.region_failover.run import Failover
 from tasks import faults
-from tasks.postgres import local_server
+from tasks.postgres import hba, local_server
 
-__all__ = ["inject", "preflight"]
+__all__ = ["inject", "lift_injection", "preflight"]
 
 
 def preflight(run: Failover) -> None:
@@ -76,15 +76,14 @@ def inject(run: Failover) -> None:
         deadline = time.monotonic() + run.opts.warmup_seconds
         while time.monotonic() < deadline:
             time.sleep(0.05)
-    what = (
-        "kill (SIGSTOP then SIGKILL every process of)"
-        if run.opts.inject == "kill"
-        else "stop -m immediate"
-    )
+    crash = run.opts.inject != "immediate"
+    what = "kill (SIGSTOP then SIGKILL every process of)" if crash else "stop -m immediate"
+    if run.opts.inject == "app-cannot-connect":
+        refuse_app_on_replicas(run)
     if not ctx.plan(what, f"the primary {node.name} ({node.data_directory})"):
         return
     before = utcnow()
-    if run.opts.inject == "kill":
+    if crash:
         change = faults.kill_local_server_task(str(node.data_directory))
         failure_at = datetime.fromisoformat(change.after["killed_at"]) if change.changed else before
     else:
@@ -104,3 +103,29 @@ def inject(run: Failover) -> None:
     )
     if not change.changed:
         raise PreconditionError(f"{node.name} was not running: nothing was injected")
+
+
+def refuse_app_on_replicas(run: Failover) -> None:
+    """The red twin: every replica refuses the application's role, so after promotion the
+    end-to-end check ("application writes land on ...") must fail."""
+    ctx, role = run.ctx, run.opts.app_role
+    for node in run.pgc.replicas:
+        if not ctx.plan("refuse", f"role {role} on {node.name} (pg_hba reject line, drill)"):
+            continue
+        change = hba.inject_hba_rules_task(
+            run.ci(node), [f'host all "{role}" all reject'], reason="app-cannot-connect"
+        )
+        run.injected_hba.append((node, change))
+        ctx.record_change(change, undo=lambda n=node, c=change: hba.remove_hba_rules(run.ci(n), c))
+
+
+def lift_injection(run: Failover) -> None:
+    """Take out the red twin's reject lines (before any failback), whatever happened."""
+    while run.injected_hba:
+        node, change = run.injected_hba.pop()
+        try:
+            run.ctx.record_change(hba.remove_hba_rules_task(run.ci(node), change))
+        except DRError as exc:
+            run.ctx.record_check(
+                f"drill: {node.name} accepts {run.opts.app_role} again", False, detail=str(exc)
+            )

@@ -14,7 +14,7 @@ from flows.lifecycle import RunContext, run_scenario
 from flows.region_failover import fence as fencing
 from flows.region_failover.assess import assess, record_assessment
 from flows.region_failover.choose import choose, lag_gate
-from flows.region_failover.drill import inject, preflight
+from flows.region_failover.drill import inject, lift_injection, preflight
 from flows.region_failover.fail_back import fail_back
 from flows.region_failover.measure import measure
 from flows.region_failover.options import FailoverOptions
@@ -74,12 +74,20 @@ def run_runbook(run: Failover) -> None:
     run.details["new_primary"] = run.new.name
 
 
+def _runbook_then_lift(run: Failover) -> None:
+    """The runbook; a red twin's injection is lifted before any failback, even when red."""
+    try:
+        run_runbook(run)
+    finally:
+        lift_injection(run)
+
+
 def _make_body(opts: FailoverOptions) -> Callable[[RunContext], None]:
     def body(ctx: RunContext) -> None:
         run = Failover(ctx, opts)
         try:
             try:
-                run_runbook(run)
+                _runbook_then_lift(run)
             except Exception:
                 if ctx.is_drill and run.promoted and run.wants_failback:
                     # Leave the lab usable even after a failed drill: rejoin and switch back.

@@ -20,10 +20,14 @@ class FailoverOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    inject: Literal["kill", "immediate"] = Field(
+    inject: Literal["kill", "immediate", "app-cannot-connect"] = Field(
         "kill",
         description="Drills: kill = freeze and SIGKILL every server process (a crash); "
-        "immediate = pg_ctl stop -m immediate.",
+        "immediate = pg_ctl stop -m immediate; app-cannot-connect = the red twin: the "
+        "replicas refuse app_role (pg_hba reject), then kill, so the end-to-end check fails.",
+    )
+    app_role: str = Field(
+        "dr_app", description="Drills: the application's database role (app-cannot-connect)."
     )
     warmup_seconds: float = Field(
         1.0, ge=0, le=60, description="Drills: heartbeat writes before the failure is injected."

@@ -39,6 +39,7 @@ class Failover:
         self.failed_back = False
         self.milestones: dict[str, datetime | None] = {}
         self.scaled: list[Change] = []
+        self.injected_hba: list[tuple[PostgresNode, Change]] = []
         self.details: dict[str, Any] = {}
         ctx.details["failover"] = self.details
 

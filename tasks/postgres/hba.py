@@ -338,6 +338,101 @@ def unblock_cidrs_in_hba(conninfo: str, change: Change) -> Change:
     return result
 
 
+#: Comment written at the end of every rule a drill injects (see :func:`inject_hba_rules`).
+DRILL_MARKER = "# dr-pipelines drill injection"
+
+
+def inject_hba_rules(conninfo: str, rules: Sequence[str], *, reason: str) -> Change:
+    """Drills: put ``rules`` above every other line of the node's pg_hba.conf, and reload.
+
+    Why: a red twin must break one path for real (refuse the application's role, or let an
+    old credential in); each rule ends with :data:`DRILL_MARKER` as a comment, so
+    :func:`remove_hba_rules` takes out exactly these lines.
+
+    Args:
+        conninfo: a superuser connection to the node.
+        rules: pg_hba lines (``host all dr_app all reject``).
+        reason: written in the marker comment.
+
+    Returns:
+        A compensable Change (``updated``) with ``after["added"]``: the lines added.
+
+    Raises:
+        PreconditionError: the file is not on this machine, or cannot be rewritten.
+        PostgresError: the server cannot be reached, the new file does not parse (it is then
+            put back), or the reload did not happen.
+    """
+    with session(conninfo, "find pg_hba.conf", statement_timeout_seconds=None) as conn:
+        path = _hba_path(conn, None)
+    original = path.read_text()
+    lines = original.splitlines()
+    top = _first_rule_index(lines)
+    # The marker on the rule's own line: a block inserted later cannot come between them.
+    insert = [f"{rule}    {DRILL_MARKER} ({reason})" for rule in rules]
+    before = _load_time(conninfo)
+    _write_like(path, "\n".join(lines[:top] + insert + lines[top:]) + "\n")
+    try:
+        _reload_and_prove(conninfo, before, path)
+    except Exception:
+        _write_like(path, original)
+        raise
+    change = Change(
+        system=SYSTEM,
+        action="inject-hba-rules",
+        object=f"{path} ({describe_conninfo(conninfo)})",
+        outcome="updated",
+        before={"hba_file": str(path)},
+        after={"hba_file": str(path), "added": list(rules)},
+        undo=f"remove the lines ending '{DRILL_MARKER} ...' from {path}; SELECT pg_reload_conf()",
+        compensable=True,
+    )
+    log.info("%s", change.summary())
+    return change
+
+
+def remove_hba_rules(conninfo: str, change: Change) -> Change:
+    """Remove the rules :func:`inject_hba_rules` added (only those) and reload; idempotent.
+
+    Raises:
+        PreconditionError: not an inject-hba-rules change, or the file cannot be rewritten.
+        PostgresError: the server cannot be reached or did not reload.
+    """
+    if change.system != SYSTEM or change.action != "inject-hba-rules":
+        raise PreconditionError(f"expected an inject-hba-rules change, got {change.action}")
+    path = Path(str(change.after["hba_file"]))
+    added = [rule.split() for rule in change.after.get("added", [])]
+    text = path.read_text()
+    lines = text.splitlines()
+    drop = {
+        i
+        for i, line in enumerate(lines)
+        if DRILL_MARKER in line and line.split("#", 1)[0].split() in added
+    }
+    if not drop:
+        log.info("pg_hba %s: no drill rule left: unchanged", change.object)
+        return Change(
+            system=SYSTEM, action="remove-hba-rules", object=change.object, outcome="unchanged"
+        )
+    before = _load_time(conninfo)
+    _write_like(path, "\n".join(line for i, line in enumerate(lines) if i not in drop) + "\n")
+    try:
+        _reload_and_prove(conninfo, before, path)
+    except Exception:
+        _write_like(path, text)
+        raise
+    result = Change(
+        system=SYSTEM,
+        action="remove-hba-rules",
+        object=change.object,
+        outcome="updated",
+        before={"hba_file": str(path), "rules": change.after.get("added", [])},
+        after={"hba_file": str(path)},
+        compensable=False,
+    )
+    log.info("%s", result.summary())
+    return result
+
+
 # --------------------------------------------------------------------------- Prefect tasks
 
 block_cidrs_in_hba_task = dr_task(
@@ -349,4 +444,10 @@ unblock_cidrs_in_hba_task = dr_task(
     unblock_cidrs_in_hba,
     name="postgres-unblock-cidrs-in-hba",
     timeout_seconds=120,
+)
+inject_hba_rules_task = dr_task(
+    inject_hba_rules, name="postgres-inject-hba-rules", timeout_seconds=120
+)
+remove_hba_rules_task = dr_task(
+    remove_hba_rules, name="postgres-remove-hba-rules", timeout_seconds=120
 )

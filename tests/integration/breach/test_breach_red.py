@@ -1,0 +1,68 @@
+"""The breach-response red twin on the lab: ``--inject credential-survives``.
+
+After planting the intruder the drill leaves a second way in with the old credential open
+(a pg_hba trust line for the leaked application role on the primary): the "old password
+rejected" proof must fail, the drill must end ``failed`` with exit 1 naming that proof, and
+its cleanup must close the way in again, leaving the lab healthy (the app writing with the
+new password, the old one refused).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from lab import status as lab_status
+from tasks.postgres.hba import DRILL_MARKER
+
+from .conftest import BreachLab
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def test_credential_survives_is_red_and_the_way_in_is_closed(breach_lab: BreachLab) -> None:
+    breach_lab.sync_lab_secrets()
+    assert breach_lab.wait_app_writing(), "the lab app does not write before the drill"
+    old = breach_lab.app_password()
+    code, out, _err = breach_lab.invoke(
+        "drill", "breach-response", "--target", "lab", "--json",
+        "--config", str(breach_lab.config_path), "--inject", "credential-survives",
+    )  # fmt: skip
+    breach_lab.sync_lab_secrets()
+    result = json.loads(out)
+    assert code == 1, result["reason"]
+    assert result["outcome"] == "failed"
+    failed = [c["name"] for c in result["checks"] if c["critical"] and not c["ok"]]
+    assert any("old password rejected on primary" in n for n in failed), failed
+    assert "old password rejected on primary" in result["reason"], result["reason"]
+    assert result["details"]["breach"]["drill_backdoor"]["rules"], result["details"]
+    actions = [c["action"] for c in result["changes"]]
+    assert "inject-hba-rules" in actions and "remove-hba-rules" in actions, actions
+    # The way in is closed again: no drill line, the old password refused, the new one works.
+    with breach_lab.primary_conn("postgres") as conn:
+        hba_file = str(conn.execute("SHOW hba_file").fetchone()[0])  # type: ignore[index]
+        role = conn.execute(
+            "SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = 'dr_app'"
+        ).fetchone()
+    assert DRILL_MARKER not in Path(hba_file).read_text()
+    assert role is not None
+    new = breach_lab.app_password()
+    assert new != old
+    port = breach_lab.lab.primary.port
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(
+            host="127.0.0.1", port=port, dbname="app", user="dr_app", password=old,
+            connect_timeout=5,
+        ).close()  # fmt: skip
+    psycopg.connect(
+        host="127.0.0.1", port=port, dbname="app", user="dr_app", password=new, connect_timeout=5
+    ).close()
+    assert breach_lab.rogue_roles() == []
+    assert breach_lab.hba_blocks() == []
+    assert breach_lab.wait_app_writing(30), "the app does not write after the red drill"
+    status = lab_status.status(breach_lab.lab.base_dir)
+    assert status["primary"]["role"] == "primary", status["primary"]
+    assert status["replica"]["streaming"] is True, status["replica"]
