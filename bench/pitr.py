@@ -45,7 +45,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lab.pgcluster import Cluster, chown_for_server, free_port, run_as_server
+from dr.localexec import chown_for_server
+from lab.pgcluster import Cluster, free_port, run_as_server
 from tasks.backups import manifest as backups_manifest
 from tasks.pitr import archiving, base_backup, base_restore, wal
 from tasks.pitr import cluster as pitr_cluster

@@ -21,11 +21,11 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from dr.localexec import chown_for_server
 from lab.host import (  # noqa: F401 - re-exported: lab.pgcluster is where tests find them
     FORBIDDEN_PORTS,
     PG_BIN_CANDIDATES,
     ClusterError,
-    chown_for_server,
     free_port,
     pg_bin_dir,
     port_open,
