@@ -183,8 +183,14 @@ from deployments.alerts.app import (
     default_client_factory,
     serve,
 )
-from deployments.alerts.receiver import AlertReceiver, Outcome, RunRecord, TokenBucket
-from deployments.alerts.runs import deployment_for, flow_parameters, ui_url_from_api
+from deployments.alerts.receiver import AlertReceiver, TokenBucket
+from deployments.alerts.runs import (
+    Outcome,
+    RunRecord,
+    deployment_for,
+    flow_parameters,
+    ui_url_from_api,
+)
 
 __all__ = [
     "DEFAULT_HOST",

@@ -7,8 +7,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID
@@ -17,7 +16,20 @@ import httpx
 
 from deployments.alerts.payloads import IncomingAlert
 from deployments.alerts.routing import idempotency_key, match_route, run_mode
-from deployments.alerts.runs import deployment_for, flow_parameters, flow_run_tags
+from deployments.alerts.runs import (
+    NOT_BEGUN_STATES,
+    UNDER_WAY_STATES,
+    Outcome,
+    RunRecord,
+    active_runs,
+    attach_alert,
+    cancel_not_begun,
+    deployment_for,
+    flow_parameters,
+    flow_run_tags,
+    runs_started_by,
+    state_type,
+)
 from dr.config import AlertRoute
 from dr.errors import ConfigError, DRError, SystemError_
 
@@ -74,62 +86,6 @@ class TokenBucket:
         return (1.0 - self._tokens) / self.rate_per_second
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    """The flow run an alert started (or had already started)."""
-
-    fingerprint: str
-    route: str
-    scenario: str
-    target: str
-    mode: str
-    flow_run_id: str
-    flow_run_url: str
-    deduplicated: bool = False
-
-    def as_json(self, *, deduplicated: bool | None = None) -> dict[str, Any]:
-        return {
-            "fingerprint": self.fingerprint,
-            "route": self.route,
-            "scenario": self.scenario,
-            "target": self.target,
-            "mode": self.mode,
-            "flow_run_id": self.flow_run_id,
-            "flow_run_url": self.flow_run_url,
-            "deduplicated": self.deduplicated if deduplicated is None else deduplicated,
-        }
-
-
-@dataclass
-class Outcome:
-    """What one request led to; decides the HTTP status."""
-
-    runs: list[dict[str, Any]] = field(default_factory=list)
-    ignored: list[dict[str, Any]] = field(default_factory=list)
-    rate_limited: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def retry_after_seconds(self) -> int:
-        waits = [item["retry_after_seconds"] for item in self.rate_limited]
-        return max(waits, default=0)
-
-    @property
-    def status_code(self) -> int:
-        if self.rate_limited:
-            return 429
-        if any(not run["deduplicated"] for run in self.runs):
-            return 201
-        if self.runs:
-            return 200
-        return 202
-
-    def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"runs": self.runs, "ignored": self.ignored}
-        if self.rate_limited:
-            body["rate_limited"] = self.rate_limited
-        return body
-
-
 class PrefectClientLike(Protocol):
     """The part of :class:`prefect.client.orchestration.PrefectClient` the receiver uses."""
 
@@ -147,6 +103,29 @@ class PrefectClientLike(Protocol):
         tags: Any = None,
         idempotency_key: str | None = None,
     ) -> Any: ...
+
+    async def read_flow_runs(self, **filters: Any) -> list[Any]: ...
+
+    async def update_flow_run(self, flow_run_id: UUID, *, tags: Any = None) -> Any: ...
+
+    async def set_flow_run_state(self, flow_run_id: UUID, state: Any) -> Any: ...
+
+
+#: Posts one line to the target's Slack channel: ``notify(target, text)``.
+Notifier = Callable[[str, str], Awaitable[None]]
+
+
+class _RateLimited(Exception):
+    """The route's rate limit refused a new run (its waiters are refused too)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+
+def _resolves(alert: IncomingAlert) -> bool:
+    """A resolution (Alertmanager, Grafana, plain ``resolved``), not another non-firing event."""
+    return alert.not_firing_reason == "resolved"
 
 
 def _deployment_missing(exc: BaseException) -> bool:
@@ -171,7 +150,7 @@ def _translate_prefect_error(exc: Exception, what: str) -> DRError:
 
 
 class AlertReceiver:
-    """Routes alerts, deduplicates them and starts their flow runs.
+    """Routes alerts, deduplicates them, starts or attaches to their runs, cancels on resolve.
 
     One per process (it holds the caches): create it inside the event loop that will use
     the Prefect client.
@@ -183,6 +162,8 @@ class AlertReceiver:
         clock: monotonic clock for the rate limits.
         cache_size: how many fingerprint → run entries to keep.
         max_concurrent_creations: flow runs being created at once.
+        notify: posts a line to the target's Slack channel (a resolved alert whose run is
+            already under way); None: logged only.
     """
 
     def __init__(
@@ -194,6 +175,7 @@ class AlertReceiver:
         clock: Callable[[], float] = time.monotonic,
         cache_size: int = RUN_CACHE_SIZE,
         max_concurrent_creations: int = MAX_CONCURRENT_CREATIONS,
+        notify: Notifier | None = None,
     ) -> None:
         self.routes = list(routes)
         self.client = client
@@ -204,6 +186,8 @@ class AlertReceiver:
         self._deployment_ids: dict[str, UUID] = {}
         self._cache_size = cache_size
         self._creations = asyncio.Semaphore(max_concurrent_creations)
+        self._target_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._notify = notify
 
     def flow_run_url(self, flow_run_id: str) -> str:
         return f"{self.ui_url}/runs/flow-run/{flow_run_id}"
@@ -224,7 +208,7 @@ class AlertReceiver:
         return missing
 
     async def receive(self, alerts: Sequence[IncomingAlert]) -> Outcome:
-        """Handle every alert of one request.
+        """Handle every alert of one request, in order.
 
         Raises:
             SystemError_: Prefect could not be reached (transient).
@@ -232,49 +216,44 @@ class AlertReceiver:
         """
         outcome = Outcome()
         for alert in alerts:
-            if not alert.firing:
+            route = match_route(self.routes, alert) if alert.firing or _resolves(alert) else None
+            if not alert.firing and route is not None:
+                outcome.resolved.extend(await self._resolve(route, alert))
+            elif not alert.firing:
                 outcome.ignored.append(self._ignored(alert, alert.not_firing_reason))
-                continue
-            route = match_route(self.routes, alert)
-            if route is None:
+            elif route is None:
                 outcome.ignored.append(self._ignored(alert, "no route"))
-                continue
-            key = idempotency_key(route, alert)
-            cached = self._runs.get(key)
-            if cached is not None:
-                self._runs.move_to_end(key)
-                logger.debug(
-                    "alert %s answered from cache: run %s", alert.fingerprint, cached.flow_run_id
-                )
-                outcome.runs.append(cached.as_json(deduplicated=True))
-                continue
+            else:
+                await self._fire(route, alert, outcome)
+        return outcome
+
+    async def _fire(self, route: AlertRoute, alert: IncomingAlert, outcome: Outcome) -> None:
+        key = idempotency_key(route, alert)
+        cached = self._runs.get(key)
+        if cached is not None:
+            self._runs.move_to_end(key)
+            logger.debug(
+                "alert %s answered from cache: run %s", alert.fingerprint, cached.flow_run_id
+            )
+            outcome.runs.append(cached.as_json(deduplicated=True))
+            return
+        try:
             pending = self._inflight.get(key)
             if pending is not None:
                 record = await asyncio.shield(pending)
                 outcome.runs.append(record.as_json(deduplicated=True))
-                continue
-            wait = self._buckets[route.name].take()
-            if wait > 0:
-                retry_after = max(1, math.ceil(wait))
-                logger.warning(
-                    "route %s over its rate limit (%s/min): %s alert %s refused, retry in %s s",
-                    route.name,
-                    route.rate_limit_per_minute,
-                    alert.source,
-                    alert.fingerprint,
-                    retry_after,
-                )
-                outcome.rate_limited.append(
-                    {
-                        "fingerprint": alert.fingerprint,
-                        "route": route.name,
-                        "retry_after_seconds": retry_after,
-                    }
-                )
-                continue
+                return
             record = await self._start_once(key, route, alert)
-            outcome.runs.append(record.as_json())
-        return outcome
+        except _RateLimited as limited:
+            outcome.rate_limited.append(
+                {
+                    "fingerprint": alert.fingerprint,
+                    "route": route.name,
+                    "retry_after_seconds": limited.retry_after,
+                }
+            )
+            return
+        outcome.runs.append(record.as_json())
 
     def _ignored(self, alert: IncomingAlert, reason: str) -> dict[str, Any]:
         logger.info("ignored %s alert %s: %s", alert.source, alert.fingerprint, reason)
@@ -287,7 +266,11 @@ class AlertReceiver:
         future: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            record = await self._start(key, route, alert)
+            lock = self._target_locks.setdefault(
+                (route.scenario.value, route.target), asyncio.Lock()
+            )
+            async with lock:
+                record = await self._attach_or_start(key, route, alert)
         except BaseException as exc:
             if isinstance(exc, Exception):
                 future.set_exception(exc)
@@ -297,12 +280,135 @@ class AlertReceiver:
             raise
         else:
             future.set_result(record)
-            self._runs[key] = record
-            while len(self._runs) > self._cache_size:
-                self._runs.popitem(last=False)
+            self._remember(key, record)
             return record
         finally:
             self._inflight.pop(key, None)
+
+    def _remember(self, key: str, record: RunRecord) -> None:
+        self._runs[key] = record
+        while len(self._runs) > self._cache_size:
+            self._runs.popitem(last=False)
+
+    async def _attach_or_start(
+        self, key: str, route: AlertRoute, alert: IncomingAlert
+    ) -> RunRecord:
+        """Attach to the target's active run of the scenario, else start one (rate-limited)."""
+        try:
+            existing = await active_runs(self.client, route.scenario.value, route.target)
+            if existing:
+                return await self._attach(key, route, alert, existing[0])
+        except DRError:
+            raise
+        except Exception as exc:
+            raise _translate_prefect_error(exc, "looking up active runs") from exc
+        wait = self._buckets[route.name].take()
+        if wait > 0:
+            retry_after = max(1, math.ceil(wait))
+            logger.warning(
+                "route %s over its rate limit (%s/min): %s alert %s refused, retry in %s s",
+                route.name,
+                route.rate_limit_per_minute,
+                alert.source,
+                alert.fingerprint,
+                retry_after,
+            )
+            raise _RateLimited(retry_after)
+        return await self._start(key, route, alert)
+
+    async def _attach(
+        self, key: str, route: AlertRoute, alert: IncomingAlert, flow_run: Any
+    ) -> RunRecord:
+        flow_run_id = str(flow_run.id)
+        own = flow_run.idempotency_key == key
+        if not own:
+            await attach_alert(self.client, flow_run, alert)
+            logger.info(
+                "%s alert %s attached to %s run %s of %s on %s (route %s)",
+                alert.source,
+                alert.fingerprint,
+                state_type(flow_run).lower(),
+                flow_run_id,
+                route.scenario.value,
+                route.target,
+                route.name,
+            )
+        return RunRecord(
+            fingerprint=alert.fingerprint,
+            route=route.name,
+            scenario=route.scenario.value,
+            target=route.target,
+            mode=(flow_run.parameters or {}).get("mode", run_mode(route, alert).value),
+            flow_run_id=flow_run_id,
+            flow_run_url=self.flow_run_url(flow_run_id),
+            deduplicated=own,
+            attached=not own,
+        )
+
+    async def _resolve(self, route: AlertRoute, alert: IncomingAlert) -> list[dict[str, Any]]:
+        """Cancel the runs this alert started that have not begun; leave the others."""
+        key = idempotency_key(route, alert)
+        cached = self._runs.pop(key, None)
+        try:
+            runs = await runs_started_by(self.client, key)
+        except Exception as exc:
+            raise _translate_prefect_error(exc, "looking up the alert's runs") from exc
+        answers = [await self._resolve_run(route, alert, flow_run) for flow_run in runs]
+        if not runs:
+            attached_to = cached.flow_run_id if cached is not None and cached.attached else None
+            action = "left to the run it attached to" if attached_to else "no run to cancel"
+            logger.info("resolved %s alert %s: %s", alert.source, alert.fingerprint, action)
+            answers.append(
+                {"fingerprint": alert.fingerprint, "route": route.name, "flow_run_id": attached_to}
+                | {"state": None, "action": action}
+            )
+        return answers
+
+    async def _resolve_run(
+        self, route: AlertRoute, alert: IncomingAlert, flow_run: Any
+    ) -> dict[str, Any]:
+        flow_run_id = str(flow_run.id)
+        state = state_type(flow_run)
+        action = "none: already finished"
+        reason = f"alert {alert.fingerprint} resolved before the run began"
+        if state in NOT_BEGUN_STATES:
+            try:
+                cancelled = await cancel_not_begun(self.client, flow_run, reason)
+            except Exception as exc:
+                raise _translate_prefect_error(exc, f"cancelling run {flow_run_id}") from exc
+            action = "cancelled" if cancelled else "left to finish (it began meanwhile)"
+        elif state in UNDER_WAY_STATES:
+            action = "left to finish"
+        logger.info(
+            "resolved %s alert %s: run %s (%s) %s",
+            alert.source,
+            alert.fingerprint,
+            flow_run_id,
+            state.lower(),
+            action,
+        )
+        if action.startswith("left to finish"):
+            await self._say(
+                route.target,
+                f"Alert {alert.fingerprint} ({alert.summary or route.name}) resolved; "
+                f"its {route.scenario.value} run on {route.target} has already begun and is "
+                f"left to finish: {self.flow_run_url(flow_run_id)}",
+            )
+        return {
+            "fingerprint": alert.fingerprint,
+            "route": route.name,
+            "flow_run_id": flow_run_id,
+            "state": state,
+            "action": action,
+        }
+
+    async def _say(self, target: str, text: str) -> None:
+        if self._notify is None:
+            return
+        try:
+            await self._notify(target, text)
+        except (DRError, OSError) as exc:  # a Slack outage must not fail the answer
+            logger.warning("Slack line not posted for %s: %s", target, exc)
 
     async def _start(self, key: str, route: AlertRoute, alert: IncomingAlert) -> RunRecord:
         mode = run_mode(route, alert)
