@@ -15,23 +15,21 @@ from uuid import UUID
 import httpx
 
 from deployments.alerts.payloads import IncomingAlert
+from deployments.alerts.resolve import resolve_alert
 from deployments.alerts.routing import idempotency_key, match_route, run_mode
 from deployments.alerts.runs import (
-    NOT_BEGUN_STATES,
-    UNDER_WAY_STATES,
     Outcome,
     RunRecord,
     active_runs,
     attach_alert,
-    cancel_not_begun,
     deployment_for,
     flow_parameters,
     flow_run_tags,
-    runs_started_by,
     state_type,
+    translate_prefect_error,
 )
 from dr.config import AlertRoute
-from dr.errors import ConfigError, DRError, SystemError_
+from dr.errors import ConfigError, DRError
 
 #: One logger for the receiver's modules (the name operators filter on).
 logger = logging.getLogger("deployments.alerts")
@@ -134,21 +132,6 @@ def _deployment_missing(exc: BaseException) -> bool:
     return type(exc).__name__ == "ObjectNotFound"
 
 
-def _translate_prefect_error(exc: Exception, what: str) -> DRError:
-    """Prefect client errors → our tree: unreachable/5xx transient, the rest permanent."""
-    if isinstance(exc, httpx.HTTPStatusError):
-        status = exc.response.status_code
-        detail = exc.response.text[:300]
-        if status >= 500 or status == 429:
-            return SystemError_(f"{what}: Prefect answered {status}", transient=True)
-        return ConfigError(f"{what}: Prefect refused ({status}): {detail}")
-    if isinstance(exc, httpx.TransportError | OSError | TimeoutError):
-        return SystemError_(
-            f"{what}: Prefect API unreachable ({type(exc).__name__})", transient=True
-        )
-    return SystemError_(f"{what}: {type(exc).__name__}: {exc}", transient=True)
-
-
 class AlertReceiver:
     """Routes alerts, deduplicates them, starts or attaches to their runs, cancels on resolve.
 
@@ -218,7 +201,13 @@ class AlertReceiver:
         for alert in alerts:
             route = match_route(self.routes, alert) if alert.firing or _resolves(alert) else None
             if not alert.firing and route is not None:
-                outcome.resolved.extend(await self._resolve(route, alert))
+                key = idempotency_key(route, alert)
+                cached = self._runs.pop(key, None)
+                outcome.resolved.extend(
+                    await resolve_alert(
+                        self.client, route, alert, key, cached, self.flow_run_url, self._say
+                    )
+                )
             elif not alert.firing:
                 outcome.ignored.append(self._ignored(alert, alert.not_firing_reason))
             elif route is None:
@@ -301,7 +290,7 @@ class AlertReceiver:
         except DRError:
             raise
         except Exception as exc:
-            raise _translate_prefect_error(exc, "looking up active runs") from exc
+            raise translate_prefect_error(exc, "looking up active runs") from exc
         wait = self._buckets[route.name].take()
         if wait > 0:
             retry_after = max(1, math.ceil(wait))
@@ -345,63 +334,6 @@ class AlertReceiver:
             attached=not own,
         )
 
-    async def _resolve(self, route: AlertRoute, alert: IncomingAlert) -> list[dict[str, Any]]:
-        """Cancel the runs this alert started that have not begun; leave the others."""
-        key = idempotency_key(route, alert)
-        cached = self._runs.pop(key, None)
-        try:
-            runs = await runs_started_by(self.client, key)
-        except Exception as exc:
-            raise _translate_prefect_error(exc, "looking up the alert's runs") from exc
-        answers = [await self._resolve_run(route, alert, flow_run) for flow_run in runs]
-        if not runs:
-            attached_to = cached.flow_run_id if cached is not None and cached.attached else None
-            action = "left to the run it attached to" if attached_to else "no run to cancel"
-            logger.info("resolved %s alert %s: %s", alert.source, alert.fingerprint, action)
-            answers.append(
-                {"fingerprint": alert.fingerprint, "route": route.name, "flow_run_id": attached_to}
-                | {"state": None, "action": action}
-            )
-        return answers
-
-    async def _resolve_run(
-        self, route: AlertRoute, alert: IncomingAlert, flow_run: Any
-    ) -> dict[str, Any]:
-        flow_run_id = str(flow_run.id)
-        state = state_type(flow_run)
-        action = "none: already finished"
-        reason = f"alert {alert.fingerprint} resolved before the run began"
-        if state in NOT_BEGUN_STATES:
-            try:
-                cancelled = await cancel_not_begun(self.client, flow_run, reason)
-            except Exception as exc:
-                raise _translate_prefect_error(exc, f"cancelling run {flow_run_id}") from exc
-            action = "cancelled" if cancelled else "left to finish (it began meanwhile)"
-        elif state in UNDER_WAY_STATES:
-            action = "left to finish"
-        logger.info(
-            "resolved %s alert %s: run %s (%s) %s",
-            alert.source,
-            alert.fingerprint,
-            flow_run_id,
-            state.lower(),
-            action,
-        )
-        if action.startswith("left to finish"):
-            await self._say(
-                route.target,
-                f"Alert {alert.fingerprint} ({alert.summary or route.name}) resolved; "
-                f"its {route.scenario.value} run on {route.target} has already begun and is "
-                f"left to finish: {self.flow_run_url(flow_run_id)}",
-            )
-        return {
-            "fingerprint": alert.fingerprint,
-            "route": route.name,
-            "flow_run_id": flow_run_id,
-            "state": state,
-            "action": action,
-        }
-
     async def _say(self, target: str, text: str) -> None:
         if self._notify is None:
             return
@@ -420,16 +352,16 @@ class AlertReceiver:
             flow_run = await self._create(deployment_id, route, alert, key)
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code != 404:
-                raise _translate_prefect_error(exc, f"starting {name}") from exc
+                raise translate_prefect_error(exc, f"starting {name}") from exc
             # The deployment was deleted and re-created since we cached its id.
             self._deployment_ids.pop(name, None)
             deployment_id = await self._deployment_id(name)
             try:
                 flow_run = await self._create(deployment_id, route, alert, key)
             except Exception as retry_exc:
-                raise _translate_prefect_error(retry_exc, f"starting {name}") from retry_exc
+                raise translate_prefect_error(retry_exc, f"starting {name}") from retry_exc
         except Exception as exc:
-            raise _translate_prefect_error(exc, f"starting {name}") from exc
+            raise translate_prefect_error(exc, f"starting {name}") from exc
         took_ms = (time.monotonic() - began) * 1000
         created = getattr(flow_run, "created", None)
         existed = created is not None and created < asked_at
@@ -492,6 +424,6 @@ class AlertReceiver:
                 raise ConfigError(
                     f"deployment {name} not found in Prefect (deploy it: prefect deploy --all)"
                 ) from exc
-            raise _translate_prefect_error(exc, f"looking up {name}") from exc
+            raise translate_prefect_error(exc, f"looking up {name}") from exc
         self._deployment_ids[name] = deployment.id
         return deployment.id

@@ -6,9 +6,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
+
 from deployments.alerts.payloads import IncomingAlert
 from deployments.alerts.routing import labels_summary, run_mode
 from dr.config import AlertRoute, Mode, Scenario
+from dr.errors import ConfigError, DRError, SystemError_
 
 # Tags on every run the receiver starts, so the UI can filter alert-started runs.
 BASE_TAGS = ("dr", "alert")
@@ -27,6 +30,9 @@ ACTIVE_RUNS_LIMIT = 200
 
 #: Prefix of the tag recording, on a run, each alert that attached to it.
 ATTACHED_TAG = "attached-alert:"
+
+#: Tag of a run whose starting alert resolved while attached alerts still fired.
+STARTER_RESOLVED_TAG = "alert-resolved"
 
 # payloads.py writes an alert's startsAt as its episode in this form.
 _EPISODE_FORMAT = "%Y%m%dT%H%M%S.%fZ"
@@ -218,12 +224,41 @@ async def runs_started_by(client: Any, key: str) -> list[Any]:
     )
 
 
+def attached_tag(alert: IncomingAlert) -> str:
+    """The tag recording on a run that ``alert`` attached to it."""
+    return f"{ATTACHED_TAG}{alert.fingerprint[:64]}"
+
+
+def attached_fingerprints(tags: list[str]) -> list[str]:
+    """The fingerprints of the alerts attached to a run (from its tags)."""
+    return [t[len(ATTACHED_TAG) :] for t in tags if t.startswith(ATTACHED_TAG)]
+
+
+async def retag(
+    client: Any, flow_run: Any, *, add: tuple[str, ...] = (), remove: tuple[str, ...] = ()
+) -> list[str]:
+    """Add and remove tags of a run (one update, none when nothing changes); the new tags."""
+    before = list(flow_run.tags or [])
+    after = [t for t in before if t not in remove] + [t for t in add if t not in before]
+    if after != before:
+        await client.update_flow_run(flow_run.id, tags=after)
+    return after
+
+
 async def attach_alert(client: Any, flow_run: Any, alert: IncomingAlert) -> None:
     """Record on ``flow_run`` (a tag) that ``alert`` attached to it instead of starting a run."""
-    tag = f"{ATTACHED_TAG}{alert.fingerprint[:64]}"
-    tags = list(flow_run.tags or [])
-    if tag not in tags:
-        await client.update_flow_run(flow_run.id, tags=[*tags, tag])
+    await retag(client, flow_run, add=(attached_tag(alert),))
+
+
+async def runs_tagged(client: Any, tag: str) -> list[Any]:
+    """The runs carrying ``tag`` (those an alert attached to)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    return list(
+        await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag]))
+        )
+    )
 
 
 async def cancel_not_begun(client: Any, flow_run: Any, reason: str) -> bool:
@@ -233,3 +268,18 @@ async def cancel_not_begun(client: Any, flow_run: Any, reason: str) -> bool:
     result = await client.set_flow_run_state(flow_run.id, Cancelled(message=reason))
     status = getattr(result, "status", None)
     return str(getattr(status, "value", status)).upper() == "ACCEPT"
+
+
+def translate_prefect_error(exc: Exception, what: str) -> DRError:
+    """Prefect client errors → our tree: unreachable/5xx transient, the rest permanent."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        status = exc.response.status_code
+        detail = exc.response.text[:300]
+        if status >= 500 or status == 429:
+            return SystemError_(f"{what}: Prefect answered {status}", transient=True)
+        return ConfigError(f"{what}: Prefect refused ({status}): {detail}")
+    if isinstance(exc, httpx.TransportError | OSError | TimeoutError):
+        return SystemError_(
+            f"{what}: Prefect API unreachable ({type(exc).__name__})", transient=True
+        )
+    return SystemError_(f"{what}: {type(exc).__name__}: {exc}", transient=True)

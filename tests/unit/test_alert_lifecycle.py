@@ -154,3 +154,18 @@ def test_lifecycle_counts_an_alert_run_from_its_starts_at() -> None:
         {"declared_at": "2024-05-01T09:00:00+00:00", "alert_starts_at": "2024-05-01T08:00:00Z"}
     )
     assert given.hour == 9
+
+
+def test_a_run_is_cancelled_once_every_alert_it_serves_resolved(
+    client: TestClient, fake: FakePrefect
+) -> None:
+    run_id = post(client, "pg-a").json()["runs"][0]["flow_run_id"]
+    post(client, "pg-b")
+    [first] = post(client, "pg-a", status="resolved").json()["resolved"]
+    assert first["flow_run_id"] == run_id
+    assert first["action"] == "left: alerts attached to it still fire (pg-b)"
+    [flow_run] = fake.runs.values()
+    assert flow_run.state_type == "SCHEDULED"
+    [last] = post(client, "pg-b", status="resolved").json()["resolved"]
+    assert (last["flow_run_id"], last["action"]) == (run_id, "cancelled")
+    assert flow_run.state_type == "CANCELLED"

@@ -575,6 +575,8 @@ class FakePrefect:
             runs = [r for r in runs if r.state_type in types]
         if flow_run_filter is not None and flow_run_filter.idempotency_key is not None:
             runs = [r for r in runs if r.idempotency_key in flow_run_filter.idempotency_key.any_]
+        if flow_run_filter is not None and flow_run_filter.tags is not None:
+            runs = [r for r in runs if set(flow_run_filter.tags.all_) <= set(r.tags)]
         return runs
 
     async def update_flow_run(self, flow_run_id: UUID, *, tags: Any = None) -> Any:
