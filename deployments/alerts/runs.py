@@ -34,6 +34,15 @@ ATTACHED_TAG = "attached-alert:"
 #: Tag of a run whose starting alert resolved while attached alerts still fired.
 STARTER_RESOLVED_TAG = "alert-resolved"
 
+
+# limit and sort given explicitly: with FastAPI >= 0.148 the server answers 422 to the
+# nulls Prefect 3.8's client sends for them by default.
+def _page() -> dict[str, Any]:
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    return {"sort": FlowRunSort.ID_DESC, "limit": ACTIVE_RUNS_LIMIT}
+
+
 # payloads.py writes an alert's startsAt as its episode in this form.
 _EPISODE_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 
@@ -219,7 +228,8 @@ async def runs_started_by(client: Any, key: str) -> list[Any]:
 
     return list(
         await client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(idempotency_key=FlowRunFilterIdempotencyKey(any_=[key]))
+            flow_run_filter=FlowRunFilter(idempotency_key=FlowRunFilterIdempotencyKey(any_=[key])),
+            **_page(),
         )
     )
 
