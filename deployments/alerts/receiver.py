@@ -201,13 +201,7 @@ class AlertReceiver:
         for alert in alerts:
             route = match_route(self.routes, alert) if alert.firing or _resolves(alert) else None
             if not alert.firing and route is not None:
-                key = idempotency_key(route, alert)
-                cached = self._runs.pop(key, None)
-                outcome.resolved.extend(
-                    await resolve_alert(
-                        self.client, route, alert, key, cached, self.flow_run_url, self._say
-                    )
-                )
+                outcome.resolved.extend(await self._resolve(route, alert))
             elif not alert.firing:
                 outcome.ignored.append(self._ignored(alert, alert.not_firing_reason))
             elif route is None:
@@ -255,10 +249,7 @@ class AlertReceiver:
         future: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            lock = self._target_locks.setdefault(
-                (route.scenario.value, route.target), asyncio.Lock()
-            )
-            async with lock:
+            async with self._target_lock(route):
                 record = await self._attach_or_start(key, route, alert)
         except BaseException as exc:
             if isinstance(exc, Exception):
@@ -333,6 +324,18 @@ class AlertReceiver:
             deduplicated=own,
             attached=not own,
         )
+
+    async def _resolve(self, route: AlertRoute, alert: IncomingAlert) -> list[dict[str, Any]]:
+        # Under the target's lock: a run's tags are read and rewritten by each alert of it.
+        key = idempotency_key(route, alert)
+        cached = self._runs.pop(key, None)
+        async with self._target_lock(route):
+            return await resolve_alert(
+                self.client, route, alert, key, cached, self.flow_run_url, self._say
+            )
+
+    def _target_lock(self, route: AlertRoute) -> asyncio.Lock:
+        return self._target_locks.setdefault((route.scenario.value, route.target), asyncio.Lock())
 
     async def _say(self, target: str, text: str) -> None:
         if self._notify is None:
