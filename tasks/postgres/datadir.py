@@ -73,7 +73,13 @@ def write_passfile(data: Path, host: str, port: int, user: str, password: str) -
     """
     path = passfile_path(data)
     line = ":".join(_pgpass_field(v) for v in (host, str(port), "*", user, password))
-    write_owned(path, f"{line}\n".encode(), owner_of(data), mode=0o600)
+    try:
+        write_owned(path, f"{line}\n".encode(), owner_of(data), mode=0o600)
+    except OSError as exc:
+        raise PreconditionError(
+            f"cannot write the password file {path} beside the data directory "
+            f"({exc.strerror}); the password is never written inside it"
+        ) from exc
     return path
 
 
