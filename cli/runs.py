@@ -354,7 +354,8 @@ def approve(
     with contextlib.suppress(ConfigError):
         _, cfg = load(config)
     with prefect_api(cfg):
-        code, message = _resume(flow_run_id, {"approve": not reject, "who": who, "why": why})
+        decision = "reject" if reject else "approve"
+        code, message = _resume(flow_run_id, {"approve": decision, "who": who, "why": why})
     if code == EXIT_OK:
         out.print(message)
     else:

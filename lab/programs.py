@@ -103,6 +103,12 @@ PROGRAMS: tuple[Program, ...] = (
     ),
     Program("chromium", "chromium", False, "browser test of the Prefect UI"),
     Program(
+        "prometheus-alertmanager",
+        "prometheus-alertmanager",
+        False,
+        "alert receiver test against a real Alertmanager",
+    ),
+    Program(
         "runuser",
         "util-linux",
         True,

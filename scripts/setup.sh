@@ -41,10 +41,13 @@ PG_MAJOR=${PG_MAJOR:-$(pg_major)}
 # of podman, which --no-install-recommends leaves out).
 # redis-server: the caches' tests start their own on a free port (never the machine's 6379;
 # the package's own service is not used).
+# prometheus-alertmanager: the alert receiver's test starts a real Alertmanager on loopback
+# (the package's own service is not used).
 # tests/unit/test_programs_installed.py checks that this list provides every program the
 # code runs.
 PKGS=(postgresql-${PG_MAJOR} postgresql-client-${PG_MAJOR}
-      podman catatonit runc busybox-static chromium redis-server python3-venv)
+      podman catatonit runc busybox-static chromium redis-server python3-venv
+      prometheus-alertmanager)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -46,13 +46,23 @@ Routes are tried in order; the first whose ``match`` labels are all on the alert
 and target must allow them; see :func:`deployments.alert_payloads.match_route`). The run
 is started on the deployment :func:`deployment_for` names, ``<scenario>/<scenario>-<mode>``,
 with parameters ``{"target", "mode", "options": {"severity", "auto_approve",
-"alert_fingerprint", "alert_labels"}}``.
+"alert_fingerprint", "alert_labels", "alert_starts_at"}}`` (the lifecycle counts an
+incident from ``alert_starts_at`` when no ``declared_at`` is given).
 
-- 201 a run was started; 200 every alert already had its run (``deduplicated: true``);
-  the body is ``{"runs": [{"fingerprint", "route", "scenario", "target", "mode",
-  "flow_run_id", "flow_run_url", "deduplicated"}], "ignored": [...], "rate_limited": [...]}``.
-- 202 nothing to start: resolved alerts, non-trigger PagerDuty events, alerts no route
-  matches (``"reason": "no route"``). An alert that maps nowhere is no error of the
+Lifecycle: an alert for a target that already has a scheduled or running run of the same
+scenario attaches to it (tag ``attached-alert:<fingerprint>`` on the run, answered with
+``attached: true`` and its id) instead of starting another. A ``resolved`` alert cancels
+the run it started if that has not begun, once every alert attached to it resolved too;
+a run already under way is left to finish, with a Slack line (``resolved``: one entry
+per run, with the ``action`` taken). See :mod:`deployments.alerts.resolve`.
+
+- 201 a run was started; 200 every alert already had its run (``deduplicated: true``)
+  or attached to one, or a resolution acted on a run; the body is ``{"runs":
+  [{"attached", "fingerprint", "route", "scenario", "target", "mode", "flow_run_id",
+  "flow_run_url", "deduplicated"}], "ignored": [...], "resolved": [...],
+  "rate_limited": [...]}``.
+- 202 nothing to start: resolved alerts with no run, non-trigger PagerDuty events, alerts
+  no route matches (``"reason": "no route"``). An alert that maps nowhere is no error of the
   sender's, so it gets no 4xx (senders report those as failed deliveries).
 - 401 unauthenticated, 413 body over 1 MiB, 422 malformed (with pydantic's reasons):
   nothing started.
@@ -183,8 +193,14 @@ from deployments.alerts.app import (
     default_client_factory,
     serve,
 )
-from deployments.alerts.receiver import AlertReceiver, Outcome, RunRecord, TokenBucket
-from deployments.alerts.runs import deployment_for, flow_parameters, ui_url_from_api
+from deployments.alerts.receiver import AlertReceiver, TokenBucket
+from deployments.alerts.runs import (
+    Outcome,
+    RunRecord,
+    deployment_for,
+    flow_parameters,
+    ui_url_from_api,
+)
 
 __all__ = [
     "DEFAULT_HOST",

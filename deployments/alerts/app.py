@@ -22,6 +22,7 @@ from deployments.alerts.receiver import (
     PREFECT_TIMEOUT_SECONDS,
     RETRY_AFTER_UNAVAILABLE_SECONDS,
     AlertReceiver,
+    Notifier,
 )
 from deployments.alerts.runs import ui_url_from_api
 from dr.config import AlertRoute, DRConfig, Mode, load_config
@@ -117,6 +118,29 @@ def _check_routes(config: DRConfig) -> None:
         raise ConfigError(f"{len(problems)} problem(s) in alerts.routes", problems)
 
 
+def slack_notifier(config: DRConfig) -> Notifier | None:
+    """Posts a line to a target's Slack channel, or None when Slack is not configured."""
+    token_ref = config.slack.token
+    if token_ref is None:
+        return None
+    base_url = config.slack.base_url
+
+    async def notify(target: str, text: str) -> None:
+        from tasks.notify.client import make_client
+        from tasks.notify.messages import send_message
+
+        spec = config.targets.get(target)
+        channel = (spec.slack_channel if spec else None) or config.slack.default_channel
+        if not channel:
+            logger.info("no Slack channel for %s: %s", target, text)
+            return
+        # Resolved when needed: a Slack secret missing must not stop the receiver.
+        client = make_client(token_ref.resolve(), base_url)
+        await asyncio.to_thread(send_message, client, channel, text)
+
+    return notify
+
+
 def _resolve_secrets(config: DRConfig) -> tuple[str | None, str | None]:
     alerts = config.alerts
     bearer = alerts.bearer_token.resolve() if alerts.bearer_token else None
@@ -151,13 +175,16 @@ def _lifespan(
     ui_url: str | None,
     bearer_token: str | None,
     hmac_secret: str | None,
+    notify: Notifier | None = None,
 ) -> Callable[[FastAPI], Any]:
     """The app's lifespan: open the Prefect client, look up every route's deployment."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with factory() as client:
-            receiver = AlertReceiver(routes, client, ui_url or ui_url_from_api(str(client.api_url)))
+            receiver = AlertReceiver(
+                routes, client, ui_url or ui_url_from_api(str(client.api_url)), notify=notify
+            )
             app.state.receiver = receiver
             try:
                 await asyncio.wait_for(receiver.warm_up(), WARMUP_TIMEOUT_SECONDS)
@@ -255,7 +282,8 @@ def create_app(
         factory, ui_url = prefect_client_factory, config.prefect_ui_url
     routes = list(config.alerts.routes)
 
-    lifespan = _lifespan(routes, factory, ui_url, bearer_token, hmac_secret)
+    notify = slack_notifier(config)
+    lifespan = _lifespan(routes, factory, ui_url, bearer_token, hmac_secret, notify)
     app = FastAPI(
         title="DR pipelines alert receiver",
         description=(__doc__ or "").split("\n\n")[0],

@@ -7,8 +7,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID
@@ -16,10 +15,21 @@ from uuid import UUID
 import httpx
 
 from deployments.alerts.payloads import IncomingAlert
+from deployments.alerts.resolve import resolve_alert
 from deployments.alerts.routing import idempotency_key, match_route, run_mode
-from deployments.alerts.runs import deployment_for, flow_parameters, flow_run_tags
+from deployments.alerts.runs import (
+    Outcome,
+    RunRecord,
+    active_runs,
+    attach_alert,
+    deployment_for,
+    flow_parameters,
+    flow_run_tags,
+    state_type,
+    translate_prefect_error,
+)
 from dr.config import AlertRoute
-from dr.errors import ConfigError, DRError, SystemError_
+from dr.errors import ConfigError, DRError
 
 #: One logger for the receiver's modules (the name operators filter on).
 logger = logging.getLogger("deployments.alerts")
@@ -74,62 +84,6 @@ class TokenBucket:
         return (1.0 - self._tokens) / self.rate_per_second
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    """The flow run an alert started (or had already started)."""
-
-    fingerprint: str
-    route: str
-    scenario: str
-    target: str
-    mode: str
-    flow_run_id: str
-    flow_run_url: str
-    deduplicated: bool = False
-
-    def as_json(self, *, deduplicated: bool | None = None) -> dict[str, Any]:
-        return {
-            "fingerprint": self.fingerprint,
-            "route": self.route,
-            "scenario": self.scenario,
-            "target": self.target,
-            "mode": self.mode,
-            "flow_run_id": self.flow_run_id,
-            "flow_run_url": self.flow_run_url,
-            "deduplicated": self.deduplicated if deduplicated is None else deduplicated,
-        }
-
-
-@dataclass
-class Outcome:
-    """What one request led to; decides the HTTP status."""
-
-    runs: list[dict[str, Any]] = field(default_factory=list)
-    ignored: list[dict[str, Any]] = field(default_factory=list)
-    rate_limited: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def retry_after_seconds(self) -> int:
-        waits = [item["retry_after_seconds"] for item in self.rate_limited]
-        return max(waits, default=0)
-
-    @property
-    def status_code(self) -> int:
-        if self.rate_limited:
-            return 429
-        if any(not run["deduplicated"] for run in self.runs):
-            return 201
-        if self.runs:
-            return 200
-        return 202
-
-    def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"runs": self.runs, "ignored": self.ignored}
-        if self.rate_limited:
-            body["rate_limited"] = self.rate_limited
-        return body
-
-
 class PrefectClientLike(Protocol):
     """The part of :class:`prefect.client.orchestration.PrefectClient` the receiver uses."""
 
@@ -148,6 +102,29 @@ class PrefectClientLike(Protocol):
         idempotency_key: str | None = None,
     ) -> Any: ...
 
+    async def read_flow_runs(self, **filters: Any) -> list[Any]: ...
+
+    async def update_flow_run(self, flow_run_id: UUID, *, tags: Any = None) -> Any: ...
+
+    async def set_flow_run_state(self, flow_run_id: UUID, state: Any) -> Any: ...
+
+
+#: Posts one line to the target's Slack channel: ``notify(target, text)``.
+Notifier = Callable[[str, str], Awaitable[None]]
+
+
+class _RateLimited(Exception):
+    """The route's rate limit refused a new run (its waiters are refused too)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+
+def _resolves(alert: IncomingAlert) -> bool:
+    """A resolution (Alertmanager, Grafana, plain ``resolved``), not another non-firing event."""
+    return alert.not_firing_reason == "resolved"
+
 
 def _deployment_missing(exc: BaseException) -> bool:
     # prefect.exceptions.ObjectNotFound, matched by name: importing prefect costs ~1 s and
@@ -155,23 +132,8 @@ def _deployment_missing(exc: BaseException) -> bool:
     return type(exc).__name__ == "ObjectNotFound"
 
 
-def _translate_prefect_error(exc: Exception, what: str) -> DRError:
-    """Prefect client errors → our tree: unreachable/5xx transient, the rest permanent."""
-    if isinstance(exc, httpx.HTTPStatusError):
-        status = exc.response.status_code
-        detail = exc.response.text[:300]
-        if status >= 500 or status == 429:
-            return SystemError_(f"{what}: Prefect answered {status}", transient=True)
-        return ConfigError(f"{what}: Prefect refused ({status}): {detail}")
-    if isinstance(exc, httpx.TransportError | OSError | TimeoutError):
-        return SystemError_(
-            f"{what}: Prefect API unreachable ({type(exc).__name__})", transient=True
-        )
-    return SystemError_(f"{what}: {type(exc).__name__}: {exc}", transient=True)
-
-
 class AlertReceiver:
-    """Routes alerts, deduplicates them and starts their flow runs.
+    """Routes alerts, deduplicates them, starts or attaches to their runs, cancels on resolve.
 
     One per process (it holds the caches): create it inside the event loop that will use
     the Prefect client.
@@ -183,6 +145,8 @@ class AlertReceiver:
         clock: monotonic clock for the rate limits.
         cache_size: how many fingerprint → run entries to keep.
         max_concurrent_creations: flow runs being created at once.
+        notify: posts a line to the target's Slack channel (a resolved alert whose run is
+            already under way); None: logged only.
     """
 
     def __init__(
@@ -194,6 +158,7 @@ class AlertReceiver:
         clock: Callable[[], float] = time.monotonic,
         cache_size: int = RUN_CACHE_SIZE,
         max_concurrent_creations: int = MAX_CONCURRENT_CREATIONS,
+        notify: Notifier | None = None,
     ) -> None:
         self.routes = list(routes)
         self.client = client
@@ -204,6 +169,8 @@ class AlertReceiver:
         self._deployment_ids: dict[str, UUID] = {}
         self._cache_size = cache_size
         self._creations = asyncio.Semaphore(max_concurrent_creations)
+        self._target_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._notify = notify
 
     def flow_run_url(self, flow_run_id: str) -> str:
         return f"{self.ui_url}/runs/flow-run/{flow_run_id}"
@@ -224,7 +191,7 @@ class AlertReceiver:
         return missing
 
     async def receive(self, alerts: Sequence[IncomingAlert]) -> Outcome:
-        """Handle every alert of one request.
+        """Handle every alert of one request, in order.
 
         Raises:
             SystemError_: Prefect could not be reached (transient).
@@ -232,49 +199,44 @@ class AlertReceiver:
         """
         outcome = Outcome()
         for alert in alerts:
-            if not alert.firing:
+            route = match_route(self.routes, alert) if alert.firing or _resolves(alert) else None
+            if not alert.firing and route is not None:
+                outcome.resolved.extend(await self._resolve(route, alert))
+            elif not alert.firing:
                 outcome.ignored.append(self._ignored(alert, alert.not_firing_reason))
-                continue
-            route = match_route(self.routes, alert)
-            if route is None:
+            elif route is None:
                 outcome.ignored.append(self._ignored(alert, "no route"))
-                continue
-            key = idempotency_key(route, alert)
-            cached = self._runs.get(key)
-            if cached is not None:
-                self._runs.move_to_end(key)
-                logger.debug(
-                    "alert %s answered from cache: run %s", alert.fingerprint, cached.flow_run_id
-                )
-                outcome.runs.append(cached.as_json(deduplicated=True))
-                continue
+            else:
+                await self._fire(route, alert, outcome)
+        return outcome
+
+    async def _fire(self, route: AlertRoute, alert: IncomingAlert, outcome: Outcome) -> None:
+        key = idempotency_key(route, alert)
+        cached = self._runs.get(key)
+        if cached is not None:
+            self._runs.move_to_end(key)
+            logger.debug(
+                "alert %s answered from cache: run %s", alert.fingerprint, cached.flow_run_id
+            )
+            outcome.runs.append(cached.as_json(deduplicated=True))
+            return
+        try:
             pending = self._inflight.get(key)
             if pending is not None:
                 record = await asyncio.shield(pending)
                 outcome.runs.append(record.as_json(deduplicated=True))
-                continue
-            wait = self._buckets[route.name].take()
-            if wait > 0:
-                retry_after = max(1, math.ceil(wait))
-                logger.warning(
-                    "route %s over its rate limit (%s/min): %s alert %s refused, retry in %s s",
-                    route.name,
-                    route.rate_limit_per_minute,
-                    alert.source,
-                    alert.fingerprint,
-                    retry_after,
-                )
-                outcome.rate_limited.append(
-                    {
-                        "fingerprint": alert.fingerprint,
-                        "route": route.name,
-                        "retry_after_seconds": retry_after,
-                    }
-                )
-                continue
+                return
             record = await self._start_once(key, route, alert)
-            outcome.runs.append(record.as_json())
-        return outcome
+        except _RateLimited as limited:
+            outcome.rate_limited.append(
+                {
+                    "fingerprint": alert.fingerprint,
+                    "route": route.name,
+                    "retry_after_seconds": limited.retry_after,
+                }
+            )
+            return
+        outcome.runs.append(record.as_json())
 
     def _ignored(self, alert: IncomingAlert, reason: str) -> dict[str, Any]:
         logger.info("ignored %s alert %s: %s", alert.source, alert.fingerprint, reason)
@@ -287,7 +249,8 @@ class AlertReceiver:
         future: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            record = await self._start(key, route, alert)
+            async with self._target_lock(route):
+                record = await self._attach_or_start(key, route, alert)
         except BaseException as exc:
             if isinstance(exc, Exception):
                 future.set_exception(exc)
@@ -297,12 +260,90 @@ class AlertReceiver:
             raise
         else:
             future.set_result(record)
-            self._runs[key] = record
-            while len(self._runs) > self._cache_size:
-                self._runs.popitem(last=False)
+            self._remember(key, record)
             return record
         finally:
             self._inflight.pop(key, None)
+
+    def _remember(self, key: str, record: RunRecord) -> None:
+        self._runs[key] = record
+        while len(self._runs) > self._cache_size:
+            self._runs.popitem(last=False)
+
+    async def _attach_or_start(
+        self, key: str, route: AlertRoute, alert: IncomingAlert
+    ) -> RunRecord:
+        """Attach to the target's active run of the scenario, else start one (rate-limited)."""
+        try:
+            existing = await active_runs(self.client, route.scenario.value, route.target)
+            if existing:
+                return await self._attach(key, route, alert, existing[0])
+        except DRError:
+            raise
+        except Exception as exc:
+            raise translate_prefect_error(exc, "looking up active runs") from exc
+        wait = self._buckets[route.name].take()
+        if wait > 0:
+            retry_after = max(1, math.ceil(wait))
+            logger.warning(
+                "route %s over its rate limit (%s/min): %s alert %s refused, retry in %s s",
+                route.name,
+                route.rate_limit_per_minute,
+                alert.source,
+                alert.fingerprint,
+                retry_after,
+            )
+            raise _RateLimited(retry_after)
+        return await self._start(key, route, alert)
+
+    async def _attach(
+        self, key: str, route: AlertRoute, alert: IncomingAlert, flow_run: Any
+    ) -> RunRecord:
+        flow_run_id = str(flow_run.id)
+        own = flow_run.idempotency_key == key
+        if not own:
+            await attach_alert(self.client, flow_run, alert)
+            logger.info(
+                "%s alert %s attached to %s run %s of %s on %s (route %s)",
+                alert.source,
+                alert.fingerprint,
+                state_type(flow_run).lower(),
+                flow_run_id,
+                route.scenario.value,
+                route.target,
+                route.name,
+            )
+        return RunRecord(
+            fingerprint=alert.fingerprint,
+            route=route.name,
+            scenario=route.scenario.value,
+            target=route.target,
+            mode=(flow_run.parameters or {}).get("mode", run_mode(route, alert).value),
+            flow_run_id=flow_run_id,
+            flow_run_url=self.flow_run_url(flow_run_id),
+            deduplicated=own,
+            attached=not own,
+        )
+
+    async def _resolve(self, route: AlertRoute, alert: IncomingAlert) -> list[dict[str, Any]]:
+        # Under the target's lock: a run's tags are read and rewritten by each alert of it.
+        key = idempotency_key(route, alert)
+        cached = self._runs.pop(key, None)
+        async with self._target_lock(route):
+            return await resolve_alert(
+                self.client, route, alert, key, cached, self.flow_run_url, self._say
+            )
+
+    def _target_lock(self, route: AlertRoute) -> asyncio.Lock:
+        return self._target_locks.setdefault((route.scenario.value, route.target), asyncio.Lock())
+
+    async def _say(self, target: str, text: str) -> None:
+        if self._notify is None:
+            return
+        try:
+            await self._notify(target, text)
+        except (DRError, OSError) as exc:  # a Slack outage must not fail the answer
+            logger.warning("Slack line not posted for %s: %s", target, exc)
 
     async def _start(self, key: str, route: AlertRoute, alert: IncomingAlert) -> RunRecord:
         mode = run_mode(route, alert)
@@ -314,16 +355,16 @@ class AlertReceiver:
             flow_run = await self._create(deployment_id, route, alert, key)
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code != 404:
-                raise _translate_prefect_error(exc, f"starting {name}") from exc
+                raise translate_prefect_error(exc, f"starting {name}") from exc
             # The deployment was deleted and re-created since we cached its id.
             self._deployment_ids.pop(name, None)
             deployment_id = await self._deployment_id(name)
             try:
                 flow_run = await self._create(deployment_id, route, alert, key)
             except Exception as retry_exc:
-                raise _translate_prefect_error(retry_exc, f"starting {name}") from retry_exc
+                raise translate_prefect_error(retry_exc, f"starting {name}") from retry_exc
         except Exception as exc:
-            raise _translate_prefect_error(exc, f"starting {name}") from exc
+            raise translate_prefect_error(exc, f"starting {name}") from exc
         took_ms = (time.monotonic() - began) * 1000
         created = getattr(flow_run, "created", None)
         existed = created is not None and created < asked_at
@@ -386,6 +427,6 @@ class AlertReceiver:
                 raise ConfigError(
                     f"deployment {name} not found in Prefect (deploy it: prefect deploy --all)"
                 ) from exc
-            raise _translate_prefect_error(exc, f"looking up {name}") from exc
+            raise translate_prefect_error(exc, f"looking up {name}") from exc
         self._deployment_ids[name] = deployment.id
         return deployment.id

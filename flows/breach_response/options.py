@@ -201,6 +201,7 @@ class BreachOptions(_Strict):
     declared_at: datetime | None = None
     alert_fingerprint: str | None = None
     alert_labels: dict[str, str] | None = None
+    alert_starts_at: datetime | None = None
 
     @field_validator("dump_tables", "restore_tables")
     @classmethod

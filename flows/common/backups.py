@@ -15,6 +15,7 @@ from pathlib import Path
 from prefect.cache_policies import NO_CACHE
 
 from dr.config import DRConfig
+from dr.secretscan import configured_secrets
 from dr.tasking import dr_task
 from flows.common.backup_staging import (
     DatabaseBackupResult,
@@ -115,6 +116,7 @@ def base_backup_target(
             password=password,
             bin_dir=pgc.primary.bin_dir,
             label=f"dr-pipelines {target_name} {backup_id}",
+            secrets=configured_secrets(config),
         )
         server_version = assess.health(
             postgres_client.conninfo(

@@ -2,7 +2,8 @@
 
 An alert-started run carries them in its ``options`` parameter
 (``deployments/alerts.py: flow_parameters``); :func:`flows.lifecycle.run_scenario` reads
-``auto_approve`` (approval gates) and ``declared_at`` (the incident's start, for RTO).
+``auto_approve`` (approval gates) and ``declared_at`` (the incident's start, for RTO;
+default: the alert's ``alert_starts_at``).
 A scenario's options model subclasses :class:`AlertOptions` and adds its own fields.
 """
 
@@ -37,4 +38,9 @@ class AlertOptions(BaseModel):
     )
     alert_labels: dict[str, str] | None = Field(
         None, description="A summary of the alert's labels (for the report)."
+    )
+    alert_starts_at: datetime | None = Field(
+        None,
+        description="When the alert that started the run began firing (its startsAt);"
+        " incident RTO counts from it when declared_at is not given.",
     )

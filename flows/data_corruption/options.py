@@ -130,6 +130,7 @@ class CorruptionOptions(BaseModel):
     severity: str | None = Field(None, description="Overrides the severity parameter.")
     alert_fingerprint: str | None = None
     alert_labels: dict[str, str] | None = None
+    alert_starts_at: datetime | None = None
 
     @field_validator("relations")
     @classmethod

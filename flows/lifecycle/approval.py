@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from prefect.input import RunInput
 from pydantic import Field
@@ -21,9 +22,18 @@ APPROVAL_POLL_SECONDS = 1
 class ApprovalInput(RunInput):
     """The answer at an approval gate: the form the Prefect UI shows, and ``dr approve``."""
 
-    approve: bool = Field(description="True to go ahead, False to stop the run here.")
+    # A choice with no default, not a toggle: an untouched toggle reads as "off", so a
+    # first submit meant as approval was recorded as a rejection.
+    approve: Literal["approve", "reject"] = Field(
+        title="Decision",
+        description="approve: go ahead; reject: stop the run here. Nothing is preselected.",
+    )
     who: str = Field(min_length=1, description="Who decides (name or handle).")
     why: str = Field(min_length=1, description="Why: recorded in the report.")
+
+    @property
+    def approved(self) -> bool:
+        return self.approve == "approve"
 
 
 class ApprovalGates(RunBase):
@@ -113,13 +123,13 @@ class ApprovalGates(RunBase):
         finally:
             self._waiting_for = None
         record = ApprovalRecord(
-            step=step, approved=answer.approve, who=answer.who, why=answer.why, at=utcnow()
+            step=step, approved=answer.approved, who=answer.who, why=answer.why, at=utcnow()
         )
         self.approvals.append(record)
-        verdict = "approved" if answer.approve else "rejected"
+        verdict = "approved" if answer.approved else "rejected"
         self._log.info("approval for %s: %s by %s: %s", step, verdict, answer.who, answer.why)
         self.slack.reply(f"*{step}* {verdict} by {answer.who}: {answer.why}")
-        if not answer.approve:
+        if not answer.approved:
             raise ApprovalError(f"{step!r} rejected by {answer.who}: {answer.why}")
 
     def _resume_running_state(self) -> None:

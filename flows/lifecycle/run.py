@@ -57,7 +57,8 @@ def _check_mode(name: str, target: Target, mode: Mode) -> None:
 
 
 def _declared_at(options: dict[str, Any]) -> datetime:
-    value = options.get("declared_at")
+    # An alert-started run counts from when its alert began firing.
+    value = options.get("declared_at") or options.get("alert_starts_at")
     if value is None:
         return utcnow()
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))

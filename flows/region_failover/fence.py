@@ -10,7 +10,14 @@ from tasks.postgres import fence as postgres_fence
 from tasks.postgres import local_server
 from tasks.postgres import models as postgres_models
 
-__all__ = ["STRONG_PROOFS", "fence", "prove", "recheck_fence", "unproven_gate"]
+__all__ = [
+    "STRONG_PROOFS",
+    "fence",
+    "planned_failover_gate",
+    "prove",
+    "recheck_fence",
+    "unproven_gate",
+]
 
 
 #: Proof methods that show a node cannot take writes from anywhere, not just from here.
@@ -35,10 +42,30 @@ def prove(run: Failover, node: PostgresNode) -> postgres_models.FenceProof:
     return proofs[0]
 
 
+def planned_failover_gate(run: Failover, node: PostgresNode) -> None:
+    """A primary that still answers is stopped only after a person (or policy) approves.
+
+    Why here and not at the promotion: stopping a healthy primary is the first change that
+    hurts (the application cannot write from then on). A primary that is really down is
+    fenced without asking: that stops no one.
+    """
+    view = run.assessment.nodes.get(node.name) if run.assessment else None
+    if view is None or view.state != "primary":
+        return
+    chosen = run.choice.chosen if run.choice else None
+    run.ctx.approve(
+        f"planned failover: stop the primary {node.name} ({node.host}:{node.port}), which "
+        f"still answers; the application cannot write until {chosen} is promoted"
+    )
+    run.approved_promotion = chosen
+
+
 def fence(run: Failover, node: PostgresNode, *, again: bool = False) -> postgres_models.FenceProof:
     """Stop the old primary, or close it to clients; then prove it takes no writes."""
     ctx = run.ctx
     view = run.assessment.nodes.get(node.name) if run.assessment else None
+    if not again:
+        planned_failover_gate(run, node)
     stopped = False
     local = node.data_directory is not None and node.bin_dir is not None
     if local and ctx.plan("stop -m immediate", f"the old primary {node.name}"):

@@ -71,3 +71,4 @@ class FailoverOptions(BaseModel):
     declared_at: datetime | None = None
     alert_fingerprint: str | None = None
     alert_labels: dict[str, str] | None = None
+    alert_starts_at: datetime | None = None

@@ -11,9 +11,14 @@ __all__ = ["promote"]
 
 
 def promote(run: Failover, node: PostgresNode) -> None:
-    """Approval, one more fence check, then the promotion (idempotent)."""
+    """Approval, one more fence check, then the promotion (idempotent).
+
+    A planned failover approved this promotion at its gate before the fence; a new choice
+    made after the fence is asked again.
+    """
     ctx = run.ctx
-    ctx.approve(f"promote {node.name} ({node.host}:{node.port}) to primary")
+    if run.approved_promotion != node.name:
+        ctx.approve(f"promote {node.name} ({node.host}:{node.port}) to primary")
     recheck_fence(run, run.old)  # type: ignore[arg-type]
     if not ctx.plan("promote", f"{node.name} ({node.host}:{node.port})"):
         return

@@ -36,6 +36,8 @@ class Failover:
         self.old: PostgresNode | None = None
         self.new: PostgresNode | None = None
         self.promoted = False
+        # The replica a planned-failover gate approved promoting (before the fence).
+        self.approved_promotion: str | None = None
         self.failed_back = False
         self.milestones: dict[str, datetime | None] = {}
         self.scaled: list[Change] = []

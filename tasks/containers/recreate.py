@@ -31,6 +31,25 @@ log = logging.getLogger(__name__)
 # Set by the engine for each container; carrying them over would pin the old container's.
 ENGINE_SET_ENV = frozenset({"HOSTNAME"})
 
+#: What an old container is renamed to while its replacement starts: ``<name>-dr-old-<time>``.
+ASIDE_MARK = "-dr-old-"
+
+
+def remove_stale_asides(client: docker.DockerClient, name: str) -> list[str]:
+    """Remove ``<name>-dr-old-*`` containers an interrupted recreate left behind.
+
+    Why: the engine keeps a container's environment in its stored config, so an old
+    container still holds the password that was rotated away.
+    """
+    removed: list[str] = []
+    for container in client.containers.list(all=True, filters={"name": f"{name}{ASIDE_MARK}"}):
+        if container.name.startswith(f"{name}{ASIDE_MARK}"):
+            container.remove(force=True)
+            removed.append(container.name)
+    if removed:
+        log.info("removed old containers of %s (they held old values): %s", name, removed)
+    return removed
+
 
 def _ports(port_bindings: Mapping[str, Any] | None) -> dict[str, Any]:
     ports: dict[str, Any] = {}
@@ -123,7 +142,11 @@ def recreate_container(
         log.info(
             "container %s already has the wanted values of %s: unchanged", name, sorted(wanted)
         )
-        return make_change(name, "recreate-with-env", "unchanged", before=before, after=before)
+        with boundary(client, f"remove old containers of {name!r}", name):
+            stale = remove_stale_asides(client, name)
+        outcome = "changed" if stale else "unchanged"
+        after = before | ({"removed_old_containers": stale} if stale else {})
+        return make_change(name, "recreate-with-env", outcome, before=before, after=after)
 
     new_env = {k: v for k, v in old_env.items() if k not in ENGINE_SET_ENV}
     for key, value in wanted.items():
@@ -133,7 +156,7 @@ def recreate_container(
             new_env[key] = value
     spec = _run_spec(old)
     was_active = old.status in ACTIVE_STATUSES
-    aside = f"{name}-dr-old-{int(time.time())}"
+    aside = f"{name}{ASIDE_MARK}{int(time.time())}"
     started = time.monotonic()
     with boundary(client, f"recreate container {name!r}", name):
         if was_active:
@@ -154,6 +177,7 @@ def recreate_container(
                 old.start()
             raise
         old.remove(force=True)
+        stale = remove_stale_asides(client, name)
     log.info(
         "recreated container %s with new values for %s in %.2f s (%s)",
         name,
@@ -166,7 +190,8 @@ def recreate_container(
         "recreate-with-env",
         "changed",
         before=before | {"changed_keys": differing},
-        after={"status": new.status, "id": new.id, "env_names": sorted(new_env)},
+        after={"status": new.status, "id": new.id, "env_names": sorted(new_env)}
+        | ({"removed_old_containers": stale} if stale else {}),
         undo=(
             f"recreate container {name} with the previous values of {', '.join(differing)} "
             "(kept in this run's memory only; values are never recorded)"

@@ -28,12 +28,14 @@ import shutil
 import socket
 import tempfile
 import threading
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dr.clock import utcnow
 from dr.errors import ChecksumMismatch, ConfigError, redact
+from dr.secretscan import ensure_no_secrets
 from dr.tasking import dr_task
 from tasks.evidence.manifest import (
     CHUNK_BYTES,
@@ -262,38 +264,14 @@ class EvidenceBundle:
 # --------------------------------------------------------------------------- writing
 
 
-def write_bundle(
+def _put_items(
     repo: Repository,
     prefix: str,
     bundle: EvidenceBundle,
     manifest: EvidenceManifest,
-    *,
-    retain_days: int | None = DEFAULT_RETAIN_DAYS,
-) -> StoredBundle:
-    """Write every staged file once, then the manifest, under ``prefix`` in ``repo``.
-
-    Each file is written with ``write_once=True`` (Object Lock retention for
-    ``retain_days`` where the bucket has it) and its stored SHA-256 is compared with the
-    one recorded when it was collected. A retried call finds the files already there with
-    the same content and goes on (the repository's puts are idempotent); a file present
-    with other content stops it (:class:`~dr.errors.ChecksumMismatch`): evidence is never
-    overwritten.
-
-    Args:
-        repo: the evidence repository.
-        prefix: the bundle's folder in it (``<target>/breach/<bundle id>``).
-        bundle: the staged bundle.
-        manifest: from :meth:`EvidenceBundle.manifest` (lists exactly the staged items).
-        retain_days: Object Lock retention; None uses the bucket's default.
-
-    Returns:
-        Where it is, the manifest's SHA-256 (record it in the incident report: it pins
-        the whole bundle) and whether the provider enforces retention on every object.
-
-    Raises:
-        ChecksumMismatch: a stored object does not hash to the recorded SHA-256.
-        StorageError: the repository failed (transient ones are retried by the task).
-    """
+    retain_days: int | None,
+) -> tuple[set[str | None], datetime | None]:
+    """Write each staged file once; the lock modes seen and the earliest retention end."""
     lock_modes: set[str | None] = set()
     retain_until: datetime | None = None
     for item in manifest.items:
@@ -310,6 +288,48 @@ def write_bundle(
         if result.retain_until is not None:
             until = result.retain_until
             retain_until = until if retain_until is None else min(retain_until, until)
+    return lock_modes, retain_until
+
+
+def write_bundle(
+    repo: Repository,
+    prefix: str,
+    bundle: EvidenceBundle,
+    manifest: EvidenceManifest,
+    *,
+    retain_days: int | None = DEFAULT_RETAIN_DAYS,
+    secrets: Mapping[str, str] | None = None,
+) -> StoredBundle:
+    """Write every staged file once, then the manifest, under ``prefix`` in ``repo``.
+
+    Each file is written with ``write_once=True`` (Object Lock retention for
+    ``retain_days`` where the bucket has it) and its stored SHA-256 is compared with the
+    one recorded when it was collected. A retried call finds the files already there with
+    the same content and goes on (the repository's puts are idempotent); a file present
+    with other content stops it (:class:`~dr.errors.ChecksumMismatch`): evidence is never
+    overwritten.
+
+    Args:
+        repo: the evidence repository.
+        prefix: the bundle's folder in it (``<target>/breach/<bundle id>``).
+        bundle: the staged bundle.
+        manifest: from :meth:`EvidenceBundle.manifest` (lists exactly the staged items).
+        retain_days: Object Lock retention; None uses the bucket's default.
+        secrets: name → value no file may hold (default: those this process resolved).
+
+    Returns:
+        Where it is, the manifest's SHA-256 (record it in the incident report: it pins
+        the whole bundle) and whether the provider enforces retention on every object.
+
+    Raises:
+        ChecksumMismatch: a stored object does not hash to the recorded SHA-256.
+        StorageError: the repository failed (transient ones are retried by the task).
+        SecretFoundError: a staged file holds a secret in plain text; nothing is written.
+    """
+    ensure_no_secrets(
+        [bundle.staging_dir / i.path for i in manifest.items], f"evidence {prefix}", secrets
+    )
+    lock_modes, retain_until = _put_items(repo, prefix, bundle, manifest, retain_days)
     data = _manifest_bytes(manifest)
     manifest_key = _join(prefix, MANIFEST_NAME)
     result = repo.put_bytes(manifest_key, data, write_once=True, retain_days=retain_days)

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dr.clock import utcnow
 from dr.errors import PreconditionError, StorageError, UnsafeTargetError
 from dr.localexec import find_tool, run_tool, tool_version
+from dr.secretscan import ensure_no_secrets
 from dr.tasking import dr_task
 from tasks.pitr.lsn import parse_lsn
 from tasks.pitr.target import RecoveryTarget
@@ -259,17 +260,20 @@ def base_backup(
     password: str | None = None,
     bin_dir: str | os.PathLike[str] | None = None,
     timeout_seconds: float | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> BaseBackupInfo:
     """Take a physical base backup as tar files with PostgreSQL's ``backup_manifest``.
 
     ``-X fetch`` puts the WAL needed for consistency inside ``base.tar`` (one file to
     restore from); ``-X stream`` writes it to ``pg_wal.tar`` as it is generated. The
     start and stop LSN are read from ``backup_manifest``'s WAL ranges. With data checksums
-    on, pg_basebackup verifies every page and fails on a bad one.
+    on, pg_basebackup verifies every page and fails on a bad one. The copy is then
+    scanned for ``secrets`` (default: those this process resolved) before anyone stores it.
 
     Raises:
         UnsafeTargetError: ``out_dir`` exists and is not empty.
         PostgresError: pg_basebackup failed (checksum errors included).
+        SecretFoundError: a secret is in the copy in plain text (the copy is removed).
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -291,6 +295,7 @@ def base_backup(
     t0 = time.perf_counter()
     try:
         run_tool(argv, password=password, timeout_seconds=timeout_seconds)
+        ensure_no_secrets([out], f"base backup {label!r}", secrets)
     except Exception:
         shutil.rmtree(out, ignore_errors=True)
         raise

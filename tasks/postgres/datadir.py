@@ -42,11 +42,45 @@ def owner_of(data: Path) -> tuple[int, int]:
 def write_owned(path: Path, content: bytes, owner: tuple[int, int], mode: int = 0o600) -> None:
     """Write a file in a data directory atomically, owned by the directory's owner."""
     tmp = path.with_name(path.name + ".dr-tmp")
-    tmp.write_bytes(content)
+    # Created with its mode: a password file is never readable by others, not even briefly.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(content)
     os.chmod(tmp, mode)
     if os.geteuid() == 0:
         os.chown(tmp, *owner)
     os.replace(tmp, path)
+
+
+def passfile_path(data: Path) -> Path:
+    """Where a node's password file lives: beside its data directory, never inside it.
+
+    Why outside: a base backup copies the data directory (``postgresql.auto.conf``
+    included) into the backup repository; a password written there would travel with it.
+    """
+    return data.parent / f".{data.name}.pgpass"
+
+
+def _pgpass_field(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def write_passfile(data: Path, host: str, port: int, user: str, password: str) -> Path:
+    """Write the node's password file (mode 0600, the data directory's owner) for ``user``.
+
+    One line, any database (replication connections name the pseudo-database
+    ``replication``). Returns the file's path, for ``passfile=`` in a conninfo.
+    """
+    path = passfile_path(data)
+    line = ":".join(_pgpass_field(v) for v in (host, str(port), "*", user, password))
+    try:
+        write_owned(path, f"{line}\n".encode(), owner_of(data), mode=0o600)
+    except OSError as exc:
+        raise PreconditionError(
+            f"cannot write the password file {path} beside the data directory "
+            f"({exc.strerror}); the password is never written inside it"
+        ) from exc
+    return path
 
 
 def repair_ownership(data: Path) -> list[str]:

@@ -32,6 +32,7 @@ from tasks.postgres.datadir import (
     read_auto_conf,
     rewrite_auto_conf,
     write_owned,
+    write_passfile,
 )
 from tasks.postgres.models import SYSTEM
 
@@ -178,9 +179,9 @@ def drop_inactive_slot(conninfo: str, slot_name: str, *, password: str | None = 
 
 
 def _primary_conninfo(
-    host: str, port: int, user: str, application_name: str, password: str | None
+    data: Path, host: str, port: int, user: str, application_name: str, password: str | None
 ) -> str:
-    """The standby's ``primary_conninfo`` (a password, when given, is registered as secret)."""
+    """The standby's ``primary_conninfo``: a password goes to a passfile, never into it."""
     params: dict[str, Any] = {
         "host": host,
         "port": str(port),
@@ -189,7 +190,7 @@ def _primary_conninfo(
     }
     if password:
         register_secret(password)
-        params["password"] = password
+        params["passfile"] = str(write_passfile(data, host, port, user, password))
     return make_conninfo(**params)
 
 
@@ -229,8 +230,9 @@ def configure_standby(
         application_name: the node's name as the primary sees it (what
             ``synchronous_standby_names`` lists).
         slot_name: a physical slot on the primary (:func:`ensure_physical_slot`), or None.
-        password: written into ``primary_conninfo`` when the role needs one (the file is
-            the server owner's, mode 0600, as ``pg_basebackup -R`` does).
+        password: when the role needs one: written to a password file beside the data
+            directory (:func:`~tasks.postgres.datadir.write_passfile`, mode 0600, the
+            server owner's) that ``primary_conninfo`` names; never into the conninfo.
         drop_settings: settings to remove from ``postgresql.auto.conf``.
 
     Returns:
@@ -245,7 +247,7 @@ def configure_standby(
         raise PreconditionError(f"{data} is not a PostgreSQL data directory")
     wanted: dict[str, str | None] = {
         "primary_conninfo": _primary_conninfo(
-            primary_host, primary_port, user, application_name, password
+            data, primary_host, primary_port, user, application_name, password
         ),
         "primary_slot_name": slot_name or "",
     }

@@ -527,7 +527,11 @@ class FakePrefect:
         self.calls: list[dict[str, Any]] = []
         self.lookups: list[str] = []
         self.runs: dict[str, Any] = {}
+        self.reads: list[dict[str, Any]] = []
         self.fail = fail
+        # The state new runs are in: SCHEDULED (no worker took them yet), or e.g. COMPLETED
+        # to let each alert of a test start its own run.
+        self.initial_state = "SCHEDULED"
 
     async def __aenter__(self) -> FakePrefect:
         return self
@@ -547,8 +551,45 @@ class FakePrefect:
             raise self.fail
         key = kw["idempotency_key"]
         if key not in self.runs:
-            self.runs[key] = SimpleNamespace(id=uuid4(), created=datetime.now(UTC))
+            flow_name = next(n for n, i in self.deployments.items() if i == deployment_id)
+            self.runs[key] = SimpleNamespace(
+                id=uuid4(),
+                created=datetime.now(UTC),
+                idempotency_key=key,
+                flow_name=flow_name.split("/")[0],
+                parameters=kw["parameters"],
+                tags=list(kw["tags"]),
+                state_type=self.initial_state,
+            )
         return self.runs[key]
+
+    async def read_flow_runs(
+        self, *, flow_filter: Any = None, flow_run_filter: Any = None, **kw: Any
+    ) -> list[Any]:
+        self.reads.append({"flow_filter": flow_filter, "flow_run_filter": flow_run_filter})
+        runs = list(self.runs.values())
+        if flow_filter is not None:
+            runs = [r for r in runs if r.flow_name in flow_filter.name.any_]
+        if flow_run_filter is not None and flow_run_filter.state is not None:
+            types = [str(getattr(t, "value", t)) for t in flow_run_filter.state.type.any_]
+            runs = [r for r in runs if r.state_type in types]
+        if flow_run_filter is not None and flow_run_filter.idempotency_key is not None:
+            runs = [r for r in runs if r.idempotency_key in flow_run_filter.idempotency_key.any_]
+        if flow_run_filter is not None and flow_run_filter.tags is not None:
+            runs = [r for r in runs if set(flow_run_filter.tags.all_) <= set(r.tags)]
+        return runs
+
+    async def update_flow_run(self, flow_run_id: UUID, *, tags: Any = None) -> Any:
+        run = next(r for r in self.runs.values() if r.id == flow_run_id)
+        run.tags = list(tags)
+
+    async def set_flow_run_state(self, flow_run_id: UUID, state: Any) -> Any:
+        run = next(r for r in self.runs.values() if r.id == flow_run_id)
+        if run.state_type not in ("SCHEDULED", "PENDING"):
+            return SimpleNamespace(status="REJECT")
+        run.state_type = str(state.type.value)
+        run.state_message = state.message
+        return SimpleNamespace(status="ACCEPT")
 
 
 def make_config(monkeypatch: pytest.MonkeyPatch, routes: list[dict[str, Any]]) -> DRConfig:
@@ -651,6 +692,7 @@ def test_firing_alert_starts_one_run_with_parameters(client: TestClient, fake: F
             "alert_fingerprint": "fp-a",
             "alert_labels": ALERTMANAGER_DOC_EXAMPLE["alerts"][0]["labels"]
             | {"alertname": "PostgresPrimaryDown"},
+            "alert_starts_at": "2024-05-01T08:00:00.123456+00:00",
         },
     }
     assert "route:primary-down" in call["tags"] and "alert-source:alertmanager" in call["tags"]
@@ -676,7 +718,16 @@ def test_resolved_and_unrouted_alerts_start_nothing(client: TestClient, fake: Fa
     assert resolved.status_code == 202
     assert resolved.json() == {
         "runs": [],
-        "ignored": [{"fingerprint": "fp-r", "source": "alertmanager", "reason": "resolved"}],
+        "ignored": [],
+        "resolved": [
+            {
+                "fingerprint": "fp-r",
+                "route": "primary-down",
+                "flow_run_id": None,
+                "state": None,
+                "action": "no run to cancel",
+            }
+        ],
     }
     unrouted = client.post(
         "/alerts/alertmanager", json=am_payload("fp-u", alertname="DiskFull"), headers=HEADERS
@@ -702,6 +753,7 @@ def test_unauthenticated_and_malformed_start_nothing(client: TestClient, fake: F
 
 
 def test_rate_limit_answers_429_with_retry_after(client: TestClient, fake: FakePrefect) -> None:
+    fake.initial_state = "COMPLETED"  # each alert starts its own run (none to attach to)
     codes = [
         client.post("/alerts/alertmanager", json=am_payload(f"fp-{i}"), headers=HEADERS)
         for i in range(3)

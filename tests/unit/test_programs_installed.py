@@ -41,6 +41,8 @@ PROGRAMS_RUN = {
     "podman", "runc", "catatonit", "busybox",
     # tests/integration/e2e/test_ui_browser.py
     "chromium",
+    # tests/integration/alerts/test_alertmanager.py (a real Alertmanager)
+    "prometheus-alertmanager",
     # Essential packages: util-linux, coreutils, tar
     "runuser", "env", "test", "tar",
 }  # fmt: skip

@@ -5,7 +5,9 @@ login role with an open session; the app's database password "leaked", the intru
 a session with it), responds, and must end green with every proof recorded. The tests then
 check the proofs against the lab itself, verify the evidence bundle with ``dr evidence
 verify``, and grep every log line (captured here and read back from the Prefect API), every
-artifact and every Slack message of the run for the old and the new password.
+artifact and every Slack message of the run for the old and the new password, then the
+lab folder, every server's configuration files, the containers' stored environment and
+every object of the backup repositories.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path, PurePosixPath
 from typing import Any
 from uuid import UUID
 
@@ -270,6 +273,56 @@ def test_no_secret_in_logs_artifacts_slack_or_evidence(drill: Drill, breach_lab:
         assert text or where == "command stderr", where
         for which, secret in secrets.items():
             assert secret not in text, f"the {which} password appears in the {where}"
+
+
+#: Where secrets belong in the lab folder: the lab's own secret store, the passfiles beside
+#: the data directories, and the container engine's store (checked through its API below).
+_SECRET_STORES = ("secrets", "podman")
+
+#: A server's configuration files, relative to its data directory.
+_SERVER_CONFIGS = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf")
+
+
+def test_no_secret_in_the_lab_folder_server_configs_containers_or_backups(
+    drill: Drill, breach_lab: BreachLab, tmp_path: Path
+) -> None:
+    from dr.config import load_config
+    from dr.secretscan import scan_paths
+    from tasks.containers.client import make_client
+
+    secrets = {"the old password": drill.old_password, "the new password": drill.new_password}
+    lab = breach_lab.lab
+    base = Path(lab.base_dir)
+    folder = [p for p in base.iterdir() if p.name not in _SECRET_STORES]
+    hits = [h for h in scan_paths(folder, secrets) if not h.path.endswith(".pgpass")]
+    assert hits == [], [h.describe() for h in hits]
+
+    configs: list[Path] = []
+    for node in (lab.primary, lab.replica, lab.control):
+        data = Path(node.data_dir)
+        configs += [data / name for name in _SERVER_CONFIGS if (data / name).exists()]
+        configs += sorted((data / "conf.d").glob("*")) if (data / "conf.d").is_dir() else []
+    assert len(configs) >= 6, configs
+    assert scan_paths(configs, secrets) == []
+
+    # The engine keeps each container's environment; none may still hold the old password.
+    cfg = load_config(breach_lab.config_path)
+    engine = make_client(cfg.docker.base_url)
+    try:
+        for container in engine.containers.list(all=True):
+            env = "\n".join((container.attrs.get("Config") or {}).get("Env") or [])
+            assert drill.old_password not in env, f"container {container.name} holds it"
+    finally:
+        engine.close()
+
+    for url in (lab.file_repository, lab.s3_repository, lab.wal_archive):
+        repo = _repo(breach_lab, url)
+        for i, obj in enumerate(repo.list("")):
+            copy = tmp_path / f"{i}-{PurePosixPath(obj.key).name}"
+            copy.write_bytes(b"".join(repo.iter_chunks(obj.key)))
+            hits = scan_paths([copy], secrets)
+            assert hits == [], f"{url} {obj.key}: {[h.describe() for h in hits]}"
+            copy.unlink()
 
 
 # --------------------------------------------------------------------------- helpers

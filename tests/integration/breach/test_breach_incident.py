@@ -102,7 +102,7 @@ def test_services_resume_only_after_approval(breach_lab: BreachLab) -> None:
         time.sleep(1.0)
         assert not inspection.health(docker, "dr-lab-app").running
         resume_flow_run(
-            run_id, run_input={"approve": True, "who": "alice", "why": "evidence reviewed"}
+            run_id, run_input={"approve": "approve", "who": "alice", "why": "evidence reviewed"}
         )
         thread.join(120)
         assert "error" not in box, box.get("error")

@@ -445,9 +445,13 @@ def test_paused_incident_resumes_with_the_input_the_ui_sends(lifecycle_env):
     )
     assert bad.status_code == 200 and bad.json()["status"] == "REJECT"
     assert _flow_state(run_id).is_paused()
-    with pytest.raises(RuntimeError, match="Cannot resume"):
-        resume_flow_run(UUID(run_id), run_input={"approve": "perhaps", "who": "x", "why": "y"})
-    resume_flow_run(UUID(run_id), run_input={"approve": True, "who": "bob", "why": "from the UI"})
+    # The form has no default answer: a submit without a decision is no approval.
+    for answer in ({"who": "x", "why": "y"}, {"approve": "perhaps", "who": "x", "why": "y"}):
+        with pytest.raises(RuntimeError, match="Cannot resume"):
+            resume_flow_run(UUID(run_id), run_input=answer)
+    resume_flow_run(
+        UUID(run_id), run_input={"approve": "approve", "who": "bob", "why": "from the UI"}
+    )
     thread.join(30)
     result = box[0]
     assert isinstance(result, RunResult), result
