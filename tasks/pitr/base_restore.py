@@ -260,7 +260,7 @@ def restore_base_backup(
         _raise_if_cancelled(cancel)
         if before_place is not None:
             before_place()
-        os.replace(staging, data)  # an empty data_dir is replaced too
+        _place(staging, data)
     except BaseException:
         _remove_path(staging)
         raise
@@ -290,6 +290,21 @@ class RestoreCancelled(PreconditionError):
 def _raise_if_cancelled(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise RestoreCancelled("restore stopped: another step of this recovery refused")
+
+
+def _place(staging: Path, data: Path) -> None:
+    """Rename the verified folder to ``data``; an empty ``data`` that cannot be replaced
+    (a mount point) receives its entries instead."""
+    try:
+        os.replace(staging, data)
+    except OSError:
+        if not data.is_dir() or any(data.iterdir()):
+            raise
+        for entry in staging.iterdir():
+            shutil.move(entry, data / entry.name)
+        chown_for_server(data)
+        os.chmod(data, 0o700)
+        staging.rmdir()
 
 
 def _remove_path(path: Path) -> None:

@@ -10,6 +10,7 @@ import hashlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -197,3 +198,26 @@ def test_one_pass_from_s3_streams_the_backup_and_stages_the_wal(
         assert relation_digests(recovered_conninfo(recovered), ["public.t"]) == seen["before"]
     finally:
         remove_cluster(recovered.data_dir)
+
+
+def test_an_empty_data_directory_that_cannot_be_replaced_receives_the_files(
+    pitr: Pitr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mount point: rename(2) refuses it (EBUSY), so the verified entries move into it."""
+    import errno
+    import os
+
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        if str(src).endswith(".restoring"):
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    work = pitr.work()
+    (work / "data").mkdir()
+    restore_base_backup(pitr.repo, pitr.backup, work / "data", work_dir=work / "restore")
+    assert (work / "data" / "PG_VERSION").is_file()
+    assert (work / "data").stat().st_mode & 0o777 == 0o700
+    assert not (work / "data.restoring").exists()
