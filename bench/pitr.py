@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -45,35 +44,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common import Point, growth_table, int_list, load_note, machine
+
 from dr.localexec import chown_for_server
 from lab.pgcluster import Cluster, free_port, run_as_server
 from tasks.backups import manifest as backups_manifest
-from tasks.pitr import archiving, base_backup, base_restore, wal
+from tasks.pitr import archiving, base_backup, one_pass, wal
 from tasks.pitr import cluster as pitr_cluster
 from tasks.pitr import recovery as pitr_recovery
 from tasks.pitr import target as pitr_target
 from tasks.storage import client as storage_client
 
 TARGET = "bench"
-STEPS = ("plan", "restore", "untar", "replay")
+STEPS = ("plan", "restore", "wal", "untar", "replay")
 SETTINGS = {"max_wal_size": "4GB", "archive_timeout": "0", "checkpoint_timeout": "15min"}
-
-
-def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f"{mem_kb / 2**20:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        mem = "? RAM"
-    return f"{os.cpu_count()} cores ({cpu}), {mem}, {platform.system()} {platform.release()}"
 
 
 def settle(cluster: Cluster) -> None:
@@ -124,15 +108,22 @@ def history_rows(port: int) -> int:
 def flow_recovery(
     repo: Any, wal_url: str, when: datetime, work: Path, bin_dir: Path, verify: str = "sizes"
 ) -> dict[str, Any]:
-    """The flow's recover phase, step by step (the same functions, in the same order)."""
+    """The recover phase in one pass: choose, then stream + prove the WAL at once, replay."""
     t0 = time.perf_counter()
     target = pitr_target.RecoveryTarget(time=when)
     backup = base_backup.choose_base_backup(base_backup.list_base_backups(repo, TARGET), target)
-    plan = wal.plan_wal(storage_client.open_repository(wal_url), backup, target)
     t_plan = time.perf_counter()
-    restored = base_restore.restore_base_backup(
-        repo, backup, work / "data", work_dir=work / "restore", bin_dir=bin_dir, verify=verify
+    prepared = one_pass.prepare_recovery(
+        repo,
+        backup,
+        work / "data",
+        wal_repo=storage_client.open_repository(wal_url),
+        target=target,
+        work_dir=work / "restore",
+        bin_dir=bin_dir,
+        verify=verify,  # type: ignore[arg-type]
     )
+    plan = prepared["plan"]
     t_extract = time.perf_counter()
     recovered = pitr_recovery.start_recovery(
         work / "data",
@@ -147,10 +138,11 @@ def flow_recovery(
         "total": t_end - t0,
         "plan": t_plan - t0,
         "restore": t_extract - t_plan,
+        "wal": prepared["wal_seconds"],
         "replay": t_end - t_extract,
         "segments": len(plan.needed),
         "rows": rows,
-        "streamed": restored["streamed"],
+        "streamed": prepared["restored"]["streamed"],
     }
 
 
@@ -200,9 +192,102 @@ def by_hand(
     return {"total": t_end - t0, "untar": t_untar - t0, "replay": t_end - t_untar, "rows": rows}
 
 
+def build(base: Path, scale: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The cluster, its base backup in a file:// repository, WAL after it, the stamp."""
+    cluster = Cluster(base / "pg", free_port(), name="bench-pitr")
+    cluster.initdb(SETTINGS, wal_segsize_mb=args.wal_segsize)
+    archive = base / "wal"
+    cluster.set_archive_dir(archive)
+    cluster.start()
+    bin_dir = cluster.bin_dir
+    cluster.psql("CREATE DATABASE bench")
+    t0 = time.perf_counter()
+    subprocess.run(
+        [str(bin_dir / "pgbench"), "-i", "-q", "-s", str(scale), "-d",
+         cluster.conninfo("bench")],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    size = cluster.psql("SELECT pg_size_pretty(pg_database_size('bench'))")
+    print(f"pgbench -i -s {scale}: {size} in {time.perf_counter() - t0:.1f} s", flush=True)
+    repo_dir = base / "repo"
+    repo = storage_client.open_repository(f"file://{repo_dir}")
+    t0 = time.perf_counter()
+    backup = upload_base_backup(cluster, repo, base / "stage")
+    print(
+        f"base backup: {backup.total_bytes / 2**20:.0f} MiB uploaded in "
+        f"{time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
+    half = args.pgbench_seconds / 2
+    pgbench = [str(bin_dir / "pgbench"), "-c", "2", "-j", "2", "-n", "-T", str(int(half))]
+    subprocess.run([*pgbench, "-d", cluster.conninfo("bench")], capture_output=True, check=True)
+    when = archiving.server_position(cluster.conninfo())["at"]
+    expected = int(cluster.psql("SELECT count(*) FROM pgbench_history", "bench"))
+    time.sleep(0.05)
+    subprocess.run([*pgbench, "-d", cluster.conninfo("bench")], capture_output=True, check=True)
+    archiving.switch_wal_and_wait(cluster.conninfo(), timeout_seconds=300)
+    wal_mib = sum(p.stat().st_size for p in archive.iterdir()) / 2**20
+    print(
+        f"WAL archived: {wal_mib:.0f} MiB ({args.wal_segsize} MiB segments); recovery target "
+        f"{when.isoformat()} ({expected} pgbench_history rows then)",
+        flush=True,
+    )
+    return {"cluster": cluster, "archive": archive, "repo": repo, "repo_dir": repo_dir,
+            "backup": backup, "when": when, "expected": expected, "wal_mib": wal_mib}  # fmt: skip
+
+
+def run_rounds(base: Path, env: dict[str, Any], args: argparse.Namespace) -> dict[str, list]:
+    """Both methods ``args.rounds`` times, in rotating order; each must find the rows."""
+    timings: dict[str, list[dict[str, Any]]] = {"flow": [], "by hand": []}
+    cluster, archive = env["cluster"], env["archive"]
+    for rnd in range(args.rounds):
+        for method in ["flow", "by hand"] if rnd % 2 == 0 else ["by hand", "flow"]:
+            settle(cluster)
+            work = Path(tempfile.mkdtemp(prefix="r-", dir=base))
+            work.chmod(0o755)
+            if method == "flow":
+                got = flow_recovery(env["repo"], f"file://{archive}", env["when"], work,
+                                    cluster.bin_dir, args.verify)  # fmt: skip
+            else:
+                got = by_hand(env["repo_dir"], archive, env["when"], work, cluster.bin_dir)
+            shutil.rmtree(work, ignore_errors=True)
+            if got["rows"] != env["expected"]:
+                raise SystemExit(
+                    f"{method}: {got['rows']} rows at the target, {env['expected']} expected"
+                )
+            timings[method].append(got)
+            print(
+                f"  round {rnd + 1}: {method:<8} {got['total']:7.2f} s  "
+                + "  ".join(f"{k} {v:.2f}" for k, v in got.items() if k in STEPS),
+                flush=True,
+            )
+    return timings
+
+
+def report(timings: dict[str, list], env: dict[str, Any], verify: str) -> None:
+    flow_med = statistics.median(t["total"] for t in timings["flow"])
+    hand_med = statistics.median(t["total"] for t in timings["by hand"])
+    print()
+    print(f"{'method':<10} {'median s':>9} {'min s':>7} {'max s':>7}  median steps")
+    for method, runs in timings.items():
+        totals = [r["total"] for r in runs]
+        steps = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k in STEPS}
+        print(
+            f"{method:<10} {statistics.median(totals):9.2f} {min(totals):7.2f} "
+            f"{max(totals):7.2f}  " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items())
+        )
+    print(
+        f"\nflow / by hand (medians) = {flow_med / hand_med:.2f}; the flow also verifies "
+        f"SHA-256 of {env['backup'].total_bytes / 2**20:.0f} MiB, runs pg_verifybackup "
+        f"({verify}) and proves {timings['flow'][0]['segments']} archived segment(s) "
+        "present before starting\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", type=int, default=50, help="pgbench scale (50 ~ 750 MiB)")
+    parser.add_argument("--scales", type=int_list, default=[50], help="pgbench scales: 10,50")
+    parser.add_argument("--scale", type=int, default=None, help="one scale (old spelling)")
     parser.add_argument("--rounds", type=int, default=3, help="recoveries per method")
     parser.add_argument("--pgbench-seconds", type=float, default=20, help="WAL after the backup")
     parser.add_argument("--wal-segsize", type=int, default=16, help="WAL segment size, MiB")
@@ -211,96 +296,29 @@ def main(argv: list[str] | None = None) -> int:
         "--verify", default="sizes", choices=["sizes", "full", "off"], help="pg_verifybackup"
     )
     args = parser.parse_args(argv)
-
-    base = Path(tempfile.mkdtemp(prefix="dr-bench-pitr-", dir=args.workdir))
-    base.chmod(0o755)
     print(f"machine: {machine()}", flush=True)
-    cluster = Cluster(base / "pg", free_port(), name="bench-pitr")
-    try:
-        cluster.initdb(SETTINGS, wal_segsize_mb=args.wal_segsize)
-        archive = base / "wal"
-        cluster.set_archive_dir(archive)
-        cluster.start()
-        bin_dir = cluster.bin_dir
-        cluster.psql("CREATE DATABASE bench")
-        t0 = time.perf_counter()
-        subprocess.run(
-            [str(bin_dir / "pgbench"), "-i", "-q", "-s", str(args.scale), "-d",
-             cluster.conninfo("bench")],
-            capture_output=True, check=True,
-        )  # fmt: skip
-        size = cluster.psql("SELECT pg_size_pretty(pg_database_size('bench'))")
-        print(f"pgbench -i -s {args.scale}: {size} in {time.perf_counter() - t0:.1f} s", flush=True)
-        repo_dir = base / "repo"
-        repo = storage_client.open_repository(f"file://{repo_dir}")
-        t0 = time.perf_counter()
-        backup = upload_base_backup(cluster, repo, base / "stage")
-        print(
-            f"base backup: {backup.total_bytes / 2**20:.0f} MiB uploaded in "
-            f"{time.perf_counter() - t0:.1f} s",
-            flush=True,
-        )
-        half = args.pgbench_seconds / 2
-        pgbench = [str(bin_dir / "pgbench"), "-c", "2", "-j", "2", "-n", "-T", str(int(half))]
-        subprocess.run([*pgbench, "-d", cluster.conninfo("bench")], capture_output=True, check=True)
-        when = archiving.server_position(cluster.conninfo())["at"]
-        expected = int(cluster.psql("SELECT count(*) FROM pgbench_history", "bench"))
-        time.sleep(0.05)
-        subprocess.run([*pgbench, "-d", cluster.conninfo("bench")], capture_output=True, check=True)
-        archiving.switch_wal_and_wait(cluster.conninfo(), timeout_seconds=300)
-        wal_mib = sum(p.stat().st_size for p in archive.iterdir()) / 2**20
-        print(
-            f"WAL archived: {wal_mib:.0f} MiB ({args.wal_segsize} MiB segments); recovery target "
-            f"{when.isoformat()} ({expected} pgbench_history rows then)",
-            flush=True,
-        )
-        timings: dict[str, list[dict[str, Any]]] = {"flow": [], "by hand": []}
-        for rnd in range(args.rounds):
-            order = ["flow", "by hand"] if rnd % 2 == 0 else ["by hand", "flow"]
-            for method in order:
-                settle(cluster)
-                work = Path(tempfile.mkdtemp(prefix="r-", dir=base))
-                work.chmod(0o755)
-                if method == "flow":
-                    got = flow_recovery(repo, f"file://{archive}", when, work, bin_dir, args.verify)
-                else:
-                    got = by_hand(repo_dir, archive, when, work, bin_dir)
-                shutil.rmtree(work, ignore_errors=True)
-                if got["rows"] != expected:
-                    raise SystemExit(
-                        f"{method}: {got['rows']} rows at the target, {expected} expected"
-                    )
-                timings[method].append(got)
-                print(
-                    f"  round {rnd + 1}: {method:<8} {got['total']:7.2f} s  "
-                    + "  ".join(f"{k} {v:.2f}" for k, v in got.items() if k in STEPS),
-                    flush=True,
-                )
-        flow_med = statistics.median(t["total"] for t in timings["flow"])
-        hand_med = statistics.median(t["total"] for t in timings["by hand"])
-        print()
-        print(f"{'method':<10} {'median s':>9} {'min s':>7} {'max s':>7}  median steps")
-        for method, runs in timings.items():
-            totals = [r["total"] for r in runs]
-            steps = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k in STEPS}
-            print(
-                f"{method:<10} {statistics.median(totals):9.2f} {min(totals):7.2f} "
-                f"{max(totals):7.2f}  " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items())
-            )
-        print(
-            f"\nflow / by hand (medians) = {flow_med / hand_med:.2f}; the flow also verifies "
-            f"SHA-256 of {backup.total_bytes / 2**20:.0f} MiB, runs pg_verifybackup "
-            f"({args.verify}) and proves {timings['flow'][0]['segments']} archived segment(s) "
-            "present before starting"
-        )
-        if os.getloadavg()[1] > (os.cpu_count() or 1):
-            print(
-                f"note: load average {os.getloadavg()[1]:.1f}: other work competed, timings noisy"
-            )
-        return 0
-    finally:
-        cluster.destroy()
-        shutil.rmtree(base, ignore_errors=True)
+    points = []
+    for scale in [args.scale] if args.scale else args.scales:
+        base = Path(tempfile.mkdtemp(prefix="dr-bench-pitr-", dir=args.workdir))
+        base.chmod(0o755)
+        env: dict[str, Any] = {}
+        try:
+            env = build(base, scale, args)
+            timings = run_rounds(base, env, args)
+            report(timings, env, args.verify)
+            mib = env["backup"].total_bytes / 2**20 + env["wal_mib"]
+            points.append(Point(scale, mib, *(statistics.median(t["total"] for t in timings[m])
+                                              for m in ("flow", "by hand"))))  # fmt: skip
+        finally:
+            if "cluster" in env:
+                env["cluster"].destroy()
+            else:
+                Cluster(base / "pg", 1, name="bench-pitr").destroy()
+            shutil.rmtree(base, ignore_errors=True)
+    print(growth_table("point-in-time recovery", "flow", "by hand", points))
+    if note := load_note():
+        print(note)
+    return 0
 
 
 if __name__ == "__main__":

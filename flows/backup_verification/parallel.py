@@ -66,7 +66,7 @@ def verify_in_parallel(
                 now=drill_time,
             )
         )
-    _wait(ctx, board, futures)
+    _wait(ctx, board, dict(zip(branches, futures, strict=True)))
     return _collect(branches, futures)
 
 
@@ -83,14 +83,20 @@ def _collect(branches: list[str], futures: list[Any]) -> list[DatabaseVerificati
     return results
 
 
-def _wait(ctx: RunContext, board: ProgressBoard, futures: list[Any]) -> None:
-    """Wait for the branches, showing progress every few percent (or every 10 s)."""
+def _wait(ctx: RunContext, board: ProgressBoard, futures: dict[str, Any]) -> None:
+    """Wait for the branches, showing progress every few percent (or every 10 s).
+
+    A branch that ended counts as done even when its own reports stayed elsewhere (a
+    Dask worker reports into its copy of the board): the same progress on every runner.
+    """
     last = -10.0
     last_time = 0.0
-    pending = list(futures)
+    pending = dict(futures)
     while pending:
-        pending[0].wait(timeout=PROGRESS_SECONDS)
-        pending = [f for f in pending if not f.state.is_final()]
+        next(iter(pending.values())).wait(timeout=PROGRESS_SECONDS)
+        for name in [n for n, f in pending.items() if f.state.is_final()]:
+            del pending[name]
+            board.update(name, 1.0, "done")
         board.refresh()
         pct = board.overall * 100
         if pending and (pct - last >= 5 or time.monotonic() - last_time > 10):

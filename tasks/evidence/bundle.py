@@ -29,6 +29,7 @@ import socket
 import tempfile
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -41,6 +42,7 @@ from tasks.evidence.manifest import (
     CHUNK_BYTES,
     DEFAULT_RETAIN_DAYS,
     MANIFEST_NAME,
+    PARALLEL_ITEMS,
     EvidenceItem,
     EvidenceManifest,
     MissingEvidence,
@@ -264,26 +266,17 @@ class EvidenceBundle:
 # --------------------------------------------------------------------------- writing
 
 
-def _put_items(
+def _store_items(
     repo: Repository,
     prefix: str,
     bundle: EvidenceBundle,
     manifest: EvidenceManifest,
     retain_days: int | None,
 ) -> tuple[set[str | None], datetime | None]:
-    """Write each staged file once; the lock modes seen and the earliest retention end."""
+    """Write each staged file once (see :func:`_put_items`); lock modes seen, earliest retention end."""
     lock_modes: set[str | None] = set()
     retain_until: datetime | None = None
-    for item in manifest.items:
-        key = _join(prefix, item.path)
-        result = repo.put_file(
-            key, bundle.staging_dir / item.path, write_once=True, retain_days=retain_days
-        )
-        if result.sha256 != item.sha256:
-            raise ChecksumMismatch(
-                f"{repo.url_for(key)}: stored sha256 {str(result.sha256)[:12]} differs from "
-                f"the collected {item.sha256[:12]}"
-            )
+    for result in _put_items(repo, prefix, bundle, manifest, retain_days):
         lock_modes.add(result.lock_mode if result.locked else None)
         if result.retain_until is not None:
             until = result.retain_until
@@ -329,7 +322,7 @@ def write_bundle(
     ensure_no_secrets(
         [bundle.staging_dir / i.path for i in manifest.items], f"evidence {prefix}", secrets
     )
-    lock_modes, retain_until = _put_items(repo, prefix, bundle, manifest, retain_days)
+    lock_modes, retain_until = _store_items(repo, prefix, bundle, manifest, retain_days)
     data = _manifest_bytes(manifest)
     manifest_key = _join(prefix, MANIFEST_NAME)
     result = repo.put_bytes(manifest_key, data, write_once=True, retain_days=retain_days)
@@ -360,6 +353,35 @@ def write_bundle(
         f"locked ({stored.lock_mode}) until {retain_until}" if locked else "not locked",
     )
     return stored
+
+
+def _put_items(
+    repo: Repository,
+    prefix: str,
+    bundle: EvidenceBundle,
+    manifest: EvidenceManifest,
+    retain_days: int | None,
+) -> list[Any]:
+    """Every item at once (independent puts), each checked; the first failure in order."""
+
+    def put(item: EvidenceItem) -> Any:
+        key = _join(prefix, item.path)
+        result = repo.put_file(
+            key, bundle.staging_dir / item.path, write_once=True, retain_days=retain_days
+        )
+        if result.sha256 != item.sha256:
+            raise ChecksumMismatch(
+                f"{repo.url_for(key)}: stored sha256 {str(result.sha256)[:12]} differs from "
+                f"the collected {item.sha256[:12]}"
+            )
+        return result
+
+    if len(manifest.items) < 2:
+        return [put(item) for item in manifest.items]
+    workers = min(PARALLEL_ITEMS, len(manifest.items))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evidence-put") as pool:
+        futures = [pool.submit(put, item) for item in manifest.items]
+        return [future.result() for future in futures]
 
 
 write_bundle_task = dr_task(write_bundle, name="evidence-write-bundle", timeout_seconds=3600)

@@ -12,6 +12,8 @@ from dr.clock import utcnow
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "dr-pipelines/evidence-bundle/v1"
 CHUNK_BYTES = 1024 * 1024
+#: Items written and read back at once: independent objects, network-bound on S3.
+PARALLEL_ITEMS = 4
 #: Default Object Lock retention of evidence (a year covers most post-incident reviews).
 DEFAULT_RETAIN_DAYS = 365
 

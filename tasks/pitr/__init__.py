@@ -12,6 +12,9 @@ Here each step is a plain function that refuses before it acts, one module per s
 4. :mod:`.recovery`: recovery settings, start, poll until promoted (:mod:`.cluster` starts,
    stops and removes the clusters made here).
 
+:mod:`.one_pass` runs 2 and 3 at once (the stream is hashed while extracted; the WAL is
+proved and staged meanwhile; a refusal of either leaves no data directory).
+
 Around it: :mod:`.checksums` (``pg_checksums`` on a stopped copy), :mod:`.relations`
 (digests of ordered rows, relation files), :mod:`.relation_restore` (evidence, and the switch
 back of selected tables in ONE transaction), :mod:`.damage_finder` (the first large

@@ -1,12 +1,11 @@
 """Restore a base backup into a new data directory, every byte checked.
 
-A ``file://`` repository is read once: the tar is streamed into ``tar -x`` while hashed (a
-mismatch removes what was extracted). Any other repository goes through
-:func:`download_base_backup` first (checksummed, resumable downloads; a file already
-downloaded and verified is not fetched again, so a retried task resumes where it stopped),
-then :func:`extract_base_backup`. ``pg_verifybackup`` then checks the files against
-PostgreSQL's own ``backup_manifest`` (presence and sizes by default, since the archive's
-checksum already proved the content; ``full`` re-reads all).
+:func:`restore_base_backup` reads the repository once, whatever it is: each tar streams
+into ``tar -x`` while hashed (``base.tar`` and ``pg_wal.tar`` at once), into a side folder
+renamed into place only when the digests match and ``pg_verifybackup`` agrees (presence
+and sizes by default: the archive's digest already proved the content; ``full`` re-reads
+all). :func:`download_base_backup` + :func:`extract_base_backup` keep the two-step way
+(resumable verified downloads, then untar) for callers that want the files on disk.
 """
 
 from __future__ import annotations
@@ -16,7 +15,11 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -50,8 +53,6 @@ if TYPE_CHECKING:
     from tasks.storage.client import Repository
 
 log = logging.getLogger(__name__)
-#: Read size when streaming a tar file from a local repository into ``tar -x``.
-STREAM_CHUNK_BYTES = 1024 * 1024
 VerifyMode = Literal["full", "sizes", "off"]
 
 
@@ -210,60 +211,59 @@ def restore_base_backup(
     work_dir: str | Path,
     bin_dir: str | Path | None = None,
     verify: VerifyMode = "sizes",
+    cancel: threading.Event | None = None,
+    before_place: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
     """Put a base backup into a new data directory, every byte checked against its manifest.
 
-    A ``file://`` repository is streamed into ``tar -x`` while hashed (one read instead of
-    copy + read; a mismatch removes the data directory); any other is downloaded first
-    (:func:`download_base_backup`). Then ``pg_verifybackup`` (``verify``) checks the files
-    against ``backup_manifest``.
+    Every repository is read once: each tar streams into ``tar -x`` while hashed (ranged
+    reads resume a remote stream after a hiccup), ``base.tar`` and ``pg_wal.tar`` at the
+    same time, into ``<data_dir>.restoring``. Only when both digests match and
+    ``pg_verifybackup`` (``verify``) agrees is that folder renamed to ``data_dir``: a
+    refused backup leaves nothing at ``data_dir``.
 
     Args:
         repo: the backup repository.
         backup: from :func:`list_base_backups`.
-        data_dir: the new data directory (must not exist or be empty; a half-restored one
-            left by a failed attempt of this function is cleaned first).
-        work_dir: scratch folder (downloads, the manifest).
+        data_dir: the new data directory (must not exist or be empty).
+        work_dir: scratch folder (the manifest).
         bin_dir: PostgreSQL binaries.
         verify: ``sizes``, ``full`` or ``off``.
+        cancel: set by another thread (a WAL gap found meanwhile) to stop and clean up.
+        before_place: called once everything is verified, before the rename; what it
+            raises refuses the restore like a wrong digest (the WAL proof of the same
+            recovery waits here).
 
     Returns:
         ``{"seconds", "download_seconds", "extract_seconds", "verified", "control",
-        "sha256": {file: digest}, "streamed": bool}``.
+        "sha256": {file: digest}, "streamed": True}``.
 
     Raises:
         ChecksumMismatch: an archive did not match its manifest (nothing is left behind).
-        UnsafeTargetError: ``data_dir`` holds something this function did not put there.
+        UnsafeTargetError: ``data_dir`` holds something.
         VerificationError: pg_verifybackup found a difference.
         StorageError: the repository failed (transient: the task retries).
+        RestoreCancelled: ``cancel`` was set.
     """
     data = Path(data_dir)
-    work = Path(work_dir)
-    marker = data.parent / f"{data.name}.restoring"
-    if marker.exists():
-        shutil.rmtree(data, ignore_errors=True)
-    if not str(getattr(repo, "url", "")).startswith("file://"):
-        return _download_and_extract(repo, backup, data, work, bin_dir, verify)
+    staging = data.parent / f"{data.name}.restoring"
+    _remove_path(staging)  # left by an attempt that was killed
     _check_restorable_here(backup, data)
     t0 = time.perf_counter()
-    sha = _fetch_pg_manifest(repo, backup, work)
+    sha = _fetch_pg_manifest(repo, backup, Path(work_dir))
     prepare_dir(data.parent)
-    marker.touch()
-    data.mkdir(mode=0o700, exist_ok=True)
-    chown_for_server(data)
     try:
-        sha[BASE_TAR] = _stream_untar(repo, backup, BASE_TAR, data)
-        if WAL_TAR in backup.files:
-            sha[WAL_TAR] = _stream_untar(repo, backup, WAL_TAR, data / "pg_wal")
+        sha.update(_stream_tars(repo, backup, staging, cancel))
+        t1 = time.perf_counter()
+        verified = _verify_backup(staging, Path(work_dir) / PG_MANIFEST, verify, bin_dir)
+        control = control_data(staging, bin_dir=bin_dir)
+        _raise_if_cancelled(cancel)
+        if before_place is not None:
+            before_place()
+        _place(staging, data)
     except BaseException:
-        shutil.rmtree(data, ignore_errors=True)
-        marker.unlink(missing_ok=True)
+        _remove_path(staging)
         raise
-    os.chmod(data, 0o700)
-    t1 = time.perf_counter()
-    verified = _verify_backup(data, work / PG_MANIFEST, verify, bin_dir)
-    marker.unlink(missing_ok=True)
-    control = control_data(data, bin_dir=bin_dir)
     seconds = round(time.perf_counter() - t0, 3)
     log.info(
         "restored base backup %s into %s in %.1f s (streamed, sha256 verified, pg_verifybackup %s)",
@@ -283,28 +283,59 @@ def restore_base_backup(
     }
 
 
-def _download_and_extract(
-    repo: Repository,
-    backup: BaseBackup,
-    data: Path,
-    work: Path,
-    bin_dir: str | Path | None,
-    verify: VerifyMode,
-) -> dict[str, Any]:
-    """A remote repository: resumable verified downloads first, then untar."""
-    t0 = time.perf_counter()
-    sha = download_base_backup(repo, backup, work / "download")
-    t1 = time.perf_counter()
-    extracted = extract_base_backup(work / "download", data, bin_dir=bin_dir, verify=verify)
-    shutil.rmtree(work / "download", ignore_errors=True)
-    return {
-        **extracted,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "download_seconds": round(t1 - t0, 3),
-        "extract_seconds": extracted["seconds"],
-        "sha256": sha,
-        "streamed": False,
-    }
+class RestoreCancelled(PreconditionError):
+    """Another step of the same recovery refused (a WAL gap): the restore stopped."""
+
+
+def _raise_if_cancelled(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise RestoreCancelled("restore stopped: another step of this recovery refused")
+
+
+def _place(staging: Path, data: Path) -> None:
+    """Rename the verified folder to ``data``; an empty ``data`` that cannot be replaced
+    (a mount point) receives its entries instead."""
+    try:
+        os.replace(staging, data)
+    except OSError:
+        if not data.is_dir() or any(data.iterdir()):
+            raise
+        for entry in staging.iterdir():
+            shutil.move(entry, data / entry.name)
+        chown_for_server(data)
+        os.chmod(data, 0o700)
+        staging.rmdir()
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _stream_tars(
+    repo: Repository, backup: BaseBackup, staging: Path, cancel: threading.Event | None
+) -> dict[str, str]:
+    """Both tars of the backup into ``staging`` at once; the first failure stops the other."""
+    staging.mkdir(mode=0o700)
+    chown_for_server(staging)
+    jobs = {BASE_TAR: staging}
+    if WAL_TAR in backup.files:
+        (staging / "pg_wal").mkdir(mode=0o700)
+        chown_for_server(staging / "pg_wal")
+        jobs[WAL_TAR] = staging / "pg_wal"
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="untar") as pool:
+        futures = {
+            name: pool.submit(_stream_untar, repo, backup, name, dest, stop, cancel)
+            for name, dest in jobs.items()
+        }
+        try:
+            return {name: future.result() for name, future in futures.items()}
+        finally:
+            stop.set()  # after a failure the other stream stops at its next chunk
+            os.chmod(staging, 0o700)
 
 
 def _check_restorable_here(backup: BaseBackup, data: Path) -> None:
@@ -333,7 +364,14 @@ def _fetch_pg_manifest(repo: Repository, backup: BaseBackup, work: Path) -> dict
     return sha
 
 
-def _stream_untar(repo: Repository, backup: BaseBackup, name: str, dest: Path) -> str:
+def _stream_untar(
+    repo: Repository,
+    backup: BaseBackup,
+    name: str,
+    dest: Path,
+    stop: threading.Event,
+    cancel: threading.Event | None,
+) -> str:
     """Stream one tar file of the backup into ``tar -x``, hashing it; verify at the end."""
     expected = backup.files[name]
     tar = shutil.which("tar") or "tar"
@@ -342,13 +380,16 @@ def _stream_untar(repo: Repository, backup: BaseBackup, name: str, dest: Path) -
     proc = subprocess.Popen(args, cwd="/", env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdin is not None and proc.stderr is not None
     try:
-        with repo.open_read(backup.prefix + name) as src:
-            while chunk := src.read(STREAM_CHUNK_BYTES):
+        with closing(repo.iter_chunks_resuming(backup.prefix + name)) as chunks:
+            for chunk in chunks:
+                if stop.is_set():
+                    raise RestoreCancelled(f"extraction of {name} stopped: the other one failed")
+                _raise_if_cancelled(cancel)
                 digest.update(chunk)
                 proc.stdin.write(chunk)
         proc.stdin.close()
     except BrokenPipeError:
-        pass
+        pass  # tar stopped reading: the digest below tells why
     except BaseException:
         proc.kill()
         proc.wait()

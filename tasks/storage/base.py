@@ -51,7 +51,7 @@ from tasks.storage.objects import (
     _check_sha256,
     _short,
 )
-from tasks.storage.streams import _fsync_dir, _hash_local_file, _unlink_quietly
+from tasks.storage.streams import _fsync_dir, _hash_local_file, _unlink_quietly, resuming_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,13 @@ class BaseRepository(Repository):
         with self.open_read(key) as stream:
             while chunk := stream.read(chunk_size):
                 yield chunk
+
+    def iter_chunks_resuming(self, key: str) -> Iterator[bytes]:
+        """The object's bytes; a transient failure resumes with a ranged read (same etag)."""
+        key = _check_key(key)
+        info = self.head(key)
+        url = self.url_for(key)
+        return resuming_chunks(self._read_range, key, info, url, DOWNLOAD_RESUME_ATTEMPTS)
 
     def glob(self, pattern: str) -> list[ObjectInfo]:
         """Objects whose key matches a shell pattern (``*`` also matches ``/``), by key.

@@ -355,6 +355,10 @@ class Repository(ABC):
         """Yield the object's bytes in chunks of at most ``chunk_size`` (streaming)."""
 
     @abstractmethod
+    def iter_chunks_resuming(self, key: str) -> Iterator[bytes]:
+        """Yield the object's bytes, resuming with ranged reads after transient failures."""
+
+    @abstractmethod
     def glob(self, pattern: str) -> list[ObjectInfo]:
         """Objects whose key matches a shell pattern (``*`` also matches ``/``), by key."""
 

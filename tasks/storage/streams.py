@@ -8,10 +8,20 @@ import io
 import logging
 import os
 import re
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tasks.storage.client import _S3_ERRORS, DEFAULT_CHUNK_BYTES, _os_error, _s3_error
+from dr.errors import StorageError
+from tasks.storage.client import (
+    _S3_ERRORS,
+    DEFAULT_CHUNK_BYTES,
+    ObjectInfo,
+    _ObjectChanged,
+    _os_error,
+    _s3_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -152,3 +162,42 @@ class _S3BodyReader(io.RawIOBase):
         if not self.closed:
             self._body.close()
         super().close()
+
+
+def resuming_chunks(
+    read_range: Callable[[str, int, str | None], AbstractContextManager[Iterator[bytes]]],
+    key: str,
+    info: ObjectInfo,
+    url: str,
+    attempts: int,
+) -> Iterator[bytes]:
+    """Yield ``key``'s bytes; a transient failure resumes from the byte reached (same etag).
+
+    Raises:
+        StorageError: not transient, or more than ``attempts`` failures.
+    """
+    offset = failures = 0
+    while offset < info.size:
+        try:
+            with read_range(key, offset, info.etag) as chunks:
+                for chunk in chunks:
+                    offset += len(chunk)
+                    yield chunk
+            if offset < info.size:
+                raise StorageError(
+                    f"{url}: stream ended at byte {offset} of {info.size}", transient=True
+                )
+        except _ObjectChanged:
+            raise
+        except StorageError as exc:
+            failures += 1
+            if not exc.transient or failures > attempts:
+                raise
+            logger.warning(
+                "read of %s failed at byte %d (%s); resuming (%d/%d)",
+                url,
+                offset,
+                exc,
+                failures,
+                attempts,
+            )
