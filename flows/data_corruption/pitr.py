@@ -8,7 +8,7 @@ from dr.changes import Change
 from dr.errors import PreconditionError
 from flows.data_corruption.run import CorruptionRun, mkdir_traversable
 from tasks.backups import verify as backups_verify
-from tasks.pitr import archiving, base_backup, base_restore, checksums, wal
+from tasks.pitr import archiving, base_backup, checksums, one_pass, wal
 from tasks.pitr import cluster as pitr_cluster
 from tasks.pitr import recovery as pitr_recovery
 from tasks.pitr import relations as pitr_relations
@@ -31,28 +31,27 @@ def recover(
             return
         work = mkdir_traversable(run.work)
         t0 = time.perf_counter()
-        restored = base_restore.restore_base_backup_task(
-            run.backup_repo(), backup, work / "data", work_dir=work / "restore", bin_dir=run.bin_dir
-        )
-        control = restored["control"]
-        size = int(control.get("Bytes per WAL segment", plan.segment_size))
-        if size != plan.segment_size:
-            raise PreconditionError(
-                f"the base backup's WAL segment size is {size}, the archive's {plan.segment_size}"
-            )
-        live_id = archiving.server_position_task(run.conninfo())["system_identifier"]
-        if pitr_cluster.system_identifier(control) != live_id:
-            raise PreconditionError(
-                f"base backup {backup.backup_id} belongs to another database system "
-                f"({pitr_cluster.system_identifier(control)}, live {live_id}): it cannot replay this WAL"
-            )
         archive = run.target.backup.wal_archive or ""
-        if archive.startswith("file://"):
+        local_archive = archive.startswith("file://")
+        # One pass: the base backup streams (hashed while it untars) while the WAL is proven
+        # continuous again and, from a remote archive, staged; either refusal stops both.
+        prepared = one_pass.prepare_recovery_task(
+            run.backup_repo(),
+            backup,
+            work / "data",
+            wal_repo=run.wal_repo(),
+            target=target,
+            work_dir=work / "restore",
+            stage_dir=None if local_archive else work / "wal",
+            bin_dir=run.bin_dir,
+        )
+        restored, plan = prepared["restored"], prepared["plan"]
+        _check_same_system(run, backup, restored["control"], plan)
+        if local_archive:
             command = wal.restore_command_for(archive)
         else:
-            staged = wal.stage_wal_task(run.wal_repo(), plan, work / "wal")
             command = wal.restore_command_for(None, work / "wal")
-            run.details["wal_staged"] = len(staged)
+            run.details["wal_staged"] = len(prepared["staged"] or {})
         run.recovered = pitr_recovery.start_recovery_task(
             work / "data",
             target.model_copy(update={"timeline": plan.target_timeline}),
@@ -86,11 +85,29 @@ def recover(
             "restore_seconds": restored["seconds"],
             "streamed": restored["streamed"],
             "pg_verifybackup": restored["verified"],
+            "wal_proof_seconds": prepared["wal_seconds"],
             "total_seconds": round(time.perf_counter() - t0, 3),
         }
         record.detail = (
             f"port {r.port}, replayed to {r.last_replayed_at} in {r.replay_seconds:.1f} s "
             f"(total {time.perf_counter() - t0:.1f} s): {r.stop_message}"
+        )
+
+
+def _check_same_system(
+    run: CorruptionRun, backup: base_backup.BaseBackup, control: dict, plan: wal.WalPlan
+) -> None:
+    """The restored backup must fit the archive and the live system, or nothing can replay."""
+    size = int(control.get("Bytes per WAL segment", plan.segment_size))
+    if size != plan.segment_size:
+        raise PreconditionError(
+            f"the base backup's WAL segment size is {size}, the archive's {plan.segment_size}"
+        )
+    live_id = archiving.server_position_task(run.conninfo())["system_identifier"]
+    if pitr_cluster.system_identifier(control) != live_id:
+        raise PreconditionError(
+            f"base backup {backup.backup_id} belongs to another database system "
+            f"({pitr_cluster.system_identifier(control)}, live {live_id}): it cannot replay this WAL"
         )
 
 
