@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from dr.changes import Change
 from dr.clock import utcnow
-from dr.errors import ConfigError
+from dr.errors import ConfigError, RecoveryRefused
 from flows.common.backups import base_backup_target
 from flows.data_corruption.options import (
     DRILL_COLUMN,
@@ -37,6 +37,10 @@ def _unsuitable(variant: Variant, table: pitr_drill.DrillCandidate) -> str | Non
     elif not table.numeric_columns:
         return "it has no numeric column outside its keys, constraints and indexes"
     return None
+
+
+class DrillTableRefused(RecoveryRefused, ConfigError):
+    """The requested drill_table is missing or unsuitable: the drill is refused, unchanged."""
 
 
 def choose_drill_table(
@@ -76,13 +80,13 @@ def choose_drill_table(
     if requested is not None:
         table = by_name.get(requested)
         if table is None:
-            raise ConfigError(
+            raise DrillTableRefused(
                 f"drill_table {requested} is not a table of database {database!r}",
                 [("options.drill_table", requested)],
             )
         problem = _unsuitable(variant, table)
         if problem:
-            raise ConfigError(
+            raise DrillTableRefused(
                 f"drill_table {requested} of database {database!r} cannot take a "
                 f"{variant.value} drill: {problem}",
                 [("options.drill_table", requested)],
