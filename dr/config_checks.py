@@ -25,6 +25,12 @@ DEFAULT_SEVERITY_MAP = {
     "medium": "SEV3",
     "low": "SEV4",
     "info": "SEV4",
+    # PagerDuty priorities
+    "p1": "SEV1",
+    "p2": "SEV2",
+    "p3": "SEV3",
+    "p4": "SEV4",
+    "p5": "SEV4",
 }
 
 

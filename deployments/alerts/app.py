@@ -151,13 +151,19 @@ def _lifespan(
     ui_url: str | None,
     bearer_token: str | None,
     hmac_secret: str | None,
+    severity_for: Callable[[str | None], str | None] | None = None,
 ) -> Callable[[FastAPI], Any]:
     """The app's lifespan: open the Prefect client, look up every route's deployment."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with factory() as client:
-            receiver = AlertReceiver(routes, client, ui_url or ui_url_from_api(str(client.api_url)))
+            receiver = AlertReceiver(
+                routes,
+                client,
+                ui_url or ui_url_from_api(str(client.api_url)),
+                severity_for=severity_for,
+            )
             app.state.receiver = receiver
             try:
                 await asyncio.wait_for(receiver.warm_up(), WARMUP_TIMEOUT_SECONDS)
@@ -255,7 +261,9 @@ def create_app(
         factory, ui_url = prefect_client_factory, config.prefect_ui_url
     routes = list(config.alerts.routes)
 
-    lifespan = _lifespan(routes, factory, ui_url, bearer_token, hmac_secret)
+    lifespan = _lifespan(
+        routes, factory, ui_url, bearer_token, hmac_secret, severity_for=config.alert_severity
+    )
     app = FastAPI(
         title="DR pipelines alert receiver",
         description=(__doc__ or "").split("\n\n")[0],

@@ -16,7 +16,13 @@ from uuid import UUID
 import httpx
 
 from deployments.alerts.payloads import IncomingAlert
-from deployments.alerts.routing import idempotency_key, match_route, run_mode
+from deployments.alerts.routing import (
+    SeverityFor,
+    idempotency_key,
+    match_route,
+    run_mode,
+    with_severity,
+)
 from deployments.alerts.runs import deployment_for, flow_parameters, flow_run_tags
 from dr.config import AlertRoute
 from dr.errors import ConfigError, DRError, SystemError_
@@ -183,6 +189,7 @@ class AlertReceiver:
         clock: monotonic clock for the rate limits.
         cache_size: how many fingerprint → run entries to keep.
         max_concurrent_creations: flow runs being created at once.
+        severity_for: maps an alert's severity onto the config's (``DRConfig.alert_severity``).
     """
 
     def __init__(
@@ -194,8 +201,10 @@ class AlertReceiver:
         clock: Callable[[], float] = time.monotonic,
         cache_size: int = RUN_CACHE_SIZE,
         max_concurrent_creations: int = MAX_CONCURRENT_CREATIONS,
+        severity_for: SeverityFor | None = None,
     ) -> None:
         self.routes = list(routes)
+        self.severity_for = severity_for
         self.client = client
         self.ui_url = ui_url.rstrip("/")
         self._buckets = {r.name: TokenBucket(r.rate_limit_per_minute, clock) for r in self.routes}
@@ -238,6 +247,10 @@ class AlertReceiver:
             route = match_route(self.routes, alert)
             if route is None:
                 outcome.ignored.append(self._ignored(alert, "no route"))
+                continue
+            alert, problem = with_severity(alert, self.severity_for)
+            if problem is not None:
+                outcome.ignored.append(self._ignored(alert, problem))
                 continue
             key = idempotency_key(route, alert)
             cached = self._runs.get(key)
