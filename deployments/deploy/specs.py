@@ -175,6 +175,27 @@ def _expand_schedule(
     return out
 
 
+def _parameters(
+    resolved: dict[str, Any], all_targets: list[str], drills: list[str]
+) -> tuple[dict[str, Any], list[str], list[str] | None]:
+    """A deployment's default parameters, the targets and the modes its form offers."""
+    parameters = dict(resolved.get("parameters") or {})
+    mode = parameters.get("mode")
+    if mode == Mode.drill.value:
+        targets, modes = drills, [Mode.drill.value]
+    elif mode == Mode.incident.value:
+        targets, modes = all_targets, [Mode.incident.value, Mode.dry_run.value]
+    else:
+        targets, modes = all_targets, None
+    if parameters.get("target") in ("", None) or parameters.get("target") not in targets:
+        parameters.pop("target", None)
+    if modes is not None:
+        # Scenario runs end Failed (with the reason) unless they passed: the UI's badge,
+        # notifications and automations then agree with the report.
+        parameters.setdefault("fail_flow", True)
+    return parameters, list(targets), modes
+
+
 def plan_deployments(
     raw_deployments: Iterable[dict[str, Any]],
     config: DRConfig,
@@ -222,20 +243,7 @@ def plan_deployments(
                 f"prefect.yaml: deployment {name}: concurrency_limit must be an integer",
                 [(f"deployments.{name}.concurrency_limit", repr(limit))],
             )
-        parameters = dict(resolved.get("parameters") or {})
-        mode = parameters.get("mode")
-        if mode == Mode.drill.value:
-            targets, modes = drills, [Mode.drill.value]
-        elif mode == Mode.incident.value:
-            targets, modes = all_targets, [Mode.incident.value, Mode.dry_run.value]
-        else:
-            targets, modes = all_targets, None
-        if parameters.get("target") in ("", None) or parameters.get("target") not in targets:
-            parameters.pop("target", None)
-        if modes is not None:
-            # Scenario runs end Failed (with the reason) unless they passed: the UI's badge,
-            # notifications and automations then agree with the report.
-            parameters.setdefault("fail_flow", True)
+        parameters, targets, modes = _parameters(resolved, all_targets, drills)
         work_pool = resolved.get("work_pool") or {}
         specs.append(
             DeploymentSpec(

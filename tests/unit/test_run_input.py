@@ -233,3 +233,49 @@ def test_pitr_refusals_are_recovery_refused() -> None:
     future = RecoveryTarget(time=datetime.now(UTC) + timedelta(hours=1))
     with pytest.raises(RecoveryRefused, match="in the future"):
         base_backup.choose_base_backup([], future)
+
+
+# ---------------------------------------------------------------------- forms
+
+
+def _fields_without_description(model: type, seen: set[type]) -> list[str]:
+    import typing
+
+    from pydantic import BaseModel
+
+    if model in seen:
+        return []
+    seen.add(model)
+    missing = []
+    for name, field in model.model_fields.items():
+        if not field.description:
+            missing.append(f"{model.__name__}.{name}")
+        for arg in typing.get_args(field.annotation) or (field.annotation,):
+            for inner in typing.get_args(arg) or (arg,):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    missing += _fields_without_description(inner, seen)
+    return missing
+
+
+@pytest.mark.parametrize(
+    "flow",
+    [
+        region_failover_flow,
+        data_corruption_flow,
+        backup_verification_flow,
+        pytest.param("breach", id="breach-response"),
+    ],
+)
+def test_every_option_of_the_form_is_described(flow: Any) -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    if flow == "breach":
+        from flows.breach_response import breach_response_flow as flow
+    model = options_model(flow)
+    assert model is not None
+    assert _fields_without_description(model, set()) == []
+    schema = parameter_schema(flow.fn)
+    described = json.dumps(schema.model_dump())
+    assert ":class:" not in described
+    for name in ("auto_approve", "declared_at", "alert_labels", "alert_fingerprint"):
+        assert name in model.model_fields
