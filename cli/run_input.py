@@ -34,7 +34,7 @@ def options_model(flow_obj: Any) -> type[BaseModel] | None:
 
 def _option_flag(loc: tuple[Any, ...]) -> str:
     key = ".".join(str(p) for p in loc) or "options"
-    return "--inject" if key in ("inject", "variant") and len(loc) == 1 else f"--option {key}"
+    return "--inject" if key == "inject" else f"--option {key}"
 
 
 def _option_problems(model: type[BaseModel], options: dict[str, Any]) -> list[tuple[str, str]]:

@@ -117,7 +117,8 @@ def test_options_model_is_read_from_each_flow() -> None:
 @pytest.mark.parametrize(
     ("flow", "options", "severity", "key"),
     [
-        (data_corruption_flow, {"variant": "nonsense"}, None, "--inject"),
+        (data_corruption_flow, {"variant": "nonsense"}, None, "--option variant"),
+        (data_corruption_flow, {"inject": "nonsense"}, None, "--inject"),
         (data_corruption_flow, {"no_such_option": 1}, None, "--option no_such_option"),
         (region_failover_flow, {"inject": "nonsense"}, None, "--inject"),
         (data_corruption_flow, {"recovery_time": "yesterday"}, None, "--option recovery_time"),
