@@ -100,6 +100,9 @@ class DeploymentSpec(BaseModel):
     paused: bool = False
     targets: list[str] = Field(description="Targets this deployment may act on (the enum).")
     modes: list[str] | None = Field(None, description="Modes it runs; None: no mode parameter.")
+    severities: list[str] | None = Field(
+        None, description="The config's severities (the form's choices); None: no severity."
+    )
 
     @property
     def scenario(self) -> str | None:
@@ -262,15 +265,20 @@ def plan_deployments(
                 paused=bool(resolved.get("paused", False)),
                 targets=targets,
                 modes=modes,
+                severities=list(config.severities) if modes is not None else None,
             )
         )
     return specs
 
 
 def patch_parameter_schema(
-    schema: dict[str, Any], *, targets: list[str], modes: list[str] | None
+    schema: dict[str, Any],
+    *,
+    targets: list[str],
+    modes: list[str] | None,
+    severities: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Make ``target`` and ``mode`` drop-downs of exactly the allowed values.
+    """Make ``target``, ``mode`` and ``severity`` drop-downs of exactly the allowed values.
 
     Prefect's UI renders an ``enum`` as a select, and the server validates run parameters
     against this schema (``enforce_parameter_schema``), so a value outside it is refused
@@ -280,6 +288,7 @@ def patch_parameter_schema(
         schema: the flow's parameter schema (``prefect.utilities.callables.parameter_schema``).
         targets: allowed targets (may be empty: nothing is allowed).
         modes: allowed modes; one mode is also made read-only; None leaves ``mode`` alone.
+        severities: the config's severities; None leaves ``severity`` alone.
 
     Returns:
         A patched copy.
@@ -303,4 +312,9 @@ def patch_parameter_schema(
         if len(modes) == 1:
             new["readOnly"] = True
         props["mode"] = new
+    if severities and "severity" in props:
+        new = _keep(props["severity"]) | {"type": "string", "enum": list(severities)}
+        if new.get("default") not in severities:
+            new.pop("default", None)
+        props["severity"] = new
     return out

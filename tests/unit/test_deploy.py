@@ -219,6 +219,10 @@ def test_patch_parameter_schema_makes_drop_downs() -> None:
         "description": "drill: inject the failure, recover, measure RTO/RPO (and fail back).",
     }  # fmt: skip
     assert drill["properties"]["severity"] == schema["properties"]["severity"]
+    sev = patch_parameter_schema(schema, targets=["a"], modes=["drill"], severities=["P1", "P2"])
+    assert sev["properties"]["severity"] == {"type": "string", "enum": ["P1", "P2"]}
+    sev = patch_parameter_schema(schema, targets=["a"], modes=None, severities=["SEV1", "SEV2"])
+    assert sev["properties"]["severity"]["default"] == "SEV2"
     incident = patch_parameter_schema(schema, targets=["a", "b"], modes=["incident", "dry-run"])
     assert incident["properties"]["mode"]["default"] == "incident"
     assert "readOnly" not in incident["properties"]["mode"]
