@@ -280,3 +280,41 @@ def test_every_option_of_the_form_is_described(flow: Any) -> None:
     assert ":class:" not in described
     for name in ("auto_approve", "declared_at", "alert_labels", "alert_fingerprint"):
         assert name in model.model_fields
+
+
+def test_report_shows_refused_runs_apart(counted, monkeypatch, tmp_path: Path) -> None:
+    from tasks.history import store as history_store
+
+    def row(outcome: str, reason: str) -> dict[str, Any]:
+        return {
+            "declared_at": datetime(2026, 1, 1, 3, 0, tzinfo=UTC),
+            "scenario": "data-corruption",
+            "target": "lab",
+            "mode": "drill",
+            "outcome": outcome,
+            "objectives_met": False,
+            "rto_seconds": None,
+            "rpo_seconds": None,
+            "summary": {"reason": reason},
+        }
+
+    rows = [row("failed", "the check failed"), row("refused", "a WAL gap; nothing was changed")]
+    monkeypatch.setattr(history_store, "query_runs", lambda *a, **k: rows)
+    html = tmp_path / "r.html"
+    args = ["report", "-c", counted["config"], "--html", str(html)]
+    result = CliRunner().invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.stderr
+    assert "DR history (1 run(s))" in result.stdout
+    assert "Refused, nothing changed (1 run(s))" in result.stdout
+    assert "a WAL gap" in result.stdout
+    as_json = CliRunner().invoke(app, [*args, "--json"])
+    assert json.loads(as_json.stdout)["refused"] == 1
+
+
+def test_an_unknown_drill_table_refuses_the_drill_and_is_a_config_error() -> None:
+    from flows.data_corruption.drill import DrillTableRefused, choose_drill_table
+    from flows.data_corruption.options import Variant
+
+    with pytest.raises(DrillTableRefused) as info:
+        choose_drill_table(Variant.bad_update, [], database="app", requested="public.nope")
+    assert isinstance(info.value, ConfigError) and isinstance(info.value, RecoveryRefused)
