@@ -140,6 +140,12 @@ def verify(
         raise typer.Exit(EXIT_FAILED) from None
     if json_out:
         typer.echo(report.model_dump_json())
+    elif report.manifest_sha256 is None:
+        # Nothing to tabulate: say what is missing instead of printing an empty table.
+        err.print(
+            f"[bold red]no evidence bundle at {escape(url)}:[/] "
+            + escape("; ".join(report.problems) or "the manifest cannot be read")
+        )
     else:
         _print(report)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)

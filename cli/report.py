@@ -34,6 +34,8 @@ def report_cmd(
     try:
         _, cfg = load(config)
         moment = _parse_since(since)
+        if target is not None:
+            cfg.target(target)  # an unknown target is a typo, not an empty history
     except ConfigError as exc:
         print_config_error(exc)
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -57,6 +59,7 @@ def report_cmd(
     if json_out:
         payload = {
             "count": len(rows),
+            "refused": sum(1 for r in rows if r.get("outcome") == "refused"),
             "html": str(written),
             "runs": [_jsonable(r) for r in rows],
         }
@@ -66,7 +69,9 @@ def report_cmd(
 
 
 def _print_history(rows: list[dict[str, Any]], written: Path) -> None:
-    """One table row per run, RTO and RPO against their objectives."""
+    """One table row per run, RTO and RPO against their objectives; refused runs apart."""
+    refused = [r for r in rows if r.get("outcome") == "refused"]
+    rows = [r for r in rows if r.get("outcome") != "refused"]
     table = Table(title=f"DR history ({len(rows)} run(s))")
     for column in ("declared (UTC)", "scenario", "target", "mode", "outcome", "RTO", "RPO"):
         table.add_column(column)
@@ -91,7 +96,25 @@ def _print_history(rows: list[dict[str, Any]], written: Path) -> None:
             *cells,
         )
     out.print(table)
+    if refused:
+        out.print(_refused_table(refused))
     out.print(f"HTML report: {escape(str(written))}")
+
+
+def _refused_table(rows: list[dict[str, Any]]) -> Table:
+    """Runs refused before changing anything (no base backup before the point, a WAL gap)."""
+    table = Table(title=f"Refused, nothing changed ({len(rows)} run(s))")
+    for column in ("declared (UTC)", "scenario", "target", "mode", "reason"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["declared_at"].strftime("%Y-%m-%d %H:%M:%S"),
+            escape(row["scenario"]),
+            escape(row["target"]),
+            row["mode"],
+            escape(str(row.get("reason") or (row.get("summary") or {}).get("reason", ""))),
+        )
+    return table
 
 
 def _parse_since(value: str | None) -> datetime | None:

@@ -6,7 +6,12 @@ config's ``prefect_api_url``, else an ephemeral one) and print its result; with 
 exactly one JSON object (the flow's ``RunResult``) goes to standard output, logs go to
 standard error. Exit codes, so a drill can gate a CI pipeline: 0 when the outcome is
 ``passed`` and the objectives are met (a dry run only needs to pass), 1 otherwise, 2 for
-bad input (config, unknown target or scenario, a drill on a target that refuses drills).
+bad input, found before any flow run, history row or Slack message exists (config, unknown
+target or scenario, a drill on a target that refuses drills, an unknown or invalid option or
+injection, a severity outside the config's ``severities``, a recovery time in the future, an
+unknown ``drill_table``: one line per problem, see :mod:`cli.run_input`). A run that started
+ends ``passed``, ``failed`` or ``refused`` (impossible for a reason found at run time,
+nothing changed) and its Prefect flow run ends Failed unless it passed.
 
 ``dr report`` prints past runs from the drill history and writes an HTML report with the
 RTO/RPO trend chart. ``dr approve RUN_ID`` answers a paused approval gate.
@@ -41,6 +46,7 @@ from cli.common import (
     prefect_api,
     print_config_error,
 )
+from cli.run_input import check_run_input
 from dr.config import CONFIG_ENV_VAR, DRConfig, Mode, Scenario
 from dr.errors import ConfigError, UnsafeTargetError, redact
 
@@ -92,14 +98,19 @@ def _config_env(path: Path) -> Iterator[None]:
 
 
 def _failure_object(
-    scenario: str, target: str, mode: str, reason: str, flow_run_id: str | None = None
+    scenario: str,
+    target: str,
+    mode: str,
+    reason: str,
+    flow_run_id: str | None = None,
+    outcome: str = "failed",
 ) -> dict[str, Any]:
-    """A RunResult-shaped object for a run that ended before producing a result."""
+    """A RunResult-shaped object for a run that ended (or never began) without a result."""
     return {
         "scenario": scenario,
         "target": target,
         "mode": mode,
-        "outcome": "failed",
+        "outcome": outcome,
         "objectives_met": False,
         "rto_seconds": None,
         "rpo_seconds": None,
@@ -119,7 +130,12 @@ def _refuse(
     else:
         err.print(f"[bold red]refused:[/] {escape(redact(str(exc)))}")
     if json_out:
-        typer.echo(json.dumps(_failure_object(scenario, target, mode, str(exc))))
+        # Refused before any run existed: exit 2 tells CI it was the input, not a drill.
+        obj = _failure_object(scenario, target, mode, str(exc), outcome="refused")
+        obj["problems"] = [
+            {"key": k, "problem": redact(v)} for k, v in getattr(exc, "problems", [])
+        ]
+        typer.echo(json.dumps(obj))
     return typer.Exit(code)
 
 
@@ -148,6 +164,8 @@ def _flow_kwargs(
         raise ConfigError(
             "this scenario takes no options", [("--option", ", ".join(sorted(options)))]
         )
+    if "fail_flow" in params:
+        kwargs["fail_flow"] = True  # the flow run ends Failed unless the outcome is passed
     return kwargs
 
 
@@ -195,7 +213,7 @@ def _print_result(result: Any) -> None:
         out.print("[bold]Plan (dry run, nothing changed):[/]")
         for i, step in enumerate(result.plan, 1):
             out.print(f"  {i}. {escape(step)}")
-    color = {"passed": "green", "failed": "red"}.get(result.outcome, "yellow")
+    color = {"passed": "green", "failed": "red", "refused": "magenta"}.get(result.outcome, "yellow")
     out.print(f"Outcome: [bold {color}]{result.outcome.upper()}[/]")
     for label, value, objective, basis in (
         ("RTO", result.rto_seconds, result.objectives.rto_seconds, result.rto_basis),
@@ -245,6 +263,11 @@ def _execute(
             kwargs = _flow_kwargs(
                 flow_obj, target=target, mode=mode, severity=severity, options=options, path=path
             )
+            checked = check_run_input(
+                flow_obj, cfg, target=target, mode=mode, severity=severity, options=options
+            )
+            if checked is not None:
+                kwargs["severity"] = checked
         except ConfigError as exc:
             raise _refuse(
                 json_out, EXIT_BAD_INPUT, exc, scenario.value, target, mode.value

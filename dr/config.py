@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from dr.config_base import SecretRef, Strict
+from dr.config_checks import DEFAULT_SEVERITIES, DEFAULT_SEVERITY_MAP, cross_problems
 from dr.config_file import (  # noqa: F401 - the resolver and its constants are dr.config's API
     CONFIG_ENV_VAR,
     DEFAULT_CONFIG_PATH,
@@ -308,7 +309,9 @@ class HistoryConfig(Strict):
 class ApprovalPolicy(Strict):
     timeout_seconds: float = Field(900, gt=0)
     auto_approve_drills: bool = True
-    auto_approve_severities: list[str] = Field(default_factory=list)
+    auto_approve_severities: list[str] = Field(
+        default_factory=list, description="Severities (of `severities`) approved without asking."
+    )
 
 
 class ConcurrencyPolicy(Strict):
@@ -345,6 +348,18 @@ class AlertsConfig(Strict):
     bearer_token: SecretRef | None = None
     hmac_secret: SecretRef | None = None
     routes: list[AlertRoute] = Field(default_factory=list)
+    severity_map: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_SEVERITY_MAP),
+        description="An alert's severity label -> one of `severities` (critical -> SEV1, ...).",
+    )
+
+    @field_validator("severity_map", mode="before")
+    @classmethod
+    def _merge_default_map(cls, value: Any) -> Any:
+        # Mapping one label keeps the other defaults; keys are matched case-insensitively.
+        if isinstance(value, dict):
+            return {**DEFAULT_SEVERITY_MAP, **{str(k).lower(): v for k, v in value.items()}}
+        return value
 
 
 class Schedules(Strict):
@@ -362,6 +377,11 @@ class Schedules(Strict):
 class DRConfig(Strict):
     version: Literal[1] = 1
     tiers: dict[str, Objectives] = Field(default_factory=lambda: dict(DEFAULT_TIERS))
+    severities: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SEVERITIES),
+        min_length=1,
+        description="The closed set of severities a run may have (default SEV1-SEV4).",
+    )
     targets: dict[str, Target] = Field(min_length=1)
     slack: SlackConfig = Field(default_factory=SlackConfig)
     aws: AWSConfig = Field(default_factory=AWSConfig)
@@ -389,22 +409,40 @@ class DRConfig(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DRConfig:
-        problems: list[str] = []
+        problems = [
+            f"{path}: {reason}"
+            for path, reason in cross_problems(self.model_dump(mode="json"), DEFAULT_TIERS)
+        ]
         for name, target in self.targets.items():
-            if target.tier not in self.tiers:
-                problems.append(
-                    f"targets.{name}.tier: unknown tier {target.tier!r} "
-                    f"(known: {', '.join(sorted(self.tiers))})"
-                )
             problems.extend(
                 state_problems(f"targets.{name}", target.caches, target.files, target.links)
             )
-        for i, route in enumerate(self.alerts.routes):
-            if route.target not in self.targets:
-                problems.append(f"alerts.routes.{i}.target: unknown target {route.target!r}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def severity(self, value: str, where: str = "severity") -> str:
+        """``value`` as one of :attr:`severities` (case-insensitive), else a ConfigError."""
+        for known in self.severities:
+            if known.lower() == value.strip().lower():
+                return known
+        raise ConfigError(
+            f"unknown severity {value!r} (known: {', '.join(self.severities)})",
+            [(where, f"unknown severity {value!r} (known: {', '.join(self.severities)})")],
+        )
+
+    def alert_severity(self, label: str | None) -> str | None:
+        """An alert's severity label as one of :attr:`severities`, via ``alerts.severity_map``.
+
+        None when it is neither a severity nor a mapped label.
+        """
+        if not label:
+            return None
+        try:
+            return self.severity(label)
+        except ConfigError:
+            mapped = self.alerts.severity_map.get(label.strip().lower())
+            return mapped if mapped in self.severities else None
 
     def target(self, name: str) -> Target:
         """Return the named target, or a ConfigError naming the known ones."""
@@ -433,6 +471,9 @@ def parse_config(data: Any, source: str = "<dict>") -> DRConfig:
         return DRConfig.model_validate(data)
     except ValidationError as exc:
         problems = problems_from_validation(exc)
+        # Cross-field checks too, in the same pass (they need no valid fields).
+        seen = set(problems)
+        problems += [p for p in cross_problems(data, DEFAULT_TIERS) if p not in seen]
         raise ConfigError(
             f"{source}: {len(problems)} problem(s) in the configuration", problems
         ) from None

@@ -44,6 +44,7 @@ __all__ = [
     "ObjectNotFound",
     "PostgresError",
     "PreconditionError",
+    "RecoveryRefused",
     "StorageError",
     "SystemError_",
     "UnsafeTargetError",
@@ -83,6 +84,11 @@ class ConfigError(DRError):
 
 class PreconditionError(DRError):
     """The world is not in a state where the step is safe; nothing was changed."""
+
+
+class RecoveryRefused(PreconditionError):
+    """A recovery that cannot be done for a reason found at run time (no base backup before
+    the point, a WAL gap, a point in the future): the run ends ``refused``, not ``failed``."""
 
 
 class UnsafeTargetError(PreconditionError):

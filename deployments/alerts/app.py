@@ -176,6 +176,7 @@ def _lifespan(
     bearer_token: str | None,
     hmac_secret: str | None,
     notify: Notifier | None = None,
+    severity_for: Callable[[str | None], str | None] | None = None,
 ) -> Callable[[FastAPI], Any]:
     """The app's lifespan: open the Prefect client, look up every route's deployment."""
 
@@ -183,7 +184,11 @@ def _lifespan(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with factory() as client:
             receiver = AlertReceiver(
-                routes, client, ui_url or ui_url_from_api(str(client.api_url)), notify=notify
+                routes,
+                client,
+                ui_url or ui_url_from_api(str(client.api_url)),
+                notify=notify,
+                severity_for=severity_for,
             )
             app.state.receiver = receiver
             try:
@@ -283,7 +288,15 @@ def create_app(
     routes = list(config.alerts.routes)
 
     notify = slack_notifier(config)
-    lifespan = _lifespan(routes, factory, ui_url, bearer_token, hmac_secret, notify)
+    lifespan = _lifespan(
+        routes,
+        factory,
+        ui_url,
+        bearer_token,
+        hmac_secret,
+        notify,
+        severity_for=config.alert_severity,
+    )
     app = FastAPI(
         title="DR pipelines alert receiver",
         description=(__doc__ or "").split("\n\n")[0],

@@ -16,7 +16,13 @@ import httpx
 
 from deployments.alerts.payloads import IncomingAlert
 from deployments.alerts.resolve import resolve_alert
-from deployments.alerts.routing import idempotency_key, match_route, run_mode
+from deployments.alerts.routing import (
+    SeverityFor,
+    idempotency_key,
+    match_route,
+    run_mode,
+    with_severity,
+)
 from deployments.alerts.runs import (
     Outcome,
     RunRecord,
@@ -147,6 +153,7 @@ class AlertReceiver:
         max_concurrent_creations: flow runs being created at once.
         notify: posts a line to the target's Slack channel (a resolved alert whose run is
             already under way); None: logged only.
+        severity_for: maps an alert's severity onto the config's (``DRConfig.alert_severity``).
     """
 
     def __init__(
@@ -159,8 +166,10 @@ class AlertReceiver:
         cache_size: int = RUN_CACHE_SIZE,
         max_concurrent_creations: int = MAX_CONCURRENT_CREATIONS,
         notify: Notifier | None = None,
+        severity_for: SeverityFor | None = None,
     ) -> None:
         self.routes = list(routes)
+        self.severity_for = severity_for
         self.client = client
         self.ui_url = ui_url.rstrip("/")
         self._buckets = {r.name: TokenBucket(r.rate_limit_per_minute, clock) for r in self.routes}
@@ -211,6 +220,10 @@ class AlertReceiver:
         return outcome
 
     async def _fire(self, route: AlertRoute, alert: IncomingAlert, outcome: Outcome) -> None:
+        alert, problem = with_severity(alert, self.severity_for)
+        if problem is not None:
+            outcome.ignored.append(self._ignored(alert, problem))
+            return
         key = idempotency_key(route, alert)
         cached = self._runs.get(key)
         if cached is not None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 
 from deployments.alerts.payloads import IncomingAlert
 from dr.config import AlertRoute, Mode
@@ -48,6 +49,33 @@ def match_route(routes: Sequence[AlertRoute], alert: IncomingAlert) -> AlertRout
         elif all(alert.labels.get(k) == v for k, v in route.match.items()):
             return route
     return None
+
+
+#: Maps an alert's severity label onto the config's closed set (``DRConfig.alert_severity``).
+SeverityFor = Callable[[str | None], str | None]
+
+
+def with_severity(
+    alert: IncomingAlert, severity_for: SeverityFor | None
+) -> tuple[IncomingAlert, str | None]:
+    """The alert with its severity as one of the config's (``critical`` -> ``SEV1``), or why not.
+
+    Mapped before a flow run exists, so ``approval.auto_approve_severities`` means the same
+    for a run an alert started as for one started from the command line.
+
+    Returns:
+        ``(alert, None)``, or ``(alert, reason)`` when the severity maps to none (the alert
+        is then answered as ignored, with the reason, and no run is started).
+    """
+    if severity_for is None:
+        return alert, None
+    mapped = severity_for(alert.severity)
+    if mapped is None:
+        return alert, (
+            f"unknown severity {alert.severity!r}: not one of the config's severities"
+            " nor a label of alerts.severity_map"
+        )
+    return dataclasses.replace(alert, severity=mapped), None
 
 
 def run_mode(route: AlertRoute, alert: IncomingAlert) -> Mode:

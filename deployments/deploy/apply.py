@@ -59,7 +59,9 @@ def _payload(spec: DeploymentSpec, flow: Any, pull_steps: list[dict[str, Any]]) 
     from prefect.utilities.callables import parameter_schema
 
     schema = parameter_schema(flow).model_dump(mode="json")
-    schema = patch_parameter_schema(schema, targets=spec.targets, modes=spec.modes)
+    schema = patch_parameter_schema(
+        schema, targets=spec.targets, modes=spec.modes, severities=spec.severities
+    )
     return {
         "name": spec.name,
         "flow_name": flow.name,

@@ -23,6 +23,16 @@ from deployments.deploy.variables import (
 from dr.config import DRConfig, Mode, Scenario
 from dr.errors import ConfigError
 
+#: Drills of targets on one cluster are moved this many minutes apart (see :func:`stagger`).
+STAGGER_MINUTES = 15
+
+#: What each mode does, for the form's ``mode`` field (only the deployment's modes are shown).
+MODE_HELP = {
+    Mode.drill.value: "drill: inject the failure, recover, measure RTO/RPO (and fail back)",
+    Mode.incident.value: "incident: recover from a real failure; approval gates apply",
+    Mode.dry_run.value: "dry-run: assess and print the plan; change nothing",
+}
+
 #: Scenario deployments are named ``<scenario>-drill`` / ``<scenario>-incident``; the alert
 #: receiver starts runs on ``<scenario>/<scenario>-<mode>``, so the flow's name must match.
 _SCENARIO_SUFFIXES = ("-drill", "-incident")
@@ -90,6 +100,9 @@ class DeploymentSpec(BaseModel):
     paused: bool = False
     targets: list[str] = Field(description="Targets this deployment may act on (the enum).")
     modes: list[str] | None = Field(None, description="Modes it runs; None: no mode parameter.")
+    severities: list[str] | None = Field(
+        None, description="The config's severities (the form's choices); None: no severity."
+    )
 
     @property
     def scenario(self) -> str | None:
@@ -101,9 +114,41 @@ class DeploymentSpec(BaseModel):
         return None
 
 
+def stagger(cron: str, minutes: int) -> str:
+    """``cron`` moved ``minutes`` later, when its minute and hour are plain numbers.
+
+    Other forms (``*/5``, lists) are returned unchanged: they name no single minute.
+    """
+    fields = cron.split()
+    if minutes == 0 or len(fields) != 5 or not (fields[0].isdigit() and fields[1].isdigit()):
+        return cron
+    total = int(fields[1]) * 60 + int(fields[0]) + minutes
+    hour, minute = divmod(total % (24 * 60), 60)
+    return " ".join([str(minute), str(hour), *fields[2:]])
+
+
+def _cluster(config: DRConfig, target: str) -> str:
+    primary = config.target(target).postgres.primary
+    return f"{primary.host}:{primary.port}"
+
+
+def _free_minute(cron: str, taken: set[str]) -> str:
+    """The first of ``cron``, +15 min, +30 min, ... not already due on the cluster."""
+    for step in range(24 * 60 // STAGGER_MINUTES):
+        moved = stagger(cron, step * STAGGER_MINUTES)
+        if moved not in taken:
+            break
+    taken.add(moved)
+    return moved
+
+
 def _expand_schedule(
-    raw: dict[str, Any], resolved: dict[str, Any], config: DRConfig
+    raw: dict[str, Any],
+    resolved: dict[str, Any],
+    config: DRConfig,
+    due: dict[str, set[str]] | None = None,
 ) -> list[ScheduleSpec]:
+    """One schedule per target, named by it; drills on one cluster never due at one minute."""
     raw_target = (raw.get("parameters") or {}).get("target")
     variable = _variable_placeholder(raw_target)
     if variable == BACKUP_TARGET_VARIABLE:
@@ -112,16 +157,17 @@ def _expand_schedule(
         targets = list(drill_targets(config))
     else:
         targets = [None]
+    due = {} if due is None else due
     out = []
-    for index, target in enumerate(targets):
+    for target in targets:
         item = copy.deepcopy(resolved)
         if target is not None:
             item.setdefault("parameters", {})["target"] = target
             slug = item.get("slug")
-            # The first target is the variable's value: its schedule keeps prefect.yaml's
-            # slug, so `prefect deploy --all` updates it in place instead of adding another.
-            if index > 0 or not slug:
-                item["slug"] = f"{slug}-{target}" if slug else target
+            item["slug"] = f"{slug}-{target}" if slug else target
+            if variable == DRILL_TARGET_VARIABLE:
+                taken = due.setdefault(_cluster(config, target), set())
+                item["cron"] = _free_minute(str(item["cron"]), taken)
             # A copy exists only for a target that qualifies (drills_allowed): active.
             item["active"] = True
         elif item.get("active") in (None, ""):
@@ -130,6 +176,27 @@ def _expand_schedule(
             item.pop("timezone", None)
         out.append(ScheduleSpec.model_validate(item))
     return out
+
+
+def _parameters(
+    resolved: dict[str, Any], all_targets: list[str], drills: list[str]
+) -> tuple[dict[str, Any], list[str], list[str] | None]:
+    """A deployment's default parameters, the targets and the modes its form offers."""
+    parameters = dict(resolved.get("parameters") or {})
+    mode = parameters.get("mode")
+    if mode == Mode.drill.value:
+        targets, modes = drills, [Mode.drill.value]
+    elif mode == Mode.incident.value:
+        targets, modes = all_targets, [Mode.incident.value, Mode.dry_run.value]
+    else:
+        targets, modes = all_targets, None
+    if parameters.get("target") in ("", None) or parameters.get("target") not in targets:
+        parameters.pop("target", None)
+    if modes is not None:
+        # Scenario runs end Failed (with the reason) unless they passed: the UI's badge,
+        # notifications and automations then agree with the report.
+        parameters.setdefault("fail_flow", True)
+    return parameters, list(targets), modes
 
 
 def plan_deployments(
@@ -154,6 +221,7 @@ def plan_deployments(
     variables = config_variables(config)
     all_targets = list(config.targets)
     drills = drill_targets(config)
+    due: dict[str, set[str]] = {}  # cluster -> drill crons already planned on it
     specs = []
     for raw in raw_deployments:
         resolved = resolve_placeholders(copy.deepcopy(raw), variables)
@@ -167,7 +235,7 @@ def plan_deployments(
                     f"prefect.yaml: deployment {name}: a schedule without a cron line",
                     [(f"deployments.{name}.schedules", "cron is empty (is the variable set?)")],
                 )
-            schedules.extend(_expand_schedule(raw_s, res_s, config))
+            schedules.extend(_expand_schedule(raw_s, res_s, config, due))
         limit = resolved.get("concurrency_limit")
         strategy = None
         if isinstance(limit, dict):
@@ -178,16 +246,7 @@ def plan_deployments(
                 f"prefect.yaml: deployment {name}: concurrency_limit must be an integer",
                 [(f"deployments.{name}.concurrency_limit", repr(limit))],
             )
-        parameters = dict(resolved.get("parameters") or {})
-        mode = parameters.get("mode")
-        if mode == Mode.drill.value:
-            targets, modes = drills, [Mode.drill.value]
-        elif mode == Mode.incident.value:
-            targets, modes = all_targets, [Mode.incident.value, Mode.dry_run.value]
-        else:
-            targets, modes = all_targets, None
-        if parameters.get("target") in ("", None) or parameters.get("target") not in targets:
-            parameters.pop("target", None)
+        parameters, targets, modes = _parameters(resolved, all_targets, drills)
         work_pool = resolved.get("work_pool") or {}
         specs.append(
             DeploymentSpec(
@@ -206,15 +265,20 @@ def plan_deployments(
                 paused=bool(resolved.get("paused", False)),
                 targets=targets,
                 modes=modes,
+                severities=list(config.severities) if modes is not None else None,
             )
         )
     return specs
 
 
 def patch_parameter_schema(
-    schema: dict[str, Any], *, targets: list[str], modes: list[str] | None
+    schema: dict[str, Any],
+    *,
+    targets: list[str],
+    modes: list[str] | None,
+    severities: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Make ``target`` and ``mode`` drop-downs of exactly the allowed values.
+    """Make ``target``, ``mode`` and ``severity`` drop-downs of exactly the allowed values.
 
     Prefect's UI renders an ``enum`` as a select, and the server validates run parameters
     against this schema (``enforce_parameter_schema``), so a value outside it is refused
@@ -224,6 +288,7 @@ def patch_parameter_schema(
         schema: the flow's parameter schema (``prefect.utilities.callables.parameter_schema``).
         targets: allowed targets (may be empty: nothing is allowed).
         modes: allowed modes; one mode is also made read-only; None leaves ``mode`` alone.
+        severities: the config's severities; None leaves ``severity`` alone.
 
     Returns:
         A patched copy.
@@ -241,9 +306,15 @@ def patch_parameter_schema(
         props["target"] = new
     if modes is not None and "mode" in props:
         new = _keep(props["mode"]) | {"type": "string", "enum": list(modes)}
+        new["description"] = "; ".join(MODE_HELP.get(m, m) for m in modes) + "."
         if new.get("default") not in modes:
             new["default"] = modes[0]
         if len(modes) == 1:
             new["readOnly"] = True
         props["mode"] = new
+    if severities and "severity" in props:
+        new = _keep(props["severity"]) | {"type": "string", "enum": list(severities)}
+        if new.get("default") not in severities:
+            new.pop("default", None)
+        props["severity"] = new
     return out

@@ -120,7 +120,7 @@ def breach_response_flow(
         target: a target of the config.
         mode: ``drill`` (plant an intruder, respond, clean up), ``incident`` (respond to a
             real breach: approval gate before resuming) or ``dry-run`` (print the plan).
-        options: see :class:`BreachOptions`.
+        options: what to isolate, collect as evidence, rotate and restore (each field says).
         config_path: the config file (default: $DR_CONFIG, ./dr.yaml, the lab's).
         severity: the incident's severity (seed 002: a breach is SEV1).
         fail_flow: end the flow run Failed when the outcome is not ``passed``.

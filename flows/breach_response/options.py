@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from dr.config import (
     SecretRef,
 )
+from flows.common.options import AlertOptions
 
 #: Source networks a drill blocks: RFC 5737 documentation ranges, never routed.
 DRILL_BLOCK_CIDRS = ("192.0.2.0/24",)
@@ -63,7 +64,7 @@ class SecretStore(_Strict):
 class DatabaseCredential(_Strict):
     """A database role whose password is believed leaked: rotate it and repoint its users."""
 
-    role: str
+    role: str = Field(description="The database role whose password is rotated.")
     stores: list[SecretStore] = Field(
         default_factory=list, description="Where the application reads the password."
     )
@@ -75,15 +76,19 @@ class DatabaseCredential(_Strict):
         description="Docker services recreated with the new password; default: the target's "
         "Docker services whose user variable names this role.",
     )
-    user_env: str = DEFAULT_USER_ENV
-    password_env: str = DEFAULT_PASSWORD_ENV
+    user_env: str = Field(
+        DEFAULT_USER_ENV, description="The services' environment variable naming the user."
+    )
+    password_env: str = Field(
+        DEFAULT_PASSWORD_ENV, description="The services' environment variable with the password."
+    )
 
 
 class AccessKeyRotation(_Strict):
     """An IAM access key believed leaked: a new key is created, the old one deactivated."""
 
-    user_name: str
-    key_id: str
+    user_name: str = Field(description="The IAM user owning the leaked key.")
+    key_id: str = Field(description="The leaked access key's id (deactivated).")
     secret_store: SecretStore = Field(
         description="Holds the key's secret now (the old one, for the proof) and gets the new."
     )
@@ -93,15 +98,15 @@ class AccessKeyRotation(_Strict):
 class KubernetesSecretKey(_Strict):
     """A key of a Kubernetes Secret to replace with a newly generated value."""
 
-    namespace: str
-    name: str
-    key: str
+    namespace: str = Field(description="The Secret's namespace.")
+    name: str = Field(description="The Secret's name.")
+    key: str = Field(description="The key within the Secret that gets a new value.")
 
 
 class TokenRotation(_Strict):
     """An API token re-issued by its provider (Slack...), delivered by reference."""
 
-    name: str
+    name: str = Field(description="A name for the token in the report.")
     kind: Literal["slack", "opaque"] = Field(
         "opaque", description="slack: proven with auth.test; opaque: stores only."
     )
@@ -113,15 +118,17 @@ class TokenRotation(_Strict):
 class PodIsolation(_Strict):
     """Pods to cut off the network with a deny-all NetworkPolicy."""
 
-    namespace: str
-    pod_selector: dict[str, str] = Field(min_length=1)
+    namespace: str = Field(description="The pods' namespace.")
+    pod_selector: dict[str, str] = Field(
+        min_length=1, description="Labels selecting the pods to cut off (label=value)."
+    )
 
 
-class BreachOptions(_Strict):
+class BreachOptions(AlertOptions):
     """Options of a breach response (``dr drill breach-response --option k=v``).
 
-    Alert-started runs also carry ``severity``, ``auto_approve``, ``alert_fingerprint`` and
-    ``alert_labels``; ``declared_at`` is when the incident was declared.
+    Severity, auto approve, declared at and the alert's fingerprint and labels are the
+    options every scenario shares (set by an alert route, or by hand).
     """
 
     detected_at: datetime | None = Field(
@@ -133,13 +140,17 @@ class BreachOptions(_Strict):
     compromised_roles: list[str] = Field(
         default_factory=list, description="Database roles to set NOLOGIN (sessions ended)."
     )
-    credentials: list[DatabaseCredential] = Field(default_factory=list)
+    credentials: list[DatabaseCredential] = Field(
+        default_factory=list, description="Database passwords believed leaked: rotate each."
+    )
     rotate_app_credentials: bool | None = Field(
         None,
         description="Treat the database credentials of the target's Docker services as "
         "leaked; default: yes in drills.",
     )
-    isolate_pods: list[PodIsolation] = Field(default_factory=list)
+    isolate_pods: list[PodIsolation] = Field(
+        default_factory=list, description="Pods cut off the network (deny-all NetworkPolicy)."
+    )
     security_groups: list[str] = Field(
         default_factory=list, description="Security groups whose inbound rules are revoked."
     )
@@ -154,8 +165,10 @@ class BreachOptions(_Strict):
         default_factory=list, description="Security groups to remove block_cidrs from."
     )
     volume_ids: list[str] = Field(default_factory=list, description="EBS volumes to snapshot.")
-    wait_snapshots: bool = True
-    snapshot_timeout_seconds: float = Field(3600, gt=0)
+    wait_snapshots: bool = Field(True, description="Wait until the EBS snapshots complete.")
+    snapshot_timeout_seconds: float = Field(
+        3600, gt=0, description="Longest to wait for the snapshots."
+    )
     dump_tables: list[str] = Field(
         default_factory=list, description="'schema.table' to pg_dump as evidence."
     )
@@ -164,14 +177,24 @@ class BreachOptions(_Strict):
         default_factory=list, description="Extra namespaces whose Kubernetes events to keep."
     )
     log_since: datetime | None = Field(None, description="Server log files modified since.")
-    container_log_tail: int | None = Field(None, ge=1)
-    evidence_retain_days: int = Field(365, ge=1)
+    container_log_tail: int | None = Field(
+        None, ge=1, description="Keep only this many last lines of each container log."
+    )
+    evidence_retain_days: int = Field(
+        365, ge=1, description="Days the evidence is locked against deletion (Object Lock)."
+    )
     evidence_required: bool = Field(
         True, description="Evidence that cannot be stored fails the run (after the rest)."
     )
-    access_keys: list[AccessKeyRotation] = Field(default_factory=list)
-    kubernetes_secrets: list[KubernetesSecretKey] = Field(default_factory=list)
-    tokens: list[TokenRotation] = Field(default_factory=list)
+    access_keys: list[AccessKeyRotation] = Field(
+        default_factory=list, description="IAM access keys believed leaked: rotate each."
+    )
+    kubernetes_secrets: list[KubernetesSecretKey] = Field(
+        default_factory=list, description="Kubernetes Secret keys to give new values."
+    )
+    tokens: list[TokenRotation] = Field(
+        default_factory=list, description="API tokens re-issued by their provider."
+    )
     restore_to: datetime | None = Field(
         None,
         description="Restore restore_tables as they were at this moment (before the "
@@ -181,9 +204,13 @@ class BreachOptions(_Strict):
         default_factory=list, description="'schema.table' to restore clean (restore_to)."
     )
     restore_database: str | None = Field(None, description="Default: the heartbeat database.")
-    recovery_timeout_seconds: float = Field(600, gt=0)
+    recovery_timeout_seconds: float = Field(
+        600, gt=0, description="Longest the point-in-time recovery of restore_tables may take."
+    )
     resume: bool = Field(True, description="Bring the services back after the approval gate.")
-    resume_timeout_seconds: float = Field(60, gt=0)
+    resume_timeout_seconds: float = Field(
+        60, gt=0, description="Longest to wait for the application after resuming."
+    )
     app_heartbeat_writer: str | None = Field(
         "app", description="The application's writer in dr_heartbeat; None: not checked."
     )
@@ -196,12 +223,6 @@ class BreachOptions(_Strict):
         default_factory=lambda: list(DRILL_BLOCK_CIDRS),
         description="Drills: the 'attacker' networks blocked, then unblocked at the end.",
     )
-    severity: str | None = None
-    auto_approve: bool = False
-    declared_at: datetime | None = None
-    alert_fingerprint: str | None = None
-    alert_labels: dict[str, str] | None = None
-    alert_starts_at: datetime | None = None
 
     @field_validator("dump_tables", "restore_tables")
     @classmethod

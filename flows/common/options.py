@@ -1,7 +1,7 @@
 """The options every scenario shares: what an alert route sets and the lifecycle reads.
 
 An alert-started run carries them in its ``options`` parameter
-(``deployments/alerts.py: flow_parameters``); :func:`flows.lifecycle.run_scenario` reads
+(``deployments/alerts/runs.py: flow_parameters``); :func:`flows.lifecycle.run_scenario` reads
 ``auto_approve`` (approval gates) and ``declared_at`` (the incident's start, for RTO;
 default: the alert's ``alert_starts_at``).
 A scenario's options model subclasses :class:`AlertOptions` and adds its own fields.

@@ -9,7 +9,7 @@ from typing import Any
 
 from dr.changes import Change
 from dr.clock import utcnow
-from dr.errors import ConfigError, PreconditionError
+from dr.errors import ConfigError, PreconditionError, RecoveryRefused
 from dr.tasking import dr_task
 from flows.common.backups import base_backup_target
 from flows.data_corruption.options import (
@@ -51,6 +51,10 @@ def _unsuitable(variant: Variant, table: pitr_drill.DrillCandidate) -> str | Non
     return None
 
 
+class DrillTableRefused(RecoveryRefused, ConfigError):
+    """The requested drill_table is missing or unsuitable: the drill is refused, unchanged."""
+
+
 def choose_drill_table(
     variant: Variant,
     tables: Sequence[pitr_drill.DrillCandidate],
@@ -88,13 +92,13 @@ def choose_drill_table(
     if requested is not None:
         table = by_name.get(requested)
         if table is None:
-            raise ConfigError(
+            raise DrillTableRefused(
                 f"drill_table {requested} is not a table of database {database!r}",
                 [("options.drill_table", requested)],
             )
         problem = _unsuitable(variant, table)
         if problem:
-            raise ConfigError(
+            raise DrillTableRefused(
                 f"drill_table {requested} of database {database!r} cannot take a "
                 f"{variant.value} drill: {problem}",
                 [("options.drill_table", requested)],

@@ -75,7 +75,7 @@ def data_corruption_flow(
     Args:
         target: a target of the config.
         mode: ``drill`` (injects the damage on the lab), ``incident`` or ``dry-run``.
-        options: :class:`CorruptionOptions` (variant, recovery point, relations, ...).
+        options: the drill's damage, the recovery point, the relations to restore, ...
         config_path: the config file (default: $DR_CONFIG, ./dr.yaml, the lab's).
         severity: recorded in the report; may auto-approve gates by policy.
         fail_flow: end the flow run Failed when the outcome is not passed.

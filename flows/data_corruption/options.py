@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, ConfigDict, Field, field_validator
 
-from dr.errors import ConfigError
+from dr.clock import utcnow
+from dr.errors import ConfigError, DRError
+from flows.common.options import AlertOptions
 from tasks.pitr import lsn
+from tasks.postgres import client as postgres_client
+
+if TYPE_CHECKING:
+    from dr.config import DRConfig, Mode
 
 __all__ = [
     "DRILL_COLUMN",
@@ -73,7 +81,7 @@ DRILL_STATEMENTS: dict[tuple[str, str | None], str] = {
 }
 
 
-class CorruptionOptions(BaseModel):
+class CorruptionOptions(AlertOptions):
     """Options of the scenario (``--option key=value``)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -119,18 +127,39 @@ class CorruptionOptions(BaseModel):
     keep_recovered: bool = Field(
         False, description="Relation restore: keep the recovered cluster running afterwards."
     )
-    recovery_timeout_seconds: float = Field(900, gt=0)
-    heartbeat_wait_seconds: float = Field(60, gt=0)
+    recovery_timeout_seconds: float = Field(
+        900, gt=0, description="Longest the recovered cluster may take to reach the point."
+    )
+    heartbeat_wait_seconds: float = Field(
+        60, gt=0, description="Longest to wait for an application write after the switch."
+    )
     recovered_host: str = Field("127.0.0.1", description="How writers reach the new cluster.")
-    db_host_env: str = "DB_HOST"
-    db_port_env: str = "DB_PORT"
-    auto_approve: bool = False
-    declared_at: datetime | None = None
-    # Alert-started runs also carry these (deployments/alerts.py: flow_parameters).
-    severity: str | None = Field(None, description="Overrides the severity parameter.")
-    alert_fingerprint: str | None = None
-    alert_labels: dict[str, str] | None = None
-    alert_starts_at: datetime | None = None
+    db_host_env: str = Field(
+        "DB_HOST", description="The writers' environment variable naming the database host."
+    )
+    db_port_env: str = Field(
+        "DB_PORT", description="The writers' environment variable naming the database port."
+    )
+
+    def input_problems(self, cfg: DRConfig, target: str, mode: Mode) -> Iterator[tuple[str, str]]:
+        """What can be known wrong before a run starts: a point in the future, an unknown table.
+
+        ``dr drill``/``dr run`` refuse these with exit 2 before any flow run exists.
+        """
+        now = utcnow()
+        for name in ("recovery_time", "damage_at"):
+            moment = getattr(self, name)
+            if moment is not None and moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)  # read as UTC, like the run does
+            if moment is not None and moment > now:
+                yield (
+                    f"--option {name}",
+                    f"{moment.isoformat()} is in the future (now {now.isoformat()})",
+                )
+        if self.drill_table is not None and mode.value == "drill":
+            problem = _missing_table(cfg, target, self.database, self.drill_table)
+            if problem:
+                yield ("--option drill_table", problem)
 
     @field_validator("relations")
     @classmethod
@@ -159,3 +188,24 @@ class CorruptionOptions(BaseModel):
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
         return value
+
+
+def _missing_table(cfg: DRConfig, target: str, database: str | None, table: str) -> str | None:
+    """Why ``table`` is not a table of the damaged database; None when it is (or unknown)."""
+    pgc = cfg.target(target).postgres
+    dbname = database or pgc.databases[0]
+    try:
+        password = pgc.password.resolve() if pgc.password else None
+        info = postgres_client.conninfo(pgc.primary, user=pgc.user, dbname=dbname)
+        with postgres_client.session(info, "drill_table check", password=password) as conn:
+            found = postgres_client.one(
+                conn,
+                "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relname = %s",
+                table.split(".", 1),
+            )
+    except DRError:
+        return None  # unreachable now: the run itself reports it
+    if found is None:
+        return f"{table} is not a table of database {dbname!r}"
+    return None

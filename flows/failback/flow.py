@@ -32,7 +32,7 @@ def failback_flow(
 
     Args:
         target: a target of the config.
-        options: see :class:`FailbackOptions`.
+        options: how to rejoin the old primary and whether to switch back.
         config_path: the config file (default: $DR_CONFIG, ./dr.yaml, the lab's).
         dry_run: list the steps without acting.
 

@@ -7,7 +7,7 @@ from collections import OrderedDict
 from typing import Any
 
 from dr.config import Objectives
-from dr.errors import ApprovalError, redact
+from dr.errors import ApprovalError, RecoveryRefused, redact
 from flows.lifecycle.context import RunContext
 from flows.lifecycle.measure import derive_measurement, meets_objectives
 from flows.lifecycle.models import RunOutcome, RunResult
@@ -51,6 +51,10 @@ def finish_run(ctx: RunContext, error: BaseException | None) -> RunResult:
     reason = ""
     if isinstance(error, ApprovalError):
         outcome, reason = "aborted", str(error)
+    elif isinstance(error, RecoveryRefused) and not ctx.not_undone:
+        outcome, reason = "refused", redact(str(error))
+        if "nothing was changed" not in reason:
+            reason += "; nothing was changed"
     elif error is not None:
         outcome, reason = "failed", redact(f"{type(error).__name__}: {error}")
     failed_checks = [c.name for c in ctx.checks if c.critical and not c.ok]

@@ -23,7 +23,10 @@ __all__ = [
 ]
 
 PhaseOutcome = Literal["ok", "failed", "skipped", "planned", "aborted"]
-RunOutcome = Literal["passed", "failed", "aborted"]
+#: ``refused``: the recovery was impossible for a reason found at run time (no base backup
+#: before the point, a WAL gap, ...) and nothing was changed; ``failed``: it was tried and
+#: did not work. Both end the Prefect flow run Failed (``fail_flow``), with the reason.
+RunOutcome = Literal["passed", "failed", "refused", "aborted"]
 
 
 class PhaseRecord(BaseModel):
@@ -121,7 +124,10 @@ class RunResult(BaseModel):
 
 
 class RunFailed(DRError):
-    """Raised by a scenario flow after reporting, when asked to end Failed (``fail_flow``)."""
+    """Raised by a scenario flow after reporting, when asked to end Failed (``fail_flow``).
+
+    Its message (outcome and reason) becomes the flow run's state message in Prefect.
+    """
 
     def __init__(self, result: RunResult) -> None:
         super().__init__(

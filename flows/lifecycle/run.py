@@ -86,17 +86,19 @@ def run_scenario(
         body: the scenario's phases; gets a :class:`RunContext`.
         config: an already-loaded config; else read from ``config_path``.
         config_path: where the config is (else ``$DR_CONFIG``, ``./dr.yaml``, ``./.lab/dr.yaml``).
-        severity: e.g. ``SEV1``; may auto-approve gates (``approval.auto_approve_severities``).
+        severity: one of the config's ``severities`` (e.g. ``SEV1``); may auto-approve gates
+            (``approval.auto_approve_severities``).
         options: scenario options; ``auto_approve`` (from an alert route) and ``declared_at``
             (ISO time the incident was declared) are read here.
-        fail_flow: raise :class:`RunFailed` after reporting when the outcome is not passed, so
-            the flow run ends Failed.
+        fail_flow: raise :class:`RunFailed` after reporting when the outcome is not passed
+            (``failed``, ``refused`` or ``aborted``), so the flow run ends Failed with the
+            reason as its state message (the CLI and every deployment set it).
 
     Returns:
         The :class:`RunResult` (also kept for :func:`result_for`).
 
     Raises:
-        ConfigError: bad config, unknown target, scenario or mode.
+        ConfigError: bad config, unknown target, scenario, mode or severity.
         UnsafeTargetError: a drill on a target that does not allow drills.
         PreconditionError: the target is busy (``refuse``, or waited too long).
         RunFailed: only with ``fail_flow``, when the outcome is not passed.
@@ -106,16 +108,13 @@ def run_scenario(
     cfg = config or load_config(find_config_path(config_path))
     tgt = cfg.target(target)
     _check_mode(target, tgt, mode)
+    severity = cfg.severity(severity)  # a closed set: auto-approval means one thing
     declared_at = _declared_at(options)
     flow_run_id, flow_run_url = _flow_run_identity(cfg)
     run_logger().info(
-        "%s %s on %s (%s) declared at %s",
-        mode.value,
-        scenario.value,
-        target,
-        severity,
+        "%s %s on %s (%s) declared at %s", mode.value, scenario.value, target, severity,
         declared_at.isoformat(),
-    )
+    )  # fmt: skip
     lock = (
         contextlib.nullcontext(None)
         if mode == Mode.dry_run

@@ -124,7 +124,7 @@ def region_failover_flow(
         target: a target of the config.
         mode: ``drill`` (inject the failure, recover, fail back), ``incident`` (recover from a
             real failure; approval gates apply) or ``dry-run`` (assess and print the plan).
-        options: see :class:`FailoverOptions`.
+        options: how to inject, fence, choose, promote and verify (each field says).
         config_path: the config file (default: $DR_CONFIG, ./dr.yaml, the lab's).
         severity: the initial severity (the flow declares its own after assessing, unless
             ``options.severity`` is given).

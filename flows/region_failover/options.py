@@ -5,20 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from flows.common.options import AlertOptions
 
 __all__ = ["FailoverOptions"]
 
 
-class FailoverOptions(BaseModel):
+class FailoverOptions(AlertOptions):
     """Options of a region failover (``dr drill region-failover --option k=v``).
 
-    Alert-started runs also carry ``severity``, ``auto_approve``, ``alert_fingerprint`` and
-    ``alert_labels`` (see ``deployments/alerts.py``); ``declared_at`` is when the incident
-    was declared.
+    Severity, auto approve, declared at and the alert's fingerprint and labels are the
+    options every scenario shares (set by an alert route, or by hand).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     inject: Literal["kill", "immediate", "app-cannot-connect"] = Field(
         "kill",
@@ -36,7 +35,10 @@ class FailoverOptions(BaseModel):
         None, description="Rejoin (and switch back) at the end; default: yes in drills only."
     )
     switch_back: bool = Field(True, description="Failback also restores the configured roles.")
-    rejoin_method: Literal["rewind", "base_backup"] = "rewind"
+    rejoin_method: Literal["rewind", "base_backup"] = Field(
+        "rewind",
+        description="How failback rejoins the old primary: pg_rewind, or a new base backup.",
+    )
     allow_unproven_fence: bool = Field(
         False,
         description="Go on when the old primary cannot be proven fenced. Risks two primaries.",
@@ -55,20 +57,18 @@ class FailoverOptions(BaseModel):
     preferred_regions: list[str] = Field(
         default_factory=list, description="Tie-break among equally advanced replicas."
     )
-    promote_timeout_seconds: float = Field(30, gt=0)
+    promote_timeout_seconds: float = Field(
+        30, gt=0, description="Longest the chosen replica may take to accept writes."
+    )
     verify_timeout_seconds: float | None = Field(
         None, gt=0, description="How long to wait for the application; default: the RTO."
     )
     app_heartbeat_writer: str | None = Field(
         "app", description="The application's writer in dr_heartbeat; None: not measured."
     )
-    heartbeat_interval_seconds: float = Field(0.05, gt=0)
+    heartbeat_interval_seconds: float = Field(
+        0.05, gt=0, description="Seconds between the drill probe's heartbeat writes."
+    )
     failure_at: datetime | None = Field(
         None, description="Incidents: when the primary failed (lag reference), if known."
     )
-    severity: str | None = None
-    auto_approve: bool = False
-    declared_at: datetime | None = None
-    alert_fingerprint: str | None = None
-    alert_labels: dict[str, str] | None = None
-    alert_starts_at: datetime | None = None

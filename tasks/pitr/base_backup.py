@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from dr.clock import utcnow
-from dr.errors import PreconditionError, StorageError, UnsafeTargetError
+from dr.errors import RecoveryRefused, StorageError, UnsafeTargetError
 from dr.localexec import find_tool, run_tool, tool_version
 from dr.secretscan import ensure_no_secrets
 from dr.tasking import dr_task
@@ -159,7 +159,7 @@ def choose_base_backup(
     """
     _refuse_unsafe_point(target, damage_at, damage_lsn, now, current_lsn)
     if not backups:
-        raise PreconditionError(
+        raise RecoveryRefused(
             "no base backup in the repository: point-in-time recovery needs one taken before "
             "the recovery point (take one: dr backup --kind base)"
         )
@@ -172,7 +172,7 @@ def choose_base_backup(
     candidates = [b for b in backups if usable(b)]
     if not candidates:
         oldest = min(backups, key=lambda b: (b.ended_at, parse_lsn(b.stop_lsn)))
-        raise PreconditionError(
+        raise RecoveryRefused(
             f"no base backup before the recovery point ({target.describe()}): the oldest, "
             f"{oldest.backup_id}, ended at {oldest.ended_at.astimezone(UTC).isoformat()} "
             f"(WAL {oldest.stop_lsn}); the point is before the oldest base backup"
@@ -211,12 +211,12 @@ def _refuse_unsafe_point(
     if target.time is not None:
         when = target.time.astimezone(UTC)
         if when > moment:
-            raise PreconditionError(
+            raise RecoveryRefused(
                 f"recovery point {when.isoformat()} is in the future (now {moment.isoformat()}):"
                 " nothing can be recovered to a moment that has not happened"
             )
         if damage_at is not None and when > damage_at.astimezone(UTC):
-            raise PreconditionError(
+            raise RecoveryRefused(
                 f"recovery point {when.isoformat()} is after the damage began "
                 f"({damage_at.astimezone(UTC).isoformat()}): recovering there would bring the "
                 "damage back; choose a point before it"
@@ -225,11 +225,11 @@ def _refuse_unsafe_point(
         assert target.lsn is not None
         lsn = parse_lsn(target.lsn)
         if current_lsn is not None and lsn > parse_lsn(current_lsn):
-            raise PreconditionError(
+            raise RecoveryRefused(
                 f"recovery LSN {target.lsn} is in the future: the server is at {current_lsn}"
             )
         if damage_lsn is not None and lsn > parse_lsn(damage_lsn):
-            raise PreconditionError(
+            raise RecoveryRefused(
                 f"recovery LSN {target.lsn} is after the damage (commit at {damage_lsn}): "
                 "recovering there would bring the damage back; choose a position before it"
             )

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dr.errors import ConfigError, PreconditionError
+from dr.errors import ConfigError, RecoveryRefused
 from dr.localexec import chown_for_server
 from dr.tasking import dr_task
 from tasks.pitr.base_backup import BaseBackup, read_small
@@ -120,7 +120,7 @@ def _segment_size_of(segments: Mapping[str, ArchivedFile], given: int | None) ->
         sizes[f.size] = sizes.get(f.size, 0) + 1
     valid = {s: n for s, n in sizes.items() if s in VALID_SEGMENT_SIZES}
     if not valid:
-        raise PreconditionError(
+        raise RecoveryRefused(
             "cannot tell the WAL segment size: the archive holds no complete segment"
         )
     return max(valid, key=lambda s: valid[s])
@@ -160,7 +160,7 @@ def plan_wal(
     """
     segments, histories = _archive_files(repo)
     if not segments:
-        raise PreconditionError(f"the WAL archive {repo.url} holds no segment: nothing to replay")
+        raise RecoveryRefused(f"the WAL archive {repo.url} holds no segment: nothing to replay")
     size = _segment_size_of(segments, segment_size)
     tli = _target_timeline(backup, target, histories)
     spans, history_needed = _timeline_spans(repo, backup, tli, histories)
@@ -217,7 +217,7 @@ def _segment_bounds(
     stop_seg = segment_number(parse_lsn(backup.stop_lsn), size)
     target_seg = segment_number(parse_lsn(target.lsn), size) if target.lsn else None
     if target_seg is not None and target_seg < stop_seg:
-        raise PreconditionError(
+        raise RecoveryRefused(
             f"recovery LSN {target.lsn} is before the end of base backup {backup.backup_id} "
             f"({backup.stop_lsn}): the copy is not consistent before that point"
         )
@@ -231,7 +231,7 @@ def _target_timeline(backup: BaseBackup, target: RecoveryTarget, histories: set[
     )
     tli = target.timeline or newest_tli
     if tli < backup.timeline:
-        raise PreconditionError(
+        raise RecoveryRefused(
             f"target timeline {tli} is older than the base backup's timeline {backup.timeline}"
         )
     return tli
@@ -246,7 +246,7 @@ def _timeline_spans(
     name = history_file_name(tli)
     if name not in histories:
         if tli != backup.timeline:
-            raise PreconditionError(
+            raise RecoveryRefused(
                 f"the archive lacks {name}, the history of timeline {tli}: recovery "
                 f"cannot follow it from the base backup's timeline {backup.timeline}"
             )
@@ -264,12 +264,12 @@ def _check_backup_leads_to(backup: BaseBackup, spans: Sequence[TimelineSpan], tl
     """Refuse a base backup whose timeline (or branch of it) does not lead to ``tli``."""
     own = {s.timeline: s for s in spans}.get(backup.timeline)
     if own is None:
-        raise PreconditionError(
+        raise RecoveryRefused(
             f"base backup {backup.backup_id} is on timeline {backup.timeline}, which is not an "
             f"ancestor of timeline {tli} (history: {[s.timeline for s in spans]})"
         )
     if own.end_lsn is not None and parse_lsn(backup.stop_lsn) > own.end_lsn:
-        raise PreconditionError(
+        raise RecoveryRefused(
             f"base backup {backup.backup_id} ended at {backup.stop_lsn} on timeline "
             f"{backup.timeline}, after that timeline was left at {format_lsn(own.end_lsn)}: it "
             f"belongs to a branch that does not lead to timeline {tli}"
@@ -311,7 +311,7 @@ class _Walk:
                 if allow_unarchived_end:
                     reason = f"not archived yet from {name} on (newest archived: {newest})"
                     return needed, segno, reason, name
-                raise PreconditionError(
+                raise RecoveryRefused(
                     f"recovery point ({self.target.describe()}) is beyond the archived WAL: "
                     f"segment {name} is not in {self.archive} yet (newest on this timeline: "
                     f"{newest}); wait for archiving (pg_switch_wal()) or choose an earlier point"
@@ -335,7 +335,7 @@ class _Walk:
             and n == self.expected(parse_segment_name(n, self.size)[1])
         ]
         if later:
-            raise PreconditionError(
+            raise RecoveryRefused(
                 f"the WAL archive {self.archive} has a gap: segment {name} is missing (needed "
                 f"to replay from base backup {self.backup.backup_id} to the recovery point; "
                 f"{len(later)} later segment(s) exist, first {min(later)}); nothing was "

@@ -687,7 +687,7 @@ def test_firing_alert_starts_one_run_with_parameters(client: TestClient, fake: F
         "target": "orders",
         "mode": "incident",
         "options": {
-            "severity": "critical",
+            "severity": "SEV1",  # the label "critical", mapped by alerts.severity_map
             "auto_approve": True,
             "alert_fingerprint": "fp-a",
             "alert_labels": ALERTMANAGER_DOC_EXAMPLE["alerts"][0]["labels"]
@@ -791,7 +791,7 @@ def test_pagerduty_signed_trigger_and_plain_dry_run(
         assert response.status_code == 201, response.text
         assert response.json()["runs"][0]["route"] == "pd"
         assert fake.calls[-1]["idempotency_key"] == "pd:PGR0VU2"
-        assert fake.calls[-1]["parameters"]["options"]["severity"] == "P1"
+        assert fake.calls[-1]["parameters"]["options"]["severity"] == "SEV1"  # P1, mapped
 
         plain_body = body_of(
             {

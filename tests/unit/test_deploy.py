@@ -130,7 +130,7 @@ def test_resolve_placeholders_behaves_like_prefect_deploy(monkeypatch: pytest.Mo
     }
 
 
-def test_plan_repeats_schedules_per_target_and_keeps_the_first_slug(
+def test_plan_repeats_schedules_per_target_named_by_target(
     three_targets: Any, raw: list[dict[str, Any]]
 ) -> None:
     from deployments.deploy import plan_deployments
@@ -138,7 +138,7 @@ def test_plan_repeats_schedules_per_target_and_keeps_the_first_slug(
     specs = _by_name(plan_deployments(raw, three_targets))
     backup = specs["backup-hourly"]
     assert [(s.slug, s.parameters["target"], s.cron, s.timezone) for s in backup.schedules] == [
-        ("backup", "orders", "7 * * * *", "Europe/Berlin"),
+        ("backup-orders", "orders", "7 * * * *", "Europe/Berlin"),
         ("backup-staging", "staging", "7 * * * *", "Europe/Berlin"),
         ("backup-ledger", "ledger", "7 * * * *", "Europe/Berlin"),
     ]
@@ -148,14 +148,15 @@ def test_plan_repeats_schedules_per_target_and_keeps_the_first_slug(
 
     drill = specs["region-failover-drill"]
     assert [(s.slug, s.parameters["target"], s.cron, s.active) for s in drill.schedules] == [
-        ("drill", "staging", "1 2 3 4 *", True)
+        ("drill-staging", "staging", "1 2 3 4 *", True)
     ]
     assert drill.targets == ["staging"] and drill.modes == ["drill"]
-    assert drill.parameters == {"mode": "drill", "target": "staging"}
+    assert drill.parameters == {"mode": "drill", "target": "staging", "fail_flow": True}
     assert drill.scenario == "region-failover"
 
     incident = specs["region-failover-incident"]
-    assert incident.schedules == [] and incident.parameters == {"mode": "incident"}
+    assert incident.schedules == []
+    assert incident.parameters == {"mode": "incident", "fail_flow": True}
     assert incident.targets == ["orders", "staging", "ledger"]
     assert incident.modes == ["incident", "dry-run"]
     assert specs["failback"].scenario is None and specs["backup-hourly"].scenario is None
@@ -215,16 +216,58 @@ def test_patch_parameter_schema_makes_drop_downs() -> None:
     }  # fmt: skip
     assert drill["properties"]["mode"] == {
         "type": "string", "enum": ["drill"], "default": "drill", "position": 1, "readOnly": True,
+        "description": "drill: inject the failure, recover, measure RTO/RPO (and fail back).",
     }  # fmt: skip
     assert drill["properties"]["severity"] == schema["properties"]["severity"]
+    sev = patch_parameter_schema(schema, targets=["a"], modes=["drill"], severities=["P1", "P2"])
+    assert sev["properties"]["severity"] == {"type": "string", "enum": ["P1", "P2"]}
+    sev = patch_parameter_schema(schema, targets=["a"], modes=None, severities=["SEV1", "SEV2"])
+    assert sev["properties"]["severity"]["default"] == "SEV2"
     incident = patch_parameter_schema(schema, targets=["a", "b"], modes=["incident", "dry-run"])
     assert incident["properties"]["mode"]["default"] == "incident"
     assert "readOnly" not in incident["properties"]["mode"]
+    described = incident["properties"]["mode"]["description"]
+    assert "incident:" in described and "dry-run:" in described and "drill" not in described
     assert schema["properties"]["mode"] == {
         "$ref": "#/definitions/Mode",
         "default": "drill",
         "position": 1,
     }
+
+
+def test_drills_on_one_cluster_are_never_due_at_the_same_minute(
+    raw: list[dict[str, Any]],
+) -> None:
+    from deployments.deploy import plan_deployments
+
+    other = _target(True, False)
+    other["postgres"]["primary"]["host"] = "other.internal"
+    cfg = parse_config(
+        {
+            "targets": {
+                "a": _target(True, False),
+                "b": _target(True, False),
+                "c": _target(True, False),
+                "elsewhere": other,
+            },
+            # Two scenarios due at the same moment: still apart on each cluster.
+            "schedules": {"data_corruption": "0 3 1 * *", "backup_verification": "0 3 1 * *"},
+        }
+    )
+    specs = plan_deployments(raw, cfg)
+    by_cluster: dict[str, list[str]] = {}
+    for spec in specs:
+        if spec.modes != ["drill"]:
+            continue
+        assert [s.slug for s in spec.schedules] == [
+            f"drill-{t}" for t in ("a", "b", "c", "elsewhere")
+        ]
+        for s in spec.schedules:
+            host = "other" if s.parameters["target"] == "elsewhere" else "db"
+            by_cluster.setdefault(host, []).append(s.cron)
+    for crons in by_cluster.values():
+        assert len(crons) == len(set(crons)), crons
+    assert "0 3 1 * *" in by_cluster["other"] and "15 3 1 * *" in by_cluster["db"]
 
 
 def test_spec_version_changes_exactly_with_the_payload() -> None:

@@ -210,7 +210,7 @@ def test_alertmanager_post_starts_one_run_with_parameters(
         "target": "orders",
         "mode": "incident",
         "options": {
-            "severity": "critical",
+            "severity": "SEV1",  # the label "critical", mapped by alerts.severity_map
             "auto_approve": False,
             "alert_fingerprint": "a1b2c3d4e5f60718",
             "alert_labels": {

@@ -190,8 +190,9 @@ def incident(
 
 
 def assert_refused(result: dict[str, Any], words: str) -> None:
-    assert result["outcome"] == "failed"
+    assert result["outcome"] == "refused"
     assert words in result["reason"], result["reason"]
+    assert "nothing was changed" in result["reason"], result["reason"]
     assert result["changes"] == [] and result["undone"] == [] and result["not_undone"] == []
     names = [p["name"] for p in result["phases"]]
     assert "stop writers" not in names and "recover" not in names

@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from deployments.deploy.specs import stagger
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DRILL = "backup-verification/backup-verification-drill"
@@ -99,7 +101,11 @@ def test_deploy_puts_every_flow_on_the_server_with_config_schedules_and_targets(
     assert _schedules(plain[DRILL]) == [
         (s["backup_verification"], s["timezone"], drill_targets[0], True)
     ]
-    assert plain[DRILL]["parameters"] == {"mode": "drill", "target": drill_targets[0]}
+    assert plain[DRILL]["parameters"] == {
+        "mode": "drill",
+        "target": drill_targets[0],
+        "fail_flow": True,
+    }
     assert plain[DRILL]["work_pool_name"] == e2e.pool
     assert plain[DRILL]["global_concurrency_limit"]["limit"] == 1
     assert plain[DRILL]["concurrency_options"]["collision_strategy"] == "ENQUEUE"
@@ -129,7 +135,12 @@ def test_deploy_puts_every_flow_on_the_server_with_config_schedules_and_targets(
         ("breach-response", "breach_response"),
     ):
         drill = api.deployment(f"{scenario}/{scenario}-drill")
-        assert _schedules(drill) == sorted((s[key], s["timezone"], t, True) for t in drill_targets)
+        got = _schedules(drill)
+        assert sorted(t for _, _, t, _ in got) == sorted(drill_targets)
+        assert all(tz == s["timezone"] and active for _, tz, _, active in got)
+        # Staggered: dr.yaml's cron, moved by 15-minute steps where a cluster is busy.
+        assert {c for c, *_ in got} <= {stagger(s[key], 15 * i) for i in range(96)}
+        assert {f"drill-{t}" for t in drill_targets} == {x["slug"] for x in drill["schedules"]}
         props = drill["parameter_openapi_schema"]["properties"]
         assert props["target"]["enum"] == drill_targets
         assert props["mode"]["enum"] == ["drill"] and props["mode"]["readOnly"] is True

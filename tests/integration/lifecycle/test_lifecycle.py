@@ -394,7 +394,7 @@ def test_drill_refused_on_a_target_that_does_not_allow_drills(lifecycle_env, cli
     )
     assert code == 2
     refused = json.loads(out)
-    assert refused["outcome"] == "failed" and "does not allow drills" in refused["reason"]
+    assert refused["outcome"] == "refused" and "does not allow drills" in refused["reason"]
     # The flow refuses too (UI and schedules do not go through the CLI).
     with pytest.raises(UnsafeTargetError, match="does not allow drills"):
         lifecycle_test_flow(target="prod", mode=Mode.drill, config_path=str(config))
