@@ -6,7 +6,7 @@ database of the target, in parallel:
 
 1. find the newest *complete* backup (its manifest is present) and refuse one of another
    target or database;
-2. check its age against the tier's RPO (the RPO of a restore is the backup's age);
+2. check its age against the tier's RPO (not critical when point-in-time recovery meets it);
 3. download every file, verifying its SHA-256 against the manifest while it streams;
 4. restore it with ``pg_restore`` into an isolated scratch database
    ``dr_verify_<db>_<shortid>`` on the primary: never the source, never a name that
@@ -18,20 +18,26 @@ database of the target, in parallel:
    which retention honours: the newest verified backup is never deleted).
 
 Backups made by something else (``backup.foreign``: a location and a name pattern, like
-seed 001's ``backups/db_backup_*.sql.gz``) get the checks that apply without a manifest:
-age from the file's modification time, restorable (plain SQL streamed through psql, gunzip
-on the fly; or a custom-format archive through pg_restore), validation queries, amcheck.
+seed 001's ``backups/db_backup_*.sql.gz``; the newest by the timestamp in the name) are
+checked as strictly as our own: restorable (plain SQL through psql, gunzip on the fly; or a
+custom-format archive through pg_restore), pg_dump's completion trailer, every table of
+the live source restored with its constraints and counted next to the source's,
+validation queries, amcheck. A database with only foreign dumps needs no backup of ours.
 
 ``inject`` makes the drill go red on purpose, on a COPY of the newest backup in a scratch
 prefix of the repository (the real backup is never written): ``bad-backup`` flips one byte
 in the largest data file (storage bit rot: the checksum gate must catch it);
 ``bad-backup-truncate`` cuts that file in half and re-seals the copy's manifest (a dump
-that was already bad when written: the restore must catch it).
+that was already bad when written: the restore must catch it); ``truncated-plain-dump``
+cuts a copy of the newest foreign plain dump after one table's data and re-gzips it (a
+cron job whose pg_dump died: the completion trailer and constraint checks must catch it).
 
 Every check is recorded through the incident lifecycle (artifacts, history, Slack); a
 failed check fails the drill with its reason. RTO is the restore's wall time (download,
 checksum verification and ``pg_restore`` of every database, in parallel); RPO is the
-age of the oldest of the newest backups at the drill.
+recovery point a user could reach (``recovery_point``): the WAL archive's age when a
+verified base backup and a gapless archive allow point-in-time recovery (a dump's age is
+then informational), else the age of the newest backup that passed, of either kind.
 """
 
 from __future__ import annotations
@@ -92,7 +98,8 @@ def backup_verification_flow(
         target: a target of the config.
         mode: ``drill`` (default), ``incident`` (the same checks, e.g. after an alert that
             backups may be bad) or ``dry-run`` (find the backups, plan, change nothing).
-        inject: ``bad-backup`` or ``bad-backup-truncate`` to prove the drill goes red.
+        inject: ``bad-backup``, ``bad-backup-truncate`` or ``truncated-plain-dump`` to
+            prove the drill goes red.
         config_path: the config file (default: $DR_CONFIG, ./dr.yaml, the lab's).
         severity: recorded in the report.
         options: more options (``inject`` may also be given here, as the CLI does).
