@@ -222,9 +222,8 @@ def _inject(
     entry whose newest dump the copy replaces.
     """
     if injection is Injection.truncated_plain_dump:
-        copy = inject_truncated_plain_dump(ctx, foreign, short_id)
+        copy = inject_truncated_plain_dump(ctx, foreign, short_id, scratch)
         if copy is not None:
-            scratch.append((copy.repo, copy.scratch_prefix))
             foreign_keys[copy.index] = copy.key
         return None
     injected_db, scratch_prefix = choose_injection(ctx, newest, short_id)

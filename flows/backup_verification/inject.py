@@ -149,8 +149,6 @@ class PlainDumpCopy:
 
     index: int
     key: str
-    repo: storage_client.Repository
-    scratch_prefix: str
 
 
 def cut_plain_copy(
@@ -189,18 +187,23 @@ def _newest_plain_dump(
 
 
 def inject_truncated_plain_dump(
-    ctx: RunContext, foreign: list[ForeignBackups], short_id: str
+    ctx: RunContext,
+    foreign: list[ForeignBackups],
+    short_id: str,
+    scratch: list[tuple[storage_client.Repository, str]],
 ) -> PlainDumpCopy | None:
     """Cut a copy of the newest foreign plain dump after one table's data, re-gzipped.
 
     The copy goes to a scratch prefix of the dump's own repository (a name its pattern
-    does not match); the real dump is only read. Recorded as an undoable change.
+    does not match), added to ``scratch`` before anything is written; the real dump is
+    only read. Recorded as an undoable change.
     """
     index, repo, real, gzipped = _newest_plain_dump(ctx, foreign)
     scratch_prefix = f"{SCRATCH_FOLDER}/{short_id}"
     copy_key = f"{scratch_prefix}/{real.key.rsplit('/', 1)[-1]}.truncated"
     if not ctx.plan("cut a copy of", repo.url_for(real.key)):
         return None
+    scratch.append((repo, scratch_prefix))
     info = cut_plain_copy_task(repo, real.key, gzipped, copy_key)
     ctx.record_change(
         Change(
@@ -227,4 +230,4 @@ def inject_truncated_plain_dump(
         f"{', re-gzipped' if gzipped else ''}) at {repo.url_for(copy_key)}; the real dump "
         "is untouched"
     )
-    return PlainDumpCopy(index=index, key=copy_key, repo=repo, scratch_prefix=scratch_prefix)
+    return PlainDumpCopy(index=index, key=copy_key)

@@ -49,8 +49,8 @@ def report_detection(
         named: finding -> relations it named (the WAL damage finder's among them).
     """
     ctx = run.ctx
-    if not run.damaged:
-        return
+    if ctx.dry_run or not run.damaged:
+        return  # a dry run damaged nothing; no damage, nothing to detect
     by = sorted(check for check, hit in noticed.items() if hit)
     finder = named.get("wal damage finder", [])
     required = run.target.require_detection

@@ -321,6 +321,7 @@ def test_own_checks_are_validation_checksums_and_amcheck() -> None:
 class Recorder:
     def __init__(self, is_drill: bool = True) -> None:
         self.is_drill = is_drill
+        self.dry_run = False
         self.checks: list[dict[str, Any]] = []
         self.notes: list[str] = []
 
