@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from deployments.alerts.payloads import IncomingAlert
@@ -60,6 +61,11 @@ def flow_parameters(route: AlertRoute, alert: IncomingAlert) -> dict[str, Any]:
             "severity": alert.severity,
             "auto_approve": route.auto_approve,
             "alert_fingerprint": alert.fingerprint,
+            **(
+                {"alert_started_at": alert.starts_at.astimezone(UTC).isoformat()}
+                if alert.starts_at is not None
+                else {}
+            ),
             "alert_labels": labels_summary(alert.labels),
         },
     }

@@ -195,6 +195,7 @@ class BreachOptions(_Strict):
     auto_approve: bool = False
     declared_at: datetime | None = None
     alert_fingerprint: str | None = None
+    alert_started_at: datetime | None = None
     alert_labels: dict[str, str] | None = None
 
     @field_validator("dump_tables", "restore_tables")

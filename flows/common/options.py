@@ -35,6 +35,10 @@ class AlertOptions(BaseModel):
     alert_fingerprint: str | None = Field(
         None, description="The fingerprint of the alert that started the run (for the report)."
     )
+    alert_started_at: datetime | None = Field(
+        None,
+        description="The alert's startsAt (ISO 8601): the outage's start is looked for before it.",
+    )
     alert_labels: dict[str, str] | None = Field(
         None, description="A summary of the alert's labels (for the report)."
     )

@@ -123,6 +123,7 @@ class CorruptionOptions(BaseModel):
     # Alert-started runs also carry these (deployments/alerts.py: flow_parameters).
     severity: str | None = Field(None, description="Overrides the severity parameter.")
     alert_fingerprint: str | None = None
+    alert_started_at: datetime | None = None
     alert_labels: dict[str, str] | None = None
 
     @field_validator("relations")

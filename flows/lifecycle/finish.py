@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from dr.clock import utcnow
 from dr.config import Objectives
 from dr.errors import ApprovalError, redact
 from flows.lifecycle.context import RunContext
@@ -44,6 +46,14 @@ def _remember(result: RunResult) -> None:
             _RESULTS.popitem(last=False)
 
 
+def _alert_started_at(options: dict[str, Any]) -> datetime | None:
+    value = options.get("alert_started_at")
+    if value is None:
+        return None
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def finish_run(ctx: RunContext, error: BaseException | None) -> RunResult:
     """Measure, compare, notify, record and report; never raises."""
     logger = ctx._log
@@ -62,6 +72,8 @@ def finish_run(ctx: RunContext, error: BaseException | None) -> RunResult:
         failure_at=ctx.failure_at,
         restored_at=ctx.restored_at,
         explicit=ctx.measurement,
+        alert_started_at=_alert_started_at(ctx.options),
+        run_started_at=utcnow() - timedelta(seconds=ctx.elapsed_seconds),
     )
     objectives = ctx.objectives
     objectives_met = meets_objectives(m, objectives, ctx.mode)
@@ -82,9 +94,14 @@ def finish_run(ctx: RunContext, error: BaseException | None) -> RunResult:
         ),
         rto_basis=m.rto_basis,
         rpo_basis=m.rpo_basis,
+        rpo_bound=m.rpo_bound,
+        lost_rows_basis=m.lost_rows_basis,
+        rto_phases=m.rto_phases,
         declared_at=ctx.declared_at,
-        failure_at=ctx.failure_at,
-        restored_at=ctx.restored_at,
+        failure_at=m.failure_at if m.failure_at is not None else ctx.failure_at,
+        failure_at_basis=m.failure_at_basis,
+        restored_at=m.restored_at if m.restored_at is not None else ctx.restored_at,
+        restored_at_basis=m.restored_at_basis,
         phases=ctx.phases,
         checks=ctx.checks,
         changes=ctx.changes,
@@ -133,7 +150,8 @@ def _final_slack(ctx: RunContext, result: RunResult) -> None:
     summary = (
         f"{result.outcome.upper()}: RTO {report_tables.format_duration(result.rto_seconds)}"
         f" (objective {report_tables.format_duration(result.objectives.rto_seconds)}),"
-        f" RPO {report_tables.format_duration(result.rpo_seconds)}"
+        f" RPO {'at least ' if result.rpo_bound == 'lower' else ''}"
+        f"{report_tables.format_duration(result.rpo_seconds)}"
         f" (objective {report_tables.format_duration(result.objectives.rpo_seconds)})"
     )
     opening = notify_blocks.incident_opening_blocks(

@@ -58,6 +58,11 @@ class FailoverOptions(BaseModel):
     app_heartbeat_writer: str | None = Field(
         "app", description="The application's writer in dr_heartbeat; None: not measured."
     )
+    app_ack_log: str | None = Field(
+        None,
+        description="The application's acknowledgement log (one JSON line per acknowledged "
+        "write, lab/heartbeat_app.py's HEARTBEAT_ACK_LOG): its lost writes are counted too.",
+    )
     heartbeat_interval_seconds: float = Field(0.05, gt=0)
     failure_at: datetime | None = Field(
         None, description="Incidents: when the primary failed (lag reference), if known."
@@ -66,4 +71,5 @@ class FailoverOptions(BaseModel):
     auto_approve: bool = False
     declared_at: datetime | None = None
     alert_fingerprint: str | None = None
+    alert_started_at: datetime | None = None
     alert_labels: dict[str, str] | None = None

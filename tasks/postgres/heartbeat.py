@@ -15,9 +15,11 @@ saw lives in :mod:`flows.lifecycle.measure`.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from datetime import datetime
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import psycopg
@@ -34,10 +36,15 @@ __all__ = [
     "Ack",
     "HeartbeatProbe",
     "heartbeat_conninfo",
+    "heartbeat_rows_present",
+    "heartbeat_rows_present_task",
     "heartbeat_seqs_present",
     "heartbeat_seqs_present_task",
+    "newest_heartbeat_before",
+    "newest_heartbeat_before_task",
     "newest_heartbeat_between",
     "newest_heartbeat_between_task",
+    "read_ack_log",
 ]
 
 log = logging.getLogger(__name__)
@@ -322,6 +329,61 @@ def heartbeat_seqs_present(
         return {row[0] for row in conn.execute(query, (writer, first, last))}
 
 
+def heartbeat_rows_present(
+    conninfo: str, writer: str, first: int, last: int, *, password: str | None = None
+) -> dict[int, datetime]:
+    """``seq -> ts`` of ``writer``'s rows between ``first`` and ``last`` on the server now.
+
+    Raises:
+        PostgresError: the rows could not be read.
+    """
+    query = sql.SQL("SELECT seq, ts FROM {} WHERE writer = %s AND seq BETWEEN %s AND %s").format(
+        _table()
+    )
+    with session(conninfo, "read heartbeat rows", password=password) as conn:
+        return {row[0]: row[1] for row in conn.execute(query, (writer, first, last))}
+
+
+def newest_heartbeat_before(
+    conninfo: str, writer: str, before: datetime, *, password: str | None = None
+) -> datetime | None:
+    """``ts`` of ``writer``'s newest row older than ``before`` (the start of a write gap).
+
+    Raises:
+        PostgresError: the rows could not be read.
+    """
+    query = sql.SQL("SELECT pg_catalog.max(ts) FROM {} WHERE writer = %s AND ts < %s").format(
+        _table()
+    )
+    with session(conninfo, "read heartbeat rows", password=password) as conn:
+        row = conn.execute(query, (writer, before)).fetchone()
+    return row[0] if row else None
+
+
+def read_ack_log(path: str | Path) -> list[Ack]:
+    """The application's acknowledgement log (``lab/heartbeat_app.py``), oldest first.
+
+    Each line is ``{"seq": n, "ts": "<server ts>"}`` for a write whose COMMIT returned; the
+    file lives outside the database, so it survives the failover it measures.
+
+    Raises:
+        ConfigError: the file cannot be read.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"application acknowledgement log {path}: {exc}") from exc
+    acks: list[Ack] = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+            ts = datetime.fromisoformat(row["ts"])
+            acks.append(Ack(int(row["seq"]), ts, str(row.get("server", "")), ts))
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by a crash mid-write, or an event line
+    return acks
+
+
 def newest_heartbeat_between(
     conninfo: str, writer: str, first: int, last: int, *, password: str | None = None
 ) -> tuple[int, datetime] | None:
@@ -418,8 +480,14 @@ def _split_relation(name: str) -> tuple[str, str]:
 heartbeat_seqs_present_task = dr_task(
     heartbeat_seqs_present, name="postgres-heartbeat-seqs-present", timeout_seconds=60
 )
+heartbeat_rows_present_task = dr_task(
+    heartbeat_rows_present, name="postgres-heartbeat-rows-present", timeout_seconds=60
+)
 newest_heartbeat_between_task = dr_task(
     newest_heartbeat_between, name="postgres-newest-heartbeat-between", timeout_seconds=60
+)
+newest_heartbeat_before_task = dr_task(
+    newest_heartbeat_before, name="postgres-newest-heartbeat-before", timeout_seconds=60
 )
 heartbeat_state_task = dr_task(heartbeat_state, name="postgres-heartbeat-state", timeout_seconds=60)
 first_heartbeat_after_task = dr_task(

@@ -649,6 +649,7 @@ def test_firing_alert_starts_one_run_with_parameters(client: TestClient, fake: F
             "severity": "critical",
             "auto_approve": True,
             "alert_fingerprint": "fp-a",
+            "alert_started_at": "2024-05-01T08:00:00.123456+00:00",
             "alert_labels": ALERTMANAGER_DOC_EXAMPLE["alerts"][0]["labels"]
             | {"alertname": "PostgresPrimaryDown"},
         },
