@@ -8,7 +8,8 @@ from dr.config import PostgresNode
 from dr.errors import ConfigError, PostgresError
 from flows.lifecycle.measure import HeartbeatRPO
 from flows.region_failover.run import Failover
-from tasks.postgres.heartbeat import Ack, newest_heartbeat_before_task, read_ack_log
+from tasks.postgres.ack_log import read_ack_log
+from tasks.postgres.heartbeat import Ack, newest_heartbeat_before_task
 
 __all__ = ["measure", "rto_breakdown"]
 

@@ -15,11 +15,9 @@ saw lives in :mod:`flows.lifecycle.measure`.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from datetime import datetime
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import psycopg
@@ -35,6 +33,8 @@ __all__ = [
     "HEARTBEAT_TABLE",
     "Ack",
     "HeartbeatProbe",
+    "count_heartbeat_rows_through",
+    "count_heartbeat_rows_through_task",
     "heartbeat_conninfo",
     "heartbeat_rows_present",
     "heartbeat_rows_present_task",
@@ -44,7 +44,6 @@ __all__ = [
     "newest_heartbeat_before_task",
     "newest_heartbeat_between",
     "newest_heartbeat_between_task",
-    "read_ack_log",
 ]
 
 log = logging.getLogger(__name__)
@@ -360,28 +359,18 @@ def newest_heartbeat_before(
     return row[0] if row else None
 
 
-def read_ack_log(path: str | Path) -> list[Ack]:
-    """The application's acknowledgement log (``lab/heartbeat_app.py``), oldest first.
-
-    Each line is ``{"seq": n, "ts": "<server ts>"}`` for a write whose COMMIT returned; the
-    file lives outside the database, so it survives the failover it measures.
+def count_heartbeat_rows_through(
+    conninfo: str, writer: str, last: int, *, password: str | None = None
+) -> int:
+    """How many of ``writer``'s rows with ``seq <= last`` are on the server now.
 
     Raises:
-        ConfigError: the file cannot be read.
+        PostgresError: the rows could not be read.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"application acknowledgement log {path}: {exc}") from exc
-    acks: list[Ack] = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-            ts = datetime.fromisoformat(row["ts"])
-            acks.append(Ack(int(row["seq"]), ts, str(row.get("server", "")), ts))
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut by a crash mid-write, or an event line
-    return acks
+    query = sql.SQL("SELECT count(*) FROM {} WHERE writer = %s AND seq <= %s").format(_table())
+    with session(conninfo, "count heartbeat rows", password=password) as conn:
+        row = conn.execute(query, (writer, last)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def newest_heartbeat_between(
@@ -479,6 +468,9 @@ def _split_relation(name: str) -> tuple[str, str]:
 
 heartbeat_seqs_present_task = dr_task(
     heartbeat_seqs_present, name="postgres-heartbeat-seqs-present", timeout_seconds=60
+)
+count_heartbeat_rows_through_task = dr_task(
+    count_heartbeat_rows_through, name="postgres-count-heartbeat-rows-through", timeout_seconds=60
 )
 heartbeat_rows_present_task = dr_task(
     heartbeat_rows_present, name="postgres-heartbeat-rows-present", timeout_seconds=60
