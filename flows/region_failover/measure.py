@@ -113,7 +113,6 @@ def measure(run: Failover, node: PostgresNode) -> None:
             rpo_seconds=run.choice.lag_seconds,
             rpo_basis=f"estimated: {run.choice.chosen}'s data lag at promotion "
             f"({run.choice.lag_basis})",
-            rpo_bound="lower",
         )
     start = ctx.failure_at or ctx.declared_at
     breakdown = rto_breakdown(start, run.milestones)
