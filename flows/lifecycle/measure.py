@@ -361,7 +361,7 @@ def derive_measurement(
         out.restored_at_basis = (
             out.restored_at_basis or "first moment every end-to-end check passed"
         )
-        out.rto_seconds = round((end - start).total_seconds(), 3)
+        out.rto_seconds = (end - start).total_seconds()
         out.rto_basis = f"restored_at - failure_at ({start_basis} -> {out.restored_at_basis})"
     elif out.rto_seconds is not None:
         out.rto_basis = out.rto_basis or "measured by the scenario"
