@@ -119,6 +119,8 @@ def _measure_phases(run: CorruptionRun, healthy_at: datetime | None, out: dict[s
         "damage -> writers stopped": span(damage, stopped),
         "writers stopped -> application healthy": span(stopped, healthy),
     }
+    if not ctx.is_drill and run.damage_at is not None:
+        ctx.measure(failure_at=as_utc(run.damage_at), failure_at_basis="the damage's commit time")
     if run.suspected_at is not None and ctx.is_drill:
         ctx.measure(detected_at=as_utc(run.suspected_at), detected_at_basis="assessment")
     ctx.measure(
