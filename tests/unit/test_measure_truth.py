@@ -160,3 +160,32 @@ def test_the_lab_app_logs_every_acknowledged_write(tmp_path: Path, monkeypatch):
     acks = read_ack_log(log)
     assert [a.seq for a in acks] == list(range(1, last + 1))
     assert acks[0].ts == T0 + timedelta(seconds=1) and acks[0].server == "h:1"
+
+
+def test_backup_verification_rto_runs_until_every_check_passed():
+    from flows.backup_verification.measure import measure_restore
+    from flows.backup_verification.models import DatabaseVerification
+
+    class Ctx:
+        def __init__(self) -> None:
+            self.recorded: dict[str, object] = {}
+            self.restored_at = None
+
+        def measure(self, **kw: object) -> None:
+            self.recorded.update(kw)
+
+        def stamp_restored(self, at: datetime) -> None:
+            self.restored_at = at
+
+    r = DatabaseVerification(
+        database="app",
+        fetch_started_at=T0,
+        restored_at=T0 + timedelta(seconds=4),
+        checks_seconds=3.5,
+        age_seconds=60,
+    )
+    ctx = Ctx()
+    measure_restore(ctx, [r])  # type: ignore[arg-type]
+    assert ctx.restored_at == T0 + timedelta(seconds=7.5), "amcheck and validation count"
+    assert ctx.recorded["rto_seconds"] == 7.5
+    assert ctx.recorded["rto_phases"] == {"restore": 4.0, "checks": 3.5}
