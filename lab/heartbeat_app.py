@@ -10,7 +10,10 @@ Environment (like a twelve-factor app: a failover repoints it by recreating it w
 
 - ``DB_HOST``, ``DB_PORT``, ``DB_NAME``, ``DB_USER``, ``DB_PASSWORD``: where to write;
 - ``HEARTBEAT_INTERVAL_MS`` (default 50), ``HEARTBEAT_WRITER`` (default ``app``);
-- ``HEARTBEAT_RETRY_MS`` (default 50): pause before reconnecting after a failure.
+- ``HEARTBEAT_RETRY_MS`` (default 50): pause before reconnecting after a failure;
+- ``HEARTBEAT_ACK_LOG``: a file outside the database where every acknowledged write is
+  appended as ``{"seq", "ts", "server"}`` (the app's own acknowledgement log: it survives
+  the failover, so a drill counts lost rows from data, not from a probe).
 
 On any error it drops the connection, waits ``HEARTBEAT_RETRY_MS`` and reconnects; after a
 reconnect the sequence continues from ``max(seq) + 1`` of its writer on that server, so an
@@ -69,6 +72,22 @@ def conninfo_from_env(env: dict[str, str] | os._Environ[str]) -> dict[str, objec
     }
 
 
+class AckLog:
+    """Appends one JSON line per acknowledged write; a no-op without a path."""
+
+    def __init__(self, path: str | None) -> None:
+        self._file = open(path, "a", encoding="utf-8") if path else None
+
+    def write(self, seq: int, ts: str, server: str) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps({"seq": seq, "ts": ts, "server": server}) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 def run(env: dict[str, str] | os._Environ[str], stop: threading.Event) -> int:
     """Write heartbeats until ``stop`` is set.
 
@@ -86,6 +105,8 @@ def run(env: dict[str, str] | os._Environ[str], stop: threading.Event) -> int:
     last_acked = 0
     seq = 1
     conn: psycopg.Connection[tuple[object, ...]] | None = None
+    ack_log = AckLog(env.get("HEARTBEAT_ACK_LOG"))
+    server = f"{kwargs['host']}:{kwargs['port']}"
     _emit({"event": "start", "host": kwargs["host"], "port": kwargs["port"], "writer": writer})
     next_at = time.monotonic()
     while not stop.is_set():
@@ -106,6 +127,7 @@ def run(env: dict[str, str] | os._Environ[str], stop: threading.Event) -> int:
             row = conn.execute(INSERT_SQL, (writer, seq)).fetchone()
             if row is not None:
                 last_acked = seq
+                ack_log.write(seq, row[0].isoformat(), server)
                 _emit({"seq": seq, "ts": row[0].isoformat()})
             seq += 1
         except psycopg.Error as exc:
@@ -133,6 +155,7 @@ def run(env: dict[str, str] | os._Environ[str], stop: threading.Event) -> int:
             next_at = time.monotonic()
     if conn is not None:
         conn.close()
+    ack_log.close()
     _emit({"event": "stop", "last_acked_seq": last_acked})
     return last_acked
 

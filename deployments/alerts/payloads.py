@@ -59,6 +59,7 @@ class IncomingAlert:
     mode: Mode | None = None
     summary: str = ""
     not_firing_reason: str = "resolved"
+    starts_at: datetime | None = None
 
 
 def label_fingerprint(labels: Mapping[str, str]) -> str:
@@ -103,6 +104,7 @@ class AlertmanagerAlert(_SenderModel):
             episode=_episode(self.starts_at),
             severity=labels.get("severity") or DEFAULT_SEVERITY,
             summary=self.annotations.get("summary") or labels.get("alertname", ""),
+            starts_at=self.starts_at if _episode(self.starts_at) else None,
         )
 
 

@@ -159,6 +159,8 @@ def flow_parameters(route: AlertRoute, alert: IncomingAlert) -> dict[str, Any]:
 
 def alert_starts_at(alert: IncomingAlert) -> datetime | None:
     """The alert's ``startsAt`` (Alertmanager, Grafana), or None when the sender has none."""
+    if alert.starts_at is not None:
+        return alert.starts_at.astimezone(UTC)
     if not alert.episode:
         return None
     try:

@@ -41,6 +41,6 @@ class AlertOptions(BaseModel):
     )
     alert_starts_at: datetime | None = Field(
         None,
-        description="When the alert that started the run began firing (its startsAt);"
-        " incident RTO counts from it when declared_at is not given.",
+        description="When the alert that started the run began firing (its startsAt, ISO"
+        " 8601): the outage's start is looked for before it.",
     )

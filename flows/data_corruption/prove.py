@@ -12,7 +12,6 @@ from dr.clock import utcnow
 from dr.errors import PostgresError
 from flows.data_corruption.options import HEARTBEAT_TABLE, PROBE_PREFIX
 from flows.data_corruption.run import CorruptionRun, as_utc
-from flows.data_corruption.switch import heartbeat
 from tasks.pitr import cluster as pitr_cluster
 from tasks.pitr import relations as pitr_relations
 from tasks.postgres import checks as postgres_checks
@@ -89,7 +88,7 @@ def verify_end_to_end(run: CorruptionRun) -> datetime | None:
 
 
 def measure(run: CorruptionRun, healthy_at: datetime | None) -> None:
-    """RTO (writers stopped -> healthy again) and RPO (the data-loss window, rows lost)."""
+    """RTO from the damage (its phases) and RPO: the data-loss window, rows discarded."""
     ctx = run.ctx
     with ctx.phase("measure", detail="RTO and RPO"):
         if run.recovered is None:
@@ -99,66 +98,108 @@ def measure(run: CorruptionRun, healthy_at: datetime | None) -> None:
         measured: dict[str, Any] = {
             "recovered_to": recovered_to.isoformat() if recovered_to else None
         }
-        if run.writers_stopped_at is not None and healthy_at is not None:
-            rto = (as_utc(healthy_at) - run.writers_stopped_at).total_seconds()
-            ctx.measure(
-                rto_seconds=rto,
-                rto_basis="writers stopped -> first heartbeat the restarted application wrote",
-            )
-            measured["rto_seconds"] = rto
+        _measure_phases(run, healthy_at, measured)
         if run.switched_whole:
-            lost = 0
-            window = 0.0
-            for writer, state in run.heartbeat_before_switch.items():
-                rec_max = _recovered_max_ts(run, writer)
-                if rec_max is None:
-                    continue
-                lost += postgres_heartbeat.heartbeat_rows_after_task(
-                    run.conninfo(run.pgc.heartbeat_db), writer, rec_max, table=HEARTBEAT_TABLE
-                )
-                window = max(window, (state["max_ts"] - rec_max).total_seconds())
-            ctx.measure(
-                rpo_seconds=window,
-                lost_rows=lost,
-                rpo_basis="whole database: newest heartbeat on the damaged database when the "
-                "writers stopped vs newest in the recovered cluster; rows = heartbeats lost",
-            )
-            measured.update({"rpo_seconds": window, "lost_heartbeat_rows": lost})
+            _measure_whole_database(run, measured)
         else:
-            damage = run.damage_at or run.suspected_at
-            window = (
-                max(0.0, (as_utc(damage) - as_utc(recovered_to)).total_seconds())
-                if damage is not None and recovered_to is not None
-                else None
-            )
-            lost = _heartbeat_rows_lost(run)
-            ctx.measure(
-                rpo_seconds=window,
-                lost_rows=lost,
-                rpo_basis="relation restore: damage commit time - last commit replayed into "
-                "the recovered copy (changes to the restored tables in between are discarded); "
-                "rows = heartbeat rows lost (the heartbeat table is not restored)",
-            )
-            measured.update({"rpo_seconds": window, "lost_heartbeat_rows": lost})
+            _measure_relation_restore(run, recovered_to, measured)
         run.details["measured"] = measured
+
+
+def _measure_phases(run: CorruptionRun, healthy_at: datetime | None, out: dict[str, Any]) -> None:
+    """The scenario's own phases: damage -> suspected -> writers stopped -> healthy."""
+    ctx = run.ctx
+    damage = run.damage_at or ctx.failure_at
+    stopped, healthy = run.writers_stopped_at, as_utc(healthy_at) if healthy_at else None
+
+    def span(a: datetime | None, b: datetime | None) -> float | None:
+        return None if a is None or b is None else round((as_utc(b) - as_utc(a)).total_seconds(), 3)
+
+    phases = {
+        "damage -> writers stopped": span(damage, stopped),
+        "writers stopped -> application healthy": span(stopped, healthy),
+    }
+    if not ctx.is_drill and run.damage_at is not None:
+        ctx.measure(failure_at=as_utc(run.damage_at), failure_at_basis="the damage's commit time")
+    if run.suspected_at is not None and ctx.is_drill:
+        ctx.measure(detected_at=as_utc(run.suspected_at), detected_at_basis="assessment")
+    ctx.measure(
+        rto_phases=phases,
+        restored_at_basis="first heartbeat the restarted application wrote, every check passing",
+    )
+    if stopped is not None and healthy is not None:
+        out["rto_seconds"] = span(stopped, healthy)
+    out["rto_phases"] = phases
+
+
+def _measure_whole_database(run: CorruptionRun, out: dict[str, Any]) -> None:
+    ctx = run.ctx
+    lost = 0
+    window = 0.0
+    for writer, state in run.heartbeat_before_switch.items():
+        rec_max = _recovered_max_ts(run, writer)
+        if rec_max is None:
+            continue
+        lost += postgres_heartbeat.heartbeat_rows_after_task(
+            run.conninfo(run.pgc.heartbeat_db), writer, rec_max, table=HEARTBEAT_TABLE
+        )
+        window = max(window, (state["max_ts"] - rec_max).total_seconds())
+    basis = "heartbeat rows on the damaged database newer than the recovered cluster's newest"
+    ctx.measure(
+        rpo_seconds=window,
+        lost_rows=lost,
+        rpo_basis="whole database: newest heartbeat on the damaged database when the "
+        "writers stopped vs newest in the recovered cluster; rows = heartbeats lost",
+        lost_rows_basis=basis,
+    )
+    out.update({"rpo_seconds": window, "lost_heartbeat_rows": lost})
+
+
+def _damage_row_versions(run: CorruptionRun) -> int:
+    """Row versions the damage itself wrote (UPDATEs): discarded too, but not writes lost."""
+    first = run.candidates[0] if run.candidates else None
+    if first is None or first.relation is None:
+        return 0
+    if first.relation.split(":", 1)[-1] not in run.damaged:
+        return 0
+    return first.operations.get("UPDATE", 0) + first.operations.get("HOT_UPDATE", 0)
+
+
+def _measure_relation_restore(
+    run: CorruptionRun, recovered_to: datetime | None, out: dict[str, Any]
+) -> None:
+    ctx = run.ctx
+    damage = run.damage_at or run.suspected_at
+    window = (
+        max(0.0, (as_utc(damage) - as_utc(recovered_to)).total_seconds())
+        if damage is not None and recovered_to is not None
+        else None
+    )
+    lost, basis = None, "not measured: the live rows before the restore were not read"
+    if run.rows_before_switch:
+        after = pitr_relations.row_hashes_task(run.conninfo(), list(run.rows_before_switch))
+        discarded = sum(len(rows - after[rel]) for rel, rows in run.rows_before_switch.items())
+        damage_rows = _damage_row_versions(run)
+        lost = max(0, discarded - damage_rows)
+        basis = (
+            f"rows of {', '.join(run.rows_before_switch)} present before the restore and gone "
+            f"after it (set membership of row hashes): {discarded}, minus the {damage_rows} "
+            "row version(s) the damage wrote = the application's writes recovery discarded"
+        )
+        out["discarded_row_versions"] = discarded
+    ctx.measure(
+        rpo_seconds=window,
+        lost_rows=lost,
+        rpo_basis="relation restore: damage commit time - last commit replayed into "
+        "the recovered copy (changes to the restored tables in between are discarded)",
+        lost_rows_basis=basis,
+    )
+    out.update({"rpo_seconds": window, "lost_rows": lost})
 
 
 def _recovered_max_ts(run: CorruptionRun, writer: str) -> datetime | None:
     before = run.details.get("recovered_heartbeat", {}).get(writer)
     return datetime.fromisoformat(before) if before else None
-
-
-def _heartbeat_rows_lost(run: CorruptionRun) -> int | None:
-    before = run.heartbeat_before_switch
-    if not before:
-        return None
-    after = heartbeat(run.conninfo(run.pgc.heartbeat_db))
-    lost = 0
-    for writer, state in before.items():
-        now = after.get(writer)
-        if now is None or now["max_seq"] < state["max_seq"]:
-            lost += state["max_seq"] - (now["max_seq"] if now else 0)
-    return lost
 
 
 def clean_up(run: CorruptionRun) -> None:

@@ -77,6 +77,7 @@ class CorruptionRun:
         self.safety_dump: Path | None = None
         self.switched_whole = False
         self.heartbeat_before_switch: dict[str, dict[str, Any]] = {}
+        self.rows_before_switch: dict[str, set[str]] = {}
         self.systems = Systems(ctx.config)
 
     # ----------------------------------------------------------- connections

@@ -9,6 +9,7 @@ from flows.data_corruption.options import HEARTBEAT_TABLE, PROBE_PREFIX
 from flows.data_corruption.run import CorruptionRun
 from flows.data_corruption.writers import repoint_writers
 from tasks.pitr import relation_restore
+from tasks.pitr import relations as pitr_relations
 from tasks.postgres import heartbeat as postgres_heartbeat
 
 __all__ = ["heartbeat", "repair_old_primary", "switch"]
@@ -50,6 +51,8 @@ def switch(run: CorruptionRun) -> None:
             return
         if not ctx.plan("restore", f"{run.damaged} from the recovered cluster in one transaction"):
             return
+        # What the live tables hold before the restore: measure counts what it discards.
+        run.rows_before_switch = pitr_relations.row_hashes_task(run.conninfo(), run.damaged)
         result = relation_restore.restore_relations_task(
             run.recovered_conninfo(), run.conninfo(), run.damaged
         )
@@ -86,6 +89,8 @@ def repair_old_primary(run: CorruptionRun) -> None:
     with ctx.phase("repair drill damage on the old primary", detail=", ".join(run.damaged)):
         if not run.damaged or run.recovered is None:
             return
+        # What the live tables hold before the restore: measure counts what it discards.
+        run.rows_before_switch = pitr_relations.row_hashes_task(run.conninfo(), run.damaged)
         result = relation_restore.restore_relations_task(
             run.recovered_conninfo(), run.conninfo(), run.damaged
         )

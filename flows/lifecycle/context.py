@@ -2,7 +2,7 @@
 
 - :class:`~flows.lifecycle.timeline.Timeline`: phases, plan, stamps, checks, changes, notes;
 - :class:`~flows.lifecycle.approval.ApprovalGates`: approval gates and pauses;
-- :class:`~flows.lifecycle.measure.Measuring`: heartbeat probe, health wait, RTO/RPO;
+- :class:`~flows.lifecycle.measuring.Measuring`: heartbeat probe, health wait, RTO/RPO;
 - :class:`~flows.lifecycle.compensation.Compensation`: undo on failure.
 """
 
@@ -17,7 +17,7 @@ from dr.changes import Change
 from dr.config import DRConfig, Mode, Objectives, Scenario, Target
 from flows.lifecycle.approval import ApprovalGates
 from flows.lifecycle.compensation import Compensation
-from flows.lifecycle.measure import Measuring
+from flows.lifecycle.measuring import Measuring
 from flows.lifecycle.models import ApprovalRecord, CheckRecord, Measurement, PhaseRecord
 from flows.lifecycle.runlog import run_logger
 from flows.lifecycle.timeline import Timeline

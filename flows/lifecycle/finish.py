@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from dr.clock import utcnow
 from dr.config import Objectives
 from dr.errors import ApprovalError, RecoveryRefused, redact
 from flows.lifecycle.context import RunContext
@@ -44,19 +46,32 @@ def _remember(result: RunResult) -> None:
             _RESULTS.popitem(last=False)
 
 
+def _alert_starts_at(options: dict[str, Any]) -> datetime | None:
+    value = options.get("alert_starts_at")
+    if value is None:
+        return None
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _outcome_of(ctx: RunContext, error: BaseException | None) -> tuple[RunOutcome, str]:
+    """What the body's ending says: aborted (approval), refused (nothing changed), failed."""
+    if isinstance(error, ApprovalError):
+        return "aborted", str(error)
+    if isinstance(error, RecoveryRefused) and not ctx.not_undone:
+        reason = redact(str(error))
+        if "nothing was changed" not in reason:
+            reason += "; nothing was changed"
+        return "refused", reason
+    if error is not None:
+        return "failed", redact(f"{type(error).__name__}: {error}")
+    return "passed", ""
+
+
 def finish_run(ctx: RunContext, error: BaseException | None) -> RunResult:
     """Measure, compare, notify, record and report; never raises."""
     logger = ctx._log
-    outcome: RunOutcome = "passed"
-    reason = ""
-    if isinstance(error, ApprovalError):
-        outcome, reason = "aborted", str(error)
-    elif isinstance(error, RecoveryRefused) and not ctx.not_undone:
-        outcome, reason = "refused", redact(str(error))
-        if "nothing was changed" not in reason:
-            reason += "; nothing was changed"
-    elif error is not None:
-        outcome, reason = "failed", redact(f"{type(error).__name__}: {error}")
+    outcome, reason = _outcome_of(ctx, error)
     failed_checks = [c.name for c in ctx.checks if c.critical and not c.ok]
     if outcome == "passed" and failed_checks:
         outcome, reason = "failed", "critical check(s) failed: " + ", ".join(failed_checks)
@@ -66,6 +81,8 @@ def finish_run(ctx: RunContext, error: BaseException | None) -> RunResult:
         failure_at=ctx.failure_at,
         restored_at=ctx.restored_at,
         explicit=ctx.measurement,
+        alert_starts_at=_alert_starts_at(ctx.options),
+        run_started_at=utcnow() - timedelta(seconds=ctx.elapsed_seconds),
     )
     objectives = ctx.objectives
     objectives_met = meets_objectives(m, objectives, ctx.mode)
@@ -86,9 +103,14 @@ def finish_run(ctx: RunContext, error: BaseException | None) -> RunResult:
         ),
         rto_basis=m.rto_basis,
         rpo_basis=m.rpo_basis,
+        rpo_bound=m.rpo_bound,
+        lost_rows_basis=m.lost_rows_basis,
+        rto_phases=m.rto_phases,
         declared_at=ctx.declared_at,
-        failure_at=ctx.failure_at,
-        restored_at=ctx.restored_at,
+        failure_at=m.failure_at if m.failure_at is not None else ctx.failure_at,
+        failure_at_basis=m.failure_at_basis,
+        restored_at=m.restored_at if m.restored_at is not None else ctx.restored_at,
+        restored_at_basis=m.restored_at_basis,
         phases=ctx.phases,
         checks=ctx.checks,
         changes=ctx.changes,
@@ -137,7 +159,8 @@ def _final_slack(ctx: RunContext, result: RunResult) -> None:
     summary = (
         f"{result.outcome.upper()}: RTO {report_tables.format_duration(result.rto_seconds)}"
         f" (objective {report_tables.format_duration(result.objectives.rto_seconds)}),"
-        f" RPO {report_tables.format_duration(result.rpo_seconds)}"
+        f" RPO {'at least ' if result.rpo_bound == 'lower' else ''}"
+        f"{report_tables.format_duration(result.rpo_seconds)}"
         f" (objective {report_tables.format_duration(result.objectives.rpo_seconds)})"
     )
     opening = notify_blocks.incident_opening_blocks(

@@ -4,8 +4,8 @@
   (drills) or ``- declared_at`` (incidents); see :func:`derive_measurement`.
 - RPO from the heartbeat: the newest row acknowledged before the failure against the rows
   present after recovery (:func:`probe_rpo`, :func:`heartbeat_rpo`): lost rows and seconds.
-- :class:`Measuring`: the part of the run context that starts the probe, waits for health
-  and records the measurement.
+- :class:`flows.lifecycle.measuring.Measuring` (the run context's part that starts the probe,
+  waits for health and records what the scenario measured) calls these.
 """
 
 from __future__ import annotations
@@ -14,28 +14,26 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-from dr.clock import utcnow
 from dr.config import Mode, Objectives
-from flows.lifecycle.base import RunBase
-from flows.lifecycle.models import Measurement
-from tasks.health.checks import HealthResult, wait_until_healthy
+from flows.lifecycle.models import Measurement, RpoBound
 from tasks.postgres.heartbeat import (
-    HEARTBEAT_TABLE,
     Ack,
     HeartbeatProbe,
-    heartbeat_conninfo,
     heartbeat_seqs_present,
     newest_heartbeat_between,
 )
 
 __all__ = [
     "HeartbeatRPO",
-    "Measuring",
+    "combine_rpo",
     "derive_measurement",
     "heartbeat_rpo",
+    "lost_app_acks",
     "meets_objectives",
+    "outage_start",
     "probe_rpo",
     "rpo_from_acks",
+    "rto_phases",
 ]
 
 
@@ -44,44 +42,132 @@ class HeartbeatRPO(NamedTuple):
 
     Attributes:
         lost_rows: acknowledged rows (before the failure) missing after recovery.
-        seconds: newest acknowledged-before-failure row's ts minus the newest surviving
-            one's ts; 0.0 when nothing was lost; None when it cannot be known.
+        seconds: the time span the lost rows cover (newest lost row's ts minus the newest
+            surviving write's ts); 0.0 when nothing was lost; None when it cannot be known.
         newest_acked_seq: the newest row acknowledged before the failure.
         newest_present_seq: the newest of those still present after recovery.
+        bound: ``"exact"``, or ``"lower"`` when the loss reaches back past every write seen.
+        basis: how ``seconds`` was found.
     """
 
     lost_rows: int
     seconds: float | None
     newest_acked_seq: int | None
     newest_present_seq: int | None
+    bound: RpoBound | None = "exact"
+    basis: str = ""
 
 
-def rpo_from_acks(acks: Sequence[Ack], present: set[int], interval_seconds: float) -> HeartbeatRPO:
+def rpo_from_acks(
+    acks: Sequence[Ack],
+    present: set[int],
+    interval_seconds: float,
+    *,
+    survived_at: datetime | None = None,
+    survived_basis: str = "",
+) -> HeartbeatRPO:
     """Heartbeat RPO from the rows acknowledged before the failure and the seqs present now.
 
     Args:
         acks: acknowledged rows up to the newest one before the failure, oldest first.
         present: which of their seqs are present after recovery.
         interval_seconds: the probe's pause between writes (bounds a total loss).
+        survived_at: the newest write known to have survived from another source (the
+            application's acknowledgements, the new primary's WAL position); used when
+            every row in ``acks`` was lost.
+        survived_basis: what ``survived_at`` came from (for the basis).
 
     Returns:
         A :class:`HeartbeatRPO`; no ``acks`` gives 0 rows, 0.0 seconds.
     """
     if not acks:
-        return HeartbeatRPO(0, 0.0, None, None)
+        return HeartbeatRPO(0, 0.0, None, None, "exact", "nothing acknowledged before the failure")
     last = acks[-1]
     lost = [a for a in acks if a.seq not in present]
     surviving = [a for a in acks if a.seq in present]
     if not lost:
-        return HeartbeatRPO(0, 0.0, last.seq, last.seq)
+        return HeartbeatRPO(0, 0.0, last.seq, last.seq, "exact", "every acknowledged row present")
     if surviving:
         newest = surviving[-1]
         seconds = (last.ts - newest.ts).total_seconds()
-        return HeartbeatRPO(len(lost), seconds, last.seq, newest.seq)
-    # Nothing of ours survived: the loss reaches back before the probe started; the
-    # probe's own window is a lower bound.
+        return HeartbeatRPO(
+            len(lost), seconds, last.seq, newest.seq, "exact", "newest lost - newest surviving"
+        )
+    if survived_at is not None and survived_at <= acks[0].ts:
+        seconds = (last.ts - survived_at).total_seconds()
+        basis = f"every probe row lost: newest lost - newest surviving write ({survived_basis})"
+        return HeartbeatRPO(len(lost), seconds, last.seq, None, "exact", basis)
+    # Nothing survived and nothing else says how far back the loss reaches: the probe's own
+    # window is only a lower bound, and says so.
     seconds = (last.ts - acks[0].ts).total_seconds() + interval_seconds
-    return HeartbeatRPO(len(lost), seconds, last.seq, None)
+    basis = "lower bound: every probe row lost, the loss reaches back past the probe's window"
+    return HeartbeatRPO(len(lost), seconds, last.seq, None, "lower", basis)
+
+
+def lost_app_acks(acks: Sequence[Ack], present: dict[int, datetime]) -> tuple[list[Ack], list[Ack]]:
+    """The application's acknowledged writes split into (lost, surviving), by set membership.
+
+    The application numbers on from ``max(seq) + 1`` of the server it reaches, so after a
+    loss it reuses seqs: a row counts as surviving only with the same ``seq`` *and* ``ts``.
+
+    Args:
+        acks: the application's acknowledgement log (``server ts`` in ``Ack.ts``).
+        present: ``seq -> ts`` of the application's rows on the recovered primary.
+
+    Returns:
+        ``(lost, surviving)``, each oldest first.
+    """
+    lost: list[Ack] = []
+    surviving: list[Ack] = []
+    for ack in acks:
+        ts = present.get(ack.seq)
+        same = ts is not None and abs((ts - ack.ts).total_seconds()) < 1e-3
+        (surviving if same else lost).append(ack)
+    return lost, surviving
+
+
+def combine_rpo(
+    probe: HeartbeatRPO,
+    app_lost: Sequence[Ack],
+    app_surviving: Sequence[Ack],
+    probe_acks: Sequence[Ack],
+) -> HeartbeatRPO:
+    """One RPO from the probe's and the application's acknowledged writes.
+
+    Lost rows add up; the span runs from the newest surviving write of either writer to the
+    newest lost one. The application's log can turn a probe-only lower bound exact.
+
+    Args:
+        probe: :func:`rpo_from_acks` of the probe.
+        app_lost: the application's lost acknowledged writes (:func:`lost_app_acks`).
+        app_surviving: its surviving ones.
+        probe_acks: the probe's acknowledged writes before the failure.
+
+    Returns:
+        A :class:`HeartbeatRPO` over both writers.
+    """
+    if not app_lost and not app_surviving:
+        return probe
+    lost_rows = probe.lost_rows + len(app_lost)
+    if lost_rows == 0:
+        return probe._replace(basis="every acknowledged row present (probe and application)")
+    probe_present = probe.newest_present_seq
+    probe_lost_ts = [a.ts for a in probe_acks if probe_present is None or a.seq > probe_present]
+    probe_lost_ts = probe_lost_ts if probe.lost_rows else []
+    lost_ts = [a.ts for a in app_lost] + probe_lost_ts
+    newest_lost, oldest_lost = max(lost_ts), min(lost_ts)
+    kept = [a.ts for a in app_surviving if a.ts <= oldest_lost]
+    kept += [a.ts for a in probe_acks if probe_present is not None and a.seq <= probe_present]
+    kept = [t for t in kept if t <= oldest_lost]
+    if kept:
+        seconds = (newest_lost - max(kept)).total_seconds()
+        basis = "newest lost acknowledged write - newest surviving one (probe and application)"
+        return HeartbeatRPO(
+            lost_rows, seconds, probe.newest_acked_seq, probe_present, "exact", basis
+        )
+    seconds = max((newest_lost - oldest_lost).total_seconds(), probe.seconds or 0.0)
+    basis = "lower bound: every acknowledged write seen was lost (probe and application)"
+    return HeartbeatRPO(lost_rows, seconds, probe.newest_acked_seq, None, "lower", basis)
 
 
 def probe_rpo(
@@ -158,6 +244,72 @@ def heartbeat_rpo(
     return HeartbeatRPO(lost, seconds, acked_before_failure_seq, newest_seq)
 
 
+def outage_start(
+    mode: Mode,
+    *,
+    declared_at: datetime,
+    failure_at: datetime | None,
+    alert_starts_at: datetime | None = None,
+    last_write_before: datetime | None = None,
+) -> tuple[datetime, str]:
+    """When the outage began: the last acknowledged write before the failure.
+
+    Drills: the stamped ``failure_at``, never later than the last write seen before it.
+    Incidents: the earliest of the known failure, the alert's ``startsAt`` and the
+    declaration, moved back to the last acknowledged write before it (so a run resuming
+    after a crashed run still starts at the real failure: the heartbeat gap).
+
+    Returns:
+        ``(moment, basis)``.
+    """
+    if mode == Mode.drill and failure_at is None and last_write_before is not None:
+        return last_write_before, "the scenario's outage start"
+    if mode == Mode.drill and failure_at is not None:
+        if last_write_before is not None and last_write_before < failure_at:
+            return last_write_before, "last acknowledged write before the stamped failure_at"
+        return failure_at, "stamped failure_at"
+    known = [
+        (at, name)
+        for at, name in (
+            (failure_at, "failure_at"),
+            (alert_starts_at, "the alert's startsAt"),
+            (declared_at, "declared_at"),
+        )
+        if at is not None
+    ]
+    ref, name = min(known, key=lambda pair: pair[0])
+    if last_write_before is not None and last_write_before <= ref:
+        return last_write_before, f"last acknowledged application write before {name}"
+    return ref, name
+
+
+def rto_phases(
+    start: datetime,
+    *,
+    declared_at: datetime,
+    run_started_at: datetime | None,
+    detected_at: datetime | None,
+    restored_at: datetime | None,
+    alert_starts_at: datetime | None = None,
+) -> dict[str, float | None]:
+    """The outage split: detection, dispatch and recovery (seconds, None: not known).
+
+    detection: failure -> alert or declaration (drills: when the run observed it);
+    dispatch: declaration -> run start; recovery: run start (or detection) -> restored.
+    """
+
+    def span(a: datetime | None, b: datetime | None) -> float | None:
+        return None if a is None or b is None else round(max(0.0, (b - a).total_seconds()), 3)
+
+    detected = detected_at or max(min(alert_starts_at or declared_at, declared_at), start)
+    began = run_started_at or declared_at
+    return {
+        "detection": span(start, detected),
+        "dispatch": span(max(declared_at, start), max(began, start)),
+        "recovery": span(max(began, detected), restored_at),
+    }
+
+
 def derive_measurement(
     mode: Mode,
     *,
@@ -165,19 +317,25 @@ def derive_measurement(
     failure_at: datetime | None,
     restored_at: datetime | None,
     explicit: Measurement | None = None,
+    alert_starts_at: datetime | None = None,
+    run_started_at: datetime | None = None,
 ) -> Measurement:
-    """RTO and RPO of a run, from what the scenario measured and the timeline.
+    """RTO = the observed outage, and RPO, from what the scenario measured and the timeline.
 
-    RTO: the scenario's own measurement if it made one, else ``restored_at - failure_at`` in
-    a drill (``- declared_at`` in an incident, or in a drill without ``failure_at``). RPO
-    only comes from the scenario (heartbeat or backup age). A dry run measures nothing.
+    RTO runs from :func:`outage_start` (``explicit.failure_at`` is the last acknowledged
+    write the scenario saw before the failure) to ``restored_at`` (the first acknowledged
+    write after recovery), split by :func:`rto_phases` plus the scenario's own phases. A
+    scenario's own ``rto_seconds`` is used only when nothing was stamped restored. RPO only
+    comes from the scenario. A dry run measures nothing.
 
     Args:
         mode: the run's mode.
         declared_at: when the run was declared.
-        failure_at: when the failure happened (drills inject it).
+        failure_at: the stamped failure (drills inject it; incidents may know it).
         restored_at: the first moment every end-to-end check passed.
         explicit: what the scenario recorded with :meth:`RunContext.measure`.
+        alert_starts_at: the alert's ``startsAt`` for alert-started runs.
+        run_started_at: when this run started (dispatch ends).
 
     Returns:
         A new :class:`Measurement` with values and their bases.
@@ -187,25 +345,49 @@ def derive_measurement(
         out.rto_basis = out.rto_basis or "dry run: nothing measured"
         out.rpo_basis = out.rpo_basis or "dry run: nothing measured"
         return out
-    if out.rto_seconds is not None:
-        out.rto_basis = out.rto_basis or "measured by the scenario"
-    elif restored_at is not None:
-        use_failure = mode == Mode.drill and failure_at is not None
-        start = failure_at if use_failure and failure_at is not None else declared_at
-        out.rto_seconds = (restored_at - start).total_seconds()
-        out.rto_basis = (
-            f"restored_at - {'failure_at' if use_failure else 'declared_at'}"
-            " (restored_at: first moment every end-to-end check passed)"
+    start, start_basis = outage_start(
+        mode,
+        declared_at=declared_at,
+        failure_at=failure_at,
+        alert_starts_at=alert_starts_at,
+        last_write_before=out.failure_at,
+    )
+    if out.failure_at is not None and start == out.failure_at and out.failure_at_basis:
+        start_basis = out.failure_at_basis
+    out.failure_at, out.failure_at_basis = start, start_basis
+    end = restored_at or out.restored_at
+    out.restored_at = end
+    if end is not None:
+        out.restored_at_basis = (
+            out.restored_at_basis or "first moment every end-to-end check passed"
         )
+        out.rto_seconds = (end - start).total_seconds()
+        out.rto_basis = f"restored_at - failure_at ({start_basis} -> {out.restored_at_basis})"
+    elif out.rto_seconds is not None:
+        out.rto_basis = out.rto_basis or "measured by the scenario"
     else:
         out.rto_basis = "not measured: service was never verified restored"
+    phases = rto_phases(
+        start,
+        declared_at=declared_at,
+        run_started_at=run_started_at,
+        detected_at=out.detected_at,
+        restored_at=end,
+        alert_starts_at=alert_starts_at,
+    )
+    out.rto_phases = {**phases, **out.rto_phases}
     if out.rpo_seconds is None:
         out.rpo_basis = out.rpo_basis or "not measured"
+        out.rpo_bound = None
+    elif out.rpo_bound is None:
+        out.rpo_bound = "exact"
     return out
 
 
 def meets_objectives(measurement: Measurement, objectives: Objectives, mode: Mode) -> bool:
     """True when both RTO and RPO were measured and are within the objectives (<=).
+
+    An RPO that is only a lower bound never meets them: the loss may be larger.
 
     Args:
         measurement: from :func:`derive_measurement`.
@@ -218,147 +400,9 @@ def meets_objectives(measurement: Measurement, objectives: Objectives, mode: Mod
     m = measurement
     return (
         mode != Mode.dry_run
+        and m.rpo_bound != "lower"
         and m.rto_seconds is not None
         and m.rpo_seconds is not None
         and m.rto_seconds <= objectives.rto_seconds
         and m.rpo_seconds <= objectives.rpo_seconds
     )
-
-
-class Measuring(RunBase):
-    """The measuring part of :class:`flows.lifecycle.context.RunContext`."""
-
-    @property
-    def heartbeat(self) -> HeartbeatProbe | None:
-        """The heartbeat probe started by :meth:`start_heartbeat`, if any."""
-        return self._probe
-
-    def measure(
-        self,
-        *,
-        rto_seconds: float | None = None,
-        rpo_seconds: float | None = None,
-        lost_rows: int | None = None,
-        rto_basis: str = "",
-        rpo_basis: str = "",
-    ) -> Measurement:
-        """Record measurements made by the scenario itself (they win over the defaults).
-
-        Args:
-            rto_seconds: e.g. a restore's duration in a backup-verification drill.
-            rpo_seconds: e.g. heartbeat loss, or backup age at ``failure_at``.
-            lost_rows: acknowledged rows lost.
-            rto_basis: how the RTO was measured.
-            rpo_basis: how the RPO was measured.
-
-        Returns:
-            The run's measurement so far.
-        """
-        m = self.measurement
-        if rto_seconds is not None:
-            m.rto_seconds, m.rto_basis = float(rto_seconds), rto_basis or m.rto_basis
-        if rpo_seconds is not None:
-            m.rpo_seconds, m.rpo_basis = float(rpo_seconds), rpo_basis or m.rpo_basis
-        if lost_rows is not None:
-            m.lost_rows = int(lost_rows)
-        return m
-
-    def start_heartbeat(
-        self, *, writer: str | None = None, interval_seconds: float = 0.05
-    ) -> HeartbeatProbe | None:
-        """Start the heartbeat probe on the target's primary (drills, before the failure).
-
-        Args:
-            writer: the probe's writer name; defaults to ``dr-probe-<flow run id>``.
-            interval_seconds: pause between writes.
-
-        Returns:
-            The running probe (stopped by :func:`run_scenario` at the end); None in a dry run.
-
-        Raises:
-            PostgresError: no primary reachable at the start.
-        """
-        pg = self.target.postgres
-        if not self.plan(
-            "start", f"the heartbeat probe writing to {pg.heartbeat_db}.{HEARTBEAT_TABLE}"
-        ):
-            return None
-        password = pg.password.resolve() if pg.password else None
-        name = writer or f"dr-probe-{(self.flow_run_id or utcnow().strftime('%Y%m%d%H%M%S%f'))}"
-        self._probe = HeartbeatProbe(
-            heartbeat_conninfo(pg),
-            writer=name,
-            interval_seconds=interval_seconds,
-            password=password,
-        ).start()
-        return self._probe
-
-    def verify_health(
-        self,
-        *,
-        timeout_seconds: float | None = None,
-        interval_seconds: float = 0.25,
-        critical: bool = True,
-    ) -> HealthResult | None:
-        """Wait for every end-to-end check to pass; stamp ``restored_at`` when they do.
-
-        Checks: the target's HTTP and SQL health checks, its validation queries and, when
-        the heartbeat probe runs, a heartbeat write acknowledged by the current primary after
-        ``failure_at``. Each check's final answer is recorded.
-
-        Args:
-            timeout_seconds: give up after this long; defaults to the tier's RTO objective.
-            interval_seconds: pause between rounds.
-            critical: whether failing checks fail the run.
-
-        Returns:
-            The :class:`tasks.health.checks.HealthResult`; None in a dry run.
-        """
-        if not self.plan("poll", f"the end-to-end health checks of {self.target_name}"):
-            return None
-        pg = self.target.postgres
-        result = wait_until_healthy(
-            self.target,
-            timeout_seconds=timeout_seconds or self.objectives.rto_seconds,
-            interval_seconds=interval_seconds,
-            password=pg.password.resolve() if pg.password else None,
-            heartbeat=self._probe,
-            since=self.failure_at,
-        )
-        for check in result.checks:
-            self.record_check(
-                f"{check.kind}: {check.name}",
-                check.ok,
-                critical=critical,
-                detail=check.detail,
-                value=check.value if isinstance(check.value, int | float | str | bool) else None,
-            )
-        if result.ok and result.restored_at is not None:
-            self.stamp_restored(result.restored_at)
-        return result
-
-    def measure_heartbeat_rpo(self) -> HeartbeatRPO | None:
-        """Measure RPO from the heartbeat probe: acknowledged before ``failure_at`` vs present.
-
-        Returns:
-            The :class:`tasks.HeartbeatRPO`, also recorded as the run's RPO; None
-            without a probe or ``failure_at``.
-        """
-        if self._probe is None or self.failure_at is None:
-            return None
-        conninfo = heartbeat_conninfo(self.target.postgres)
-        pg = self.target.postgres
-        password = pg.password.resolve() if pg.password else None
-        rpo = probe_rpo(self._probe, conninfo, self.failure_at, password=password)
-        self.measure(
-            rpo_seconds=rpo.seconds,
-            lost_rows=rpo.lost_rows,
-            rpo_basis="heartbeat: newest write acknowledged before failure_at vs newest present"
-            " after recovery",
-        )
-        return rpo
-
-    def _stop_probe(self) -> None:
-        probe, self._probe = self._probe, None
-        if probe is not None:
-            probe.stop()

@@ -17,6 +17,7 @@ __all__ = [
     "Measurement",
     "PhaseOutcome",
     "PhaseRecord",
+    "RpoBound",
     "RunFailed",
     "RunOutcome",
     "RunResult",
@@ -56,14 +57,32 @@ class CheckRecord(BaseModel):
     value: Any = None
 
 
+RpoBound = Literal["exact", "lower"]
+
+
 class Measurement(BaseModel):
-    """RTO and RPO as measured, and how."""
+    """RTO and RPO as measured, and how.
+
+    The outage runs from ``failure_at`` (the last acknowledged write before the failure) to
+    ``restored_at`` (the first acknowledged write after recovery); ``rto_seconds`` is their
+    difference. ``rto_phases`` splits it; ``rpo_bound`` says whether the RPO is exact or
+    only a lower bound.
+    """
 
     rto_seconds: float | None = None
     rpo_seconds: float | None = None
     lost_rows: int | None = None
     rto_basis: str = ""
     rpo_basis: str = ""
+    rpo_bound: RpoBound | None = None
+    lost_rows_basis: str = ""
+    failure_at: datetime | None = None
+    failure_at_basis: str = ""
+    restored_at: datetime | None = None
+    restored_at_basis: str = ""
+    detected_at: datetime | None = None
+    detected_at_basis: str = ""
+    rto_phases: dict[str, float | None] = Field(default_factory=dict)
 
 
 class ApprovalRecord(BaseModel):
@@ -93,9 +112,14 @@ class RunResult(BaseModel):
     objectives: Objectives
     rto_basis: str = ""
     rpo_basis: str = ""
+    rpo_bound: RpoBound | None = None
+    lost_rows_basis: str = ""
+    rto_phases: dict[str, float | None] = Field(default_factory=dict)
     declared_at: datetime
     failure_at: datetime | None = None
+    failure_at_basis: str = ""
     restored_at: datetime | None = None
+    restored_at_basis: str = ""
     phases: list[PhaseRecord] = Field(default_factory=list)
     checks: list[CheckRecord] = Field(default_factory=list)
     changes: list[Change] = Field(default_factory=list)

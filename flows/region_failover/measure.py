@@ -5,7 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from dr.config import PostgresNode
+from dr.errors import ConfigError, PostgresError
+from flows.lifecycle.measure import HeartbeatRPO
 from flows.region_failover.run import Failover
+from tasks.postgres.ack_log import read_ack_log
+from tasks.postgres.heartbeat import Ack, newest_heartbeat_before_task
 
 __all__ = ["measure", "rto_breakdown"]
 
@@ -30,50 +34,109 @@ def rto_breakdown(
     }
 
 
+def _app_acks(run: Failover) -> list[Ack]:
+    """The application's acknowledgement log, when the options name one."""
+    if not run.opts.app_ack_log:
+        return []
+    try:
+        return read_ack_log(run.opts.app_ack_log)
+    except ConfigError as exc:
+        run.ctx.note(f"application acknowledgement log not read: {exc}")
+        return []
+
+
+def _survived_at(run: Failover) -> tuple[datetime | None, str]:
+    """The new primary's newest replayed data at promotion (its WAL position, as a time)."""
+    if run.assessment is None or run.choice is None or run.choice.chosen is None:
+        return None, ""
+    view = run.assessment.nodes.get(run.choice.chosen)
+    if view is None or view.last_replay_at is None:
+        return None, ""
+    return view.last_replay_at, f"{view.name}'s last replayed commit (its WAL position)"
+
+
+def _incident_outage_start(run: Failover, node: PostgresNode) -> None:
+    """Incidents: the last application write before the alert/declaration (the write gap)."""
+    ctx, writer = run.ctx, run.opts.app_heartbeat_writer
+    if ctx.is_drill or not writer:
+        return
+    ref = min(t for t in (run.opts.failure_at, run.opts.alert_starts_at, ctx.declared_at) if t)
+    acks = [a.ts for a in _app_acks(run) if a.ts < ref]
+    try:
+        row = newest_heartbeat_before_task(run.ci(node, run.pgc.heartbeat_db), writer, ref)
+    except PostgresError as exc:
+        ctx.note(f"the start of the application's write gap is unknown: {exc}")
+        row = None
+    last = max([*acks, *([row] if row else [])], default=None)
+    if last is not None:
+        ctx.measure(
+            failure_at=last,
+            failure_at_basis=f"last acknowledged {writer} write before the outage (heartbeat "
+            f"rows on {node.name}"
+            + (" and the application's acknowledgement log)" if acks else ")"),
+        )
+
+
 def measure(run: Failover, node: PostgresNode) -> None:
-    """RTO (to the first application write), RPO (heartbeat), and the breakdown."""
+    """RTO (the application's write gap, with its breakdown) and RPO (every lost ack)."""
     ctx = run.ctx
     if ctx.dry_run:
         return
     app_write = run.milestones.get("first_app_write")
-    start = ctx.failure_at or ctx.declared_at
     if app_write is not None:
         ctx.measure(
-            rto_seconds=(app_write - start).total_seconds(),
-            rto_basis=f"{'failure_at' if ctx.failure_at else 'declared_at'} -> first "
-            f"application write ({run.opts.app_heartbeat_writer}) on the new primary "
-            f"{node.name}",
+            restored_at_basis=f"first application write ({run.opts.app_heartbeat_writer}) on "
+            f"the new primary {node.name}"
         )
-    elif run.milestones.get("first_probe_write") is not None and ctx.failure_at is not None:
-        probe_write = run.milestones["first_probe_write"]
+    elif run.milestones.get("first_probe_write") is not None:
         ctx.measure(
-            rto_seconds=(probe_write - ctx.failure_at).total_seconds(),  # type: ignore[operator]
-            rto_basis=f"failure_at -> first heartbeat-probe write on the new primary {node.name}"
-            " (no application writer configured)",
+            restored_at_basis=f"first heartbeat-probe write on the new primary {node.name}"
+            " (no application writer configured)"
         )
-    rpo = ctx.measure_heartbeat_rpo()
+    _incident_outage_start(run, node)
+    if ctx.is_drill and run.milestones.get("assessed") is not None:
+        ctx.measure(
+            detected_at=run.milestones["assessed"],
+            detected_at_basis="the assessment observed the primary down",
+        )
+    survived_at, survived_basis = _survived_at(run)
+    rpo = ctx.measure_heartbeat_rpo(
+        app_writer=run.opts.app_heartbeat_writer,
+        app_acks=_app_acks(run),
+        survived_at=survived_at,
+        survived_basis=survived_basis,
+    )
     if rpo is not None:
-        run.details["rpo"] = rpo._asdict()
-        if run.pgc.synchronous:
-            ctx.record_check(
-                "synchronous replication lost no acknowledged write",
-                rpo.lost_rows == 0,
-                detail=f"{rpo.lost_rows} acknowledged heartbeat row(s) missing on {node.name}",
-                value=rpo.lost_rows,
-            )
-        else:
-            ctx.record_check(
-                "acknowledged writes lost (asynchronous replication)",
-                True,
-                critical=False,
-                detail=f"{rpo.lost_rows} row(s), {rpo.seconds or 0:.3f} s of writes",
-                value=rpo.lost_rows,
-            )
+        _record_loss(run, node, rpo)
     elif run.choice is not None and run.choice.lag_seconds is not None:
         ctx.measure(
             rpo_seconds=run.choice.lag_seconds,
             rpo_basis=f"estimated: {run.choice.chosen}'s data lag at promotion "
             f"({run.choice.lag_basis})",
         )
-    run.details["rto_breakdown"] = rto_breakdown(ctx.failure_at or ctx.declared_at, run.milestones)
+    start = ctx.failure_at or ctx.declared_at
+    breakdown = rto_breakdown(start, run.milestones)
+    run.details["rto_breakdown"] = breakdown
+    ctx.measure(rto_phases={f"failure -> {k}": v for k, v in breakdown.items()})
     run.details["milestones"] = {k: v.isoformat() if v else None for k, v in run.milestones.items()}
+
+
+def _record_loss(run: Failover, node: PostgresNode, rpo: HeartbeatRPO) -> None:
+    ctx = run.ctx
+    run.details["rpo"] = rpo._asdict()
+    if run.pgc.synchronous:
+        ctx.record_check(
+            "synchronous replication lost no acknowledged write",
+            rpo.lost_rows == 0,
+            detail=f"{rpo.lost_rows} acknowledged heartbeat row(s) missing on {node.name}",
+            value=rpo.lost_rows,
+        )
+    else:
+        bound = " (lower bound)" if rpo.bound == "lower" else ""
+        ctx.record_check(
+            "acknowledged writes lost (asynchronous replication)",
+            True,
+            critical=False,
+            detail=f"{rpo.lost_rows} row(s), {rpo.seconds or 0:.3f} s of writes{bound}",
+            value=rpo.lost_rows,
+        )

@@ -66,6 +66,11 @@ class FailoverOptions(AlertOptions):
     app_heartbeat_writer: str | None = Field(
         "app", description="The application's writer in dr_heartbeat; None: not measured."
     )
+    app_ack_log: str | None = Field(
+        None,
+        description="The application's acknowledgement log (one JSON line per acknowledged "
+        "write, lab/heartbeat_app.py's HEARTBEAT_ACK_LOG): its lost writes are counted too.",
+    )
     heartbeat_interval_seconds: float = Field(
         0.05, gt=0, description="Seconds between the drill probe's heartbeat writes."
     )

@@ -83,6 +83,27 @@ def relation_digests(conninfo: str, relations: Sequence[str]) -> dict[str, Relat
     return out
 
 
+def row_hashes(conninfo: str, relations: Sequence[str]) -> dict[str, set[str]]:
+    """The MD5 of every row, per table, in one snapshot (for set membership across a restore).
+
+    Raises:
+        ConfigError: a relation is not schema-qualified.
+        PostgresError: unreachable, or a table is missing.
+    """
+    out: dict[str, set[str]] = {}
+    with session(conninfo, "row hashes", statement_timeout_seconds=None, autocommit=False) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        apply_digest_settings(conn)
+        for rel in relations:
+            schema, table = split_relation(rel)
+            query = sql.SQL("SELECT pg_catalog.md5(t::text) FROM {} AS t").format(
+                sql.Identifier(schema, table)
+            )
+            out[rel] = {str(r[0]) for r in conn.execute(query)}
+        conn.rollback()
+    return out
+
+
 def relation_filepaths(conninfo: str, relations: Sequence[str]) -> dict[str, str]:
     """``pg_relation_filepath`` of each table (``base/<db oid>/<relfilenode>``).
 
@@ -186,6 +207,7 @@ def quote_ident(name: str) -> str:
 
 
 relation_digests_task = dr_task(relation_digests, name="pitr-relation-digests")
+row_hashes_task = dr_task(row_hashes, name="pitr-row-hashes", timeout_seconds=600)
 relation_filepaths_task = dr_task(
     relation_filepaths, name="pitr-relation-filepaths", timeout_seconds=120
 )

@@ -33,9 +33,15 @@ __all__ = [
     "HEARTBEAT_TABLE",
     "Ack",
     "HeartbeatProbe",
+    "count_heartbeat_rows_through",
+    "count_heartbeat_rows_through_task",
     "heartbeat_conninfo",
+    "heartbeat_rows_present",
+    "heartbeat_rows_present_task",
     "heartbeat_seqs_present",
     "heartbeat_seqs_present_task",
+    "newest_heartbeat_before",
+    "newest_heartbeat_before_task",
     "newest_heartbeat_between",
     "newest_heartbeat_between_task",
 ]
@@ -322,6 +328,51 @@ def heartbeat_seqs_present(
         return {row[0] for row in conn.execute(query, (writer, first, last))}
 
 
+def heartbeat_rows_present(
+    conninfo: str, writer: str, first: int, last: int, *, password: str | None = None
+) -> dict[int, datetime]:
+    """``seq -> ts`` of ``writer``'s rows between ``first`` and ``last`` on the server now.
+
+    Raises:
+        PostgresError: the rows could not be read.
+    """
+    query = sql.SQL("SELECT seq, ts FROM {} WHERE writer = %s AND seq BETWEEN %s AND %s").format(
+        _table()
+    )
+    with session(conninfo, "read heartbeat rows", password=password) as conn:
+        return {row[0]: row[1] for row in conn.execute(query, (writer, first, last))}
+
+
+def newest_heartbeat_before(
+    conninfo: str, writer: str, before: datetime, *, password: str | None = None
+) -> datetime | None:
+    """``ts`` of ``writer``'s newest row older than ``before`` (the start of a write gap).
+
+    Raises:
+        PostgresError: the rows could not be read.
+    """
+    query = sql.SQL("SELECT pg_catalog.max(ts) FROM {} WHERE writer = %s AND ts < %s").format(
+        _table()
+    )
+    with session(conninfo, "read heartbeat rows", password=password) as conn:
+        row = conn.execute(query, (writer, before)).fetchone()
+    return row[0] if row else None
+
+
+def count_heartbeat_rows_through(
+    conninfo: str, writer: str, last: int, *, password: str | None = None
+) -> int:
+    """How many of ``writer``'s rows with ``seq <= last`` are on the server now.
+
+    Raises:
+        PostgresError: the rows could not be read.
+    """
+    query = sql.SQL("SELECT count(*) FROM {} WHERE writer = %s AND seq <= %s").format(_table())
+    with session(conninfo, "count heartbeat rows", password=password) as conn:
+        row = conn.execute(query, (writer, last)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def newest_heartbeat_between(
     conninfo: str, writer: str, first: int, last: int, *, password: str | None = None
 ) -> tuple[int, datetime] | None:
@@ -418,8 +469,17 @@ def _split_relation(name: str) -> tuple[str, str]:
 heartbeat_seqs_present_task = dr_task(
     heartbeat_seqs_present, name="postgres-heartbeat-seqs-present", timeout_seconds=60
 )
+count_heartbeat_rows_through_task = dr_task(
+    count_heartbeat_rows_through, name="postgres-count-heartbeat-rows-through", timeout_seconds=60
+)
+heartbeat_rows_present_task = dr_task(
+    heartbeat_rows_present, name="postgres-heartbeat-rows-present", timeout_seconds=60
+)
 newest_heartbeat_between_task = dr_task(
     newest_heartbeat_between, name="postgres-newest-heartbeat-between", timeout_seconds=60
+)
+newest_heartbeat_before_task = dr_task(
+    newest_heartbeat_before, name="postgres-newest-heartbeat-before", timeout_seconds=60
 )
 heartbeat_state_task = dr_task(heartbeat_state, name="postgres-heartbeat-state", timeout_seconds=60)
 first_heartbeat_after_task = dr_task(

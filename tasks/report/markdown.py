@@ -97,14 +97,24 @@ def _measurements(run: dict[str, Any]) -> list[str]:
             ],
             [
                 "RPO",
-                format_duration(rpo),
+                ("at least " if run.get("rpo_bound") == "lower" else "") + format_duration(rpo),
                 f"<= {format_duration(rpo_obj)}" if rpo_obj is not None else "",
                 _verdict(rpo, rpo_obj).upper(),
                 run.get("rpo_basis", ""),
             ],
-            ["lost rows", "n/a" if run.get("lost_rows") is None else run["lost_rows"], "", "", ""],
+            [
+                "lost rows",
+                "n/a" if run.get("lost_rows") is None else run["lost_rows"],
+                "",
+                "",
+                run.get("lost_rows_basis", ""),
+            ],
         ],
     )
+    phases = run.get("rto_phases") or {}
+    if phases:
+        parts = ", ".join(f"{k} {format_duration(v)}" for k, v in phases.items())
+        lines += ["", f"RTO phases: {parts}."]
     met = "met" if run.get("objectives_met") else "NOT met"
     lines += ["", f"Objectives {met}.", ""]
     return lines

@@ -154,3 +154,63 @@ def test_isolation_is_compensated_in_drills_only(is_drill: bool, queued: bool) -
     run.record(change, lambda: None)
     [(recorded, undo)] = run.ctx.recorded  # type: ignore[attr-defined]
     assert recorded is change and (undo is not None) is queued
+
+
+# ---------------------------------------------------------------------- measured, not stamped
+
+
+class _Run:
+    """Just what the breach clock reads of a run."""
+
+    def __init__(self, writes_before: dict[str, Any] | None) -> None:
+        self.compromised = ["dr_intruder_x"]
+        self.pgc = type("P", (), {"primary": object(), "heartbeat_db": "app"})()
+        self.info: dict[str, Any] = {}
+        if writes_before is not None:
+            self.info["writes_before"] = writes_before
+        self.restored = None
+        self.restore_to = None
+
+    def ci(self, node: Any, dbname: str | None = None) -> str:
+        return "host=x"
+
+
+def test_breach_detection_is_when_the_rogue_session_is_seen(monkeypatch) -> None:
+    from flows.breach_response import clock
+
+    answers = iter([[], [{"pid": 1, "user": "dr_app"}], [{"pid": 7, "user": "dr_intruder_x"}]])
+
+    class Task:
+        def with_options(self, **kw: Any) -> Any:
+            return lambda conninfo: next(answers)
+
+    monkeypatch.setattr(clock.postgres_security, "session_snapshot_task", Task())
+    monkeypatch.setattr(clock, "OBSERVE_POLL_SECONDS", 0.0)
+    run = _Run(None)
+    seen = clock.observe_intrusion(run)  # type: ignore[arg-type]
+    assert seen is not None
+    assert run.info["detection"]["sessions"] == [{"pid": 7, "user": "dr_intruder_x"}]
+
+
+def test_breach_rpo_is_counted_from_the_heartbeat_rows(monkeypatch) -> None:
+    from flows.breach_response import clock
+
+    t = datetime(2026, 3, 1, tzinfo=UTC)
+    before = {"app": {"max_seq": 100, "max_ts": t.isoformat(), "rows": 100}}
+    monkeypatch.setattr(
+        clock.postgres_heartbeat, "count_heartbeat_rows_through_task", lambda c, w, last: 100
+    )
+    assert clock.rpo(_Run(before))["lost_rows"] == 0  # type: ignore[arg-type]
+    assert clock.rpo(_Run(before))["rpo_seconds"] == 0.0  # type: ignore[arg-type]
+    monkeypatch.setattr(
+        clock.postgres_heartbeat, "count_heartbeat_rows_through_task", lambda c, w, last: 96
+    )
+    monkeypatch.setattr(
+        clock.postgres_heartbeat,
+        "newest_heartbeat_between_task",
+        lambda c, w, first, last: (96, t - timedelta(seconds=0.2)),
+    )
+    lost = clock.rpo(_Run(before))  # type: ignore[arg-type]
+    assert lost["lost_rows"] == 4 and lost["rpo_seconds"] == pytest.approx(0.2)
+    unknown = clock.rpo(_Run(None))  # type: ignore[arg-type]
+    assert "rpo_seconds" not in unknown and unknown["rpo_basis"].startswith("not measured")

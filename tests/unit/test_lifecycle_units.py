@@ -51,7 +51,7 @@ def test_drill_rto_runs_from_failure_to_restored():
     assert meets_objectives(m, OBJ, Mode.drill)
 
 
-def test_incident_rto_runs_from_declared_even_when_failure_time_is_known():
+def test_incident_rto_runs_from_the_known_failure_not_the_declaration():
     m = derive_measurement(
         Mode.incident,
         declared_at=T0,
@@ -59,12 +59,17 @@ def test_incident_rto_runs_from_declared_even_when_failure_time_is_known():
         restored_at=T0 + timedelta(minutes=20),
         explicit=Measurement(rpo_seconds=0),
     )
-    assert m.rto_seconds == 1200
-    assert m.rto_basis.startswith("restored_at - declared_at")
-    assert not meets_objectives(m, OBJ, Mode.incident)  # 20 min > 15 min
+    assert m.rto_seconds == 1500
+    assert m.failure_at == T0 - timedelta(minutes=5)
+    assert m.rto_basis.startswith("restored_at - failure_at (failure_at")
+    assert not meets_objectives(m, OBJ, Mode.incident)  # 25 min > 15 min
+    declared = derive_measurement(
+        Mode.incident, declared_at=T0, failure_at=None, restored_at=T0 + timedelta(minutes=2)
+    )
+    assert declared.rto_seconds == 120 and declared.failure_at_basis == "declared_at"
 
 
-def test_explicit_rto_wins_and_objectives_are_inclusive():
+def test_scenario_rto_only_when_never_restored_and_objectives_are_inclusive():
     m = derive_measurement(
         Mode.drill,
         declared_at=T0,
@@ -72,8 +77,16 @@ def test_explicit_rto_wins_and_objectives_are_inclusive():
         restored_at=T0 + timedelta(hours=1),
         explicit=Measurement(rto_seconds=900, rpo_seconds=300, rto_basis="restore duration"),
     )
-    assert (m.rto_seconds, m.rto_basis) == (900, "restore duration")
-    assert meets_objectives(m, OBJ, Mode.drill)
+    assert m.rto_seconds == 3600, "the observed outage wins over a scenario's own figure"
+    unrestored = derive_measurement(
+        Mode.drill,
+        declared_at=T0,
+        failure_at=T0,
+        restored_at=None,
+        explicit=Measurement(rto_seconds=900, rpo_seconds=300, rto_basis="restore duration"),
+    )
+    assert (unrestored.rto_seconds, unrestored.rto_basis) == (900, "restore duration")
+    assert meets_objectives(unrestored, OBJ, Mode.drill)
     over = Measurement(rto_seconds=900, rpo_seconds=300.001)
     assert not meets_objectives(over, OBJ, Mode.drill)
 

@@ -60,7 +60,11 @@ def assert_green(result: dict[str, Any], victim: str) -> None:
     assert check(result, f"{victim} rows identical to the recovery point")["ok"]
     assert check(result, "writers healthy again (heartbeat written after the restart)")["ok"]
     assert result["rto_seconds"] is not None and result["rto_seconds"] > 0
-    assert result["rto_basis"].startswith("writers stopped")
+    # RTO runs from the damage (the stamped failure_at), not from "writers stopped".
+    assert result["rto_basis"].startswith("restored_at - failure_at")
+    assert result["failure_at"] is not None
+    assert result["rto_phases"]["damage -> writers stopped"] is not None
+    assert result["rto_seconds"] >= result["rto_phases"]["writers stopped -> application healthy"]
     assert result["rpo_seconds"] is not None and result["rpo_seconds"] >= 0
     assert result["lost_rows"] is not None
     assert result["details"]["evidence"]["assessment"]["sha256"]
@@ -93,7 +97,10 @@ def test_bad_update_drill_restores_the_table_in_one_transaction(healthy_lab: Cor
         in details["relation_restore"]["constraints_recreated"]
     )
     assert details["evidence"]["dump"]["sha256"]
-    assert result["lost_rows"] == 0  # the heartbeat table was not touched
+    # Counted from data: the rows the restore discarded, less the damage's own versions.
+    measured = details["measured"]
+    assert measured["discarded_row_versions"] >= 1
+    assert result["lost_rows"] == 0 and "set membership" in result["lost_rows_basis"]
     # The live data is exactly as before the drill; the app writes to the primary again.
     assert pitr_relations.relation_digests(healthy_lab.conninfo(), SHOP) == before
     assert healthy_lab.app_env()["DB_PORT"] == str(healthy_lab.primary.port)

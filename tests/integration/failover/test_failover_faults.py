@@ -8,13 +8,17 @@ take writes, and a run that refuses changes nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from dr.errors import PostgresError
@@ -24,6 +28,7 @@ from flows.region_failover import fence as fencing
 from flows.region_failover.flow import region_failover_flow
 from flows.region_failover.options import FailoverOptions
 from flows.region_failover.run import Failover
+from lab import heartbeat_app
 from lab.pgcluster import free_port
 from tasks import faults
 from tasks.postgres import fence, rejoin
@@ -246,6 +251,79 @@ def test_acknowledged_rows_lost_sync_none_async_reported(
         )
     assert rpo["lost_rows"] == result["lost_rows"]
     assert in_recovery(pair.replica) is False
+
+
+def _frozen_walsender_and_archiver_then_kill(pair: Pair, seconds: float) -> Any:
+    """Nothing acknowledged leaves the primary (no streaming, no archiving), then it dies."""
+
+    def inject(data_directory: str, **kw: Any) -> Any:
+        rows = pair.primary.psql(
+            "SELECT pid FROM pg_catalog.pg_stat_activity"
+            " WHERE backend_type IN ('walsender', 'archiver')"
+        )
+        for pid in [int(p) for p in rows.split()]:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(seconds)
+        return faults.kill_local_server(data_directory, **kw)
+
+    return dr_task(inject, retries=0)
+
+
+def test_forced_loss_lost_rows_equal_an_independent_writers_count(
+    make_pair: Callable[..., Pair],
+    prefect_lab: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    pair = make_pair(synchronous=False)
+    config = pair.write_config()
+    pair.primary.psql(
+        "CREATE TABLE IF NOT EXISTS public.dr_heartbeat (writer text NOT NULL, seq bigint NOT"
+        " NULL, ts timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (writer, seq))",
+        dbname="app",
+    )
+    log = tmp_path / "acks.jsonl"
+    env = {
+        "DB_HOST": "127.0.0.1",
+        "DB_PORT": str(pair.primary.port),
+        "DB_NAME": "app",
+        "DB_USER": "postgres",
+        "HEARTBEAT_WRITER": "indep",
+        "HEARTBEAT_INTERVAL_MS": "10",
+        "HEARTBEAT_ACK_LOG": str(log),
+    }
+    stop = threading.Event()
+    writer = threading.Thread(target=heartbeat_app.run, args=(env, stop), daemon=True)
+    writer.start()
+    monkeypatch.setattr(
+        faults, "kill_local_server_task", _frozen_walsender_and_archiver_then_kill(pair, 1.5)
+    )
+    try:
+        time.sleep(1.0)
+        result = run(
+            config,
+            "drill",
+            failback=False,
+            warmup_seconds=0.5,
+            app_heartbeat_writer="indep",
+            app_ack_log=str(log),
+        )
+    finally:
+        stop.set()
+        writer.join(10)
+
+    assert result["outcome"] == "passed", result["reason"]
+    acked = [json.loads(line) for line in log.read_text().splitlines()]
+    with psycopg.connect(pair.replica.conninfo("app"), autocommit=True) as conn:
+        rows = conn.execute("SELECT seq, ts FROM public.dr_heartbeat WHERE writer = 'indep'")
+        present = {(seq, ts) for seq, ts in rows.fetchall()}
+    lost = [a for a in acked if (a["seq"], datetime.fromisoformat(a["ts"])) not in present]
+    assert len(lost) >= 20, "the frozen walsender and archiver forced a loss"
+    assert f", {len(lost)} of {len(acked)} application write(s)" in result["lost_rows_basis"]
+    probe_lost = int(result["lost_rows_basis"].split(": ", 1)[1].split(" probe")[0])
+    assert result["lost_rows"] == probe_lost + len(lost)
+    assert result["rpo_bound"] == "exact"
+    assert result["rpo_seconds"] >= 1.4, "the whole partition, not the probe's window"
 
 
 # --------------------------------------------------------------------------- other systems

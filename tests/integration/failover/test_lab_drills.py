@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -51,7 +52,9 @@ def assert_green(code: int, result: dict[str, Any]) -> None:
     failover = result["details"]["failover"]
     assert (failover["old_primary"], failover["new_primary"]) == ("primary", "replica1")
     # RTO: the failure to the application's first write on the new primary, with the steps.
-    assert result["rto_basis"].startswith("failure_at -> first application write")
+    # (from the last acknowledged write before the stamped failure_at: the outage's start)
+    assert result["rto_basis"].startswith("restored_at - failure_at (last acknowledged write")
+    assert "-> first application write" in result["rto_basis"]
     breakdown = failover["rto_breakdown"]
     assert all(breakdown[m] is not None for m in MILESTONES), breakdown
     # The container is recreated after the promotion; the application may write before the
@@ -59,7 +62,13 @@ def assert_green(code: int, result: dict[str, Any]) -> None:
     in_order = [breakdown[m] for m in ("assessed", "fenced", "promoted", "first_app_write")]
     assert in_order == sorted(in_order), f"milestones out of order: {breakdown}"
     assert breakdown["promoted"] <= breakdown["repointed"], breakdown
-    assert result["rto_seconds"] == pytest.approx(breakdown["first_app_write"], abs=0.01)
+    outage = datetime.fromisoformat(result["restored_at"]) - datetime.fromisoformat(
+        result["failure_at"]
+    )
+    assert result["rto_seconds"] == pytest.approx(outage.total_seconds(), abs=0.002)
+    # The outage starts up to one probe interval before the stamp, never after it.
+    assert 0 <= result["rto_seconds"] - breakdown["first_app_write"] < 0.2
+    assert set(result["rto_phases"]) >= {"detection", "dispatch", "recovery"}
     # RPO: heartbeat rows acknowledged by the old primary and missing on the new one.
     assert result["lost_rows"] is not None and result["rpo_seconds"] is not None
     assert result["rpo_basis"].startswith("heartbeat")

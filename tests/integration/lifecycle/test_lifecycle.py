@@ -420,9 +420,11 @@ def test_paused_incident_resumes_with_dr_approve(lifecycle_env, cli):
     assert isinstance(result, RunResult), result
     assert result.outcome == "passed" and result.mode == "incident"
     assert result.approvals[0].who == "alice" and result.approvals[0].approved
-    assert result.rto_basis.startswith("restored_at - declared_at")
+    # An incident without a known failure: the outage starts at the declaration.
+    assert result.rto_basis.startswith("restored_at - failure_at (declared_at")
+    assert result.failure_at == result.declared_at
     assert result.rto_seconds == pytest.approx(
-        (result.restored_at - result.declared_at).total_seconds()
+        (result.restored_at - result.declared_at).total_seconds(), abs=0.002
     )
     assert THINGS["gate-app"].log == ["stop", "promote", "start"]
     _, replies = _thread_messages(lifecycle_env.slack, "dr-gate-app", run_id)

@@ -7,21 +7,31 @@ what is present after recovery.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
-from dr.config import parse_config
-from flows.lifecycle.measure import heartbeat_rpo, probe_rpo
+from dr.config import Mode, parse_config
+from flows.lifecycle.measure import derive_measurement, heartbeat_rpo, probe_rpo
+from flows.lifecycle.measuring import Measuring
+from flows.lifecycle.models import Measurement
+from lab import heartbeat_app
 from lab.pgcluster import Cluster, free_port, temporary_cluster
+from tasks import faults
 from tasks.health.checks import wait_until_healthy
-from tasks.postgres.heartbeat import HeartbeatProbe, heartbeat_conninfo
+from tasks.postgres.ack_log import read_ack_log
+from tasks.postgres.heartbeat import HeartbeatProbe, heartbeat_conninfo, newest_heartbeat_before
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -162,3 +172,135 @@ def test_health_wait_gives_up_at_its_timeout_with_the_failing_checks(single):
     assert result.attempts >= 2
     assert [c.name for c in result.failing] == ["api"]
     assert {c.name: c.ok for c in result.checks} == {"api": False, "db": True, "no orphans": True}
+
+
+class _Measured(Measuring):
+    """Just the measuring part of a run context, over a probe of the test's own."""
+
+    def __init__(self, target: Any, probe: HeartbeatProbe, failure_at: datetime) -> None:
+        self.target = target
+        self._probe = probe
+        self.failure_at = failure_at
+        self.measurement = Measurement()
+
+
+def _freeze(primary: Cluster) -> list[int]:
+    """SIGSTOP the WAL senders and the archiver: acknowledged writes stop leaving the primary."""
+    rows = primary.psql(
+        "SELECT pid FROM pg_catalog.pg_stat_activity"
+        " WHERE backend_type IN ('walsender', 'archiver')"
+    )
+    pids = [int(p) for p in rows.split()]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    return pids
+
+
+def _independent_loss(
+    log: Path, replica: Cluster, writer: str
+) -> tuple[int, int, datetime, datetime]:
+    """The independent writer's own count: acknowledged (seq, ts) missing on the new primary."""
+    acked = [json.loads(line) for line in log.read_text().splitlines()]
+    with psycopg.connect(replica.conninfo(), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT seq, ts FROM public.dr_heartbeat WHERE writer = %s", (writer,)
+        ).fetchall()
+    present = {(seq, ts) for seq, ts in rows}
+    kept = [a for a in acked if (a["seq"], datetime.fromisoformat(a["ts"])) in present]
+    newest = datetime.fromisoformat(acked[-1]["ts"])
+    return len(acked) - len(kept), len(acked), datetime.fromisoformat(kept[-1]["ts"]), newest
+
+
+def test_forced_loss_counts_what_an_independent_writer_lost(pair, tmp_path: Path):
+    """Walsender and archiver frozen before the kill: every probe row is lost; the drill's
+    lost rows equal the independent writer's own count plus the probe's, and the RPO comes
+    from the writer's acknowledgements (exact), not from the probe's window."""
+    primary, replica = pair
+    target = _target(primary, replica)
+    primary.psql(
+        "CREATE TABLE public.dr_heartbeat (writer text NOT NULL, seq bigint NOT NULL,"
+        " ts timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (writer, seq))"
+    )
+    log = tmp_path / "acks.jsonl"
+    env = {
+        "DB_HOST": "127.0.0.1",
+        "DB_PORT": str(primary.port),
+        "DB_NAME": "postgres",
+        "DB_USER": "postgres",
+        "HEARTBEAT_WRITER": "indep",
+        "HEARTBEAT_INTERVAL_MS": "10",
+        "HEARTBEAT_ACK_LOG": str(log),
+    }
+    stop = threading.Event()
+    app = threading.Thread(target=heartbeat_app.run, args=(env, stop), daemon=True)
+    app.start()
+    probe = None
+    try:
+        _wait(lambda: log.exists() and len(log.read_text().splitlines()) >= 20)
+        _wait(lambda: replica.psql("SELECT count(*) FROM public.dr_heartbeat").strip() != "0")
+        _freeze(primary)
+        time.sleep(1.0)  # the application's writes pile up unreplicated before the probe
+        probe = HeartbeatProbe(heartbeat_conninfo(target.postgres), writer="dr-probe-x").start()
+        _wait(lambda: len(probe.acked) >= 10)
+        time.sleep(0.5)
+        # Like the drill: failure_at is the moment the first server process was frozen.
+        killed = faults.kill_local_server(primary.data_dir)
+        failure_at = datetime.fromisoformat(killed.after["killed_at"])
+        stop.set()
+        app.join(10)
+        replica.promote()
+        _wait(lambda: probe.first_write_after(failure_at, server=f"127.0.0.1:{replica.port}"))
+    finally:
+        stop.set()
+        if probe is not None:
+            probe.stop()
+
+    app_lost, app_acked, app_kept_ts, app_newest = _independent_loss(log, replica, "indep")
+    before = [a for a in probe.acked if a.acked_at < failure_at]
+    assert app_lost >= 20 and app_acked > app_lost
+    m = _Measured(target, probe, failure_at)
+    rpo = m.measure_heartbeat_rpo(app_writer="indep", app_acks=read_ack_log(log))
+    assert rpo is not None
+    assert rpo.lost_rows == len(before) + app_lost, "every acknowledged write, by membership"
+    assert f", {app_lost} of {app_acked} application write(s)" in m.measurement.lost_rows_basis
+    assert rpo.bound == "exact" and m.measurement.rpo_bound == "exact"
+    probe_window = (before[-1].ts - before[0].ts).total_seconds()
+    newest_lost = max(before[-1].ts, app_newest)
+    assert rpo.seconds == pytest.approx((newest_lost - app_kept_ts).total_seconds())
+    assert rpo.seconds > probe_window + 0.5, "the loss reaches back past the probe's window"
+    # Without the application's log the same loss is only a lower bound, and says so.
+    alone = _Measured(target, probe, failure_at).measure_heartbeat_rpo()
+    assert alone is not None and alone.lost_rows == len(before) and alone.bound == "lower"
+
+
+def test_alert_started_run_rto_covers_the_gap_in_heartbeat_rows(single):
+    """The application's write gap on the primary starts the outage, not the alert or run."""
+    target = _target(single)
+    conninfo = heartbeat_conninfo(target.postgres)
+    single.psql(
+        "CREATE TABLE public.dr_heartbeat (writer text NOT NULL, seq bigint NOT NULL,"
+        " ts timestamptz NOT NULL, PRIMARY KEY (writer, seq))"
+    )
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    gap_start, gap_end = t0 + timedelta(seconds=5), t0 + timedelta(seconds=26.2)
+    rows = [(i, t0 + timedelta(seconds=i * 0.05)) for i in range(101)]  # up to gap_start
+    rows += [(200 + i, gap_end + timedelta(seconds=i * 0.05)) for i in range(20)]
+    with psycopg.connect(single.conninfo(), autocommit=True) as conn:
+        for seq, ts in rows:
+            conn.execute("INSERT INTO public.dr_heartbeat VALUES ('app', %s, %s)", (seq, ts))
+    alert_at = gap_start + timedelta(seconds=12)
+    run_start = alert_at + timedelta(seconds=4)
+    last = newest_heartbeat_before(conninfo, "app", alert_at)
+    assert last == gap_start
+    m = derive_measurement(
+        Mode.incident,
+        declared_at=run_start,
+        failure_at=None,
+        restored_at=gap_end,
+        explicit=Measurement(failure_at=last),
+        alert_starts_at=alert_at,
+        run_started_at=run_start,
+    )
+    assert m.rto_seconds == pytest.approx((gap_end - gap_start).total_seconds())
+    assert m.rto_seconds > (gap_end - run_start).total_seconds() + 15
+    assert m.rto_phases["detection"] == pytest.approx(12.0)
