@@ -136,7 +136,7 @@ def _verify(ctx: RunContext, options: BackupVerificationOptions) -> None:
     scratch_prefix: str | None = None
     injected_db: str | None = None
     try:
-        if options.inject is not None:
+        if options.inject not in (None, Injection.bad_object):  # bad-object: files.py
             with ctx.phase("inject", detail=f"{options.inject.value} on a copy"):
                 injected_db, scratch_prefix = choose_injection(ctx, newest, short_id)
                 inject_failure(ctx, repo, newest, injected_db, options.inject, scratch_prefix)
