@@ -165,14 +165,24 @@ class BackupConfig(Strict):
 # --------------------------------------------------------------------------- services
 
 
-class DockerService(Strict):
+class _StackMember(Strict):
+    """A service's place in its stack: started in ``start_order``, then waited for healthy."""
+
+    start_order: int = Field(0, description="Lower starts first and stops last.")
+    health_url: str | None = Field(
+        None, pattern=r"^https?://", description="GET answers 2xx once the service is healthy."
+    )
+    health_timeout_seconds: float = Field(60, gt=0)
+
+
+class DockerService(_StackMember):
     kind: Literal["docker"] = "docker"
     name: str = Field(description="Container name.")
     role: Literal["writer", "reader", "other"] = "writer"
     region: str = "default"
 
 
-class KubernetesService(Strict):
+class KubernetesService(_StackMember):
     kind: Literal["kubernetes"] = "kubernetes"
     namespace: str = "default"
     deployment: str

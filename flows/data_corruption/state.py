@@ -9,9 +9,11 @@ overwrites some linked objects, so the recovery has something to prove.
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
+from datetime import datetime, timedelta
 from typing import Any
 
+from dr.clock import utcnow
 from dr.config_state import CacheConfig, FileSource
 from flows.common.branches import Branches
 from flows.common.state import check_target_links, files_entry, files_repository, recover_caches
@@ -25,6 +27,9 @@ __all__ = ["damage_state", "recover_state", "stale_key"]
 
 #: What the drill plants in every cache before the damage (it must be gone afterwards).
 STALE_VALUE = "stale: planted by the data-corruption drill before the damage"
+#: S3 may report LastModified to the second: object damage waits this long after the rows'
+#: damage, so no damaged version looks older than the point restored to.
+VERSION_CLOCK_SLACK = timedelta(seconds=1.1)
 
 
 def stale_key(cache: CacheConfig, run_id: str) -> str:
@@ -54,6 +59,8 @@ def damage_state(run: CorruptionRun) -> None:
             key = stale_key(cache, run.run_id)
             plant_value_task(cache, key, STALE_VALUE)
             planted[cache.name] = key
+        if files and run.damage_at is not None:
+            time.sleep(max(0.0, (run.damage_at + VERSION_CLOCK_SLACK - utcnow()).total_seconds()))
         damaged = {f.name: damage_objects_task(f, aws=ctx.config.aws) for f in files}
         run.details["drill_state"] = {"stale_cache_keys": planted, "damaged_objects": damaged}
         for name, keys in damaged.items():

@@ -41,6 +41,8 @@ PROGRAMS_RUN = {
     "podman", "runc", "catatonit", "busybox",
     # tests/integration/e2e/test_ui_browser.py
     "chromium",
+    # the lab's cache (lab/services.py)
+    "redis-server",
     # Essential packages: util-linux, coreutils, tar
     "runuser", "env", "test", "tar",
 }  # fmt: skip
