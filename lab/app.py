@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 #: Where the worker puts its uploads in the lab's versioned bucket (the ``files:`` prefix).
 UPLOADS_PREFIX = "uploads/"
+UPLOAD_INTERVAL_MS = 2000
 
 
 def choose_engine(requested: str) -> tuple[Literal["podman", "process"], str]:
@@ -133,6 +134,8 @@ def stack_env(state: LabState) -> dict[str, str]:
         {
             "UPLOADS_BUCKET": UPLOADS_BUCKET,
             "UPLOADS_PREFIX": UPLOADS_PREFIX,
+            # Every backup, verification and link check reads every object: keep it small.
+            "UPLOAD_INTERVAL_MS": str(UPLOAD_INTERVAL_MS),
             "S3_ENDPOINT": state.moto_url,
             "AWS_REGION": AWS_REGION,
             "AWS_ACCESS_KEY_ID": read_secret(state.base_dir, "aws-access-key-id"),

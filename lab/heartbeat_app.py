@@ -217,7 +217,7 @@ def run_uploads(env: dict[str, str] | os._Environ[str], stop: threading.Event) -
     """Upload until ``stop`` is set; every failure is logged and retried. Returns the count."""
     interval = float(env.get("UPLOAD_INTERVAL_MS", "1000")) / 1000.0
     s3, cache, conn, done = s3_client_from_env(env), cache_from_env(env), None, 0
-    while not stop.wait(interval):
+    while not stop.is_set():  # the first upload at once, then one per interval
         try:
             if conn is None or conn.closed:
                 conn = open_db(env)
@@ -228,6 +228,7 @@ def run_uploads(env: dict[str, str] | os._Environ[str], stop: threading.Event) -
             if conn is not None and not conn.closed:
                 conn.close()
             conn = None
+        stop.wait(interval)
     if conn is not None:
         conn.close()
     _emit({"event": "uploads-stop", "uploaded": done})
