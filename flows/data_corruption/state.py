@@ -133,13 +133,21 @@ def _check_stale_gone(run: CorruptionRun) -> None:
         )
 
 
+def _files_point(run: CorruptionRun) -> datetime | None:
+    """Objects go back to just before the damage: known, suspected, else the recovery time."""
+    if run.damage_at is not None or run.suspected_at is not None:
+        return run.damage_at or run.suspected_at
+    at = ((run.details.get("recovery_plan") or {}).get("target") or {}).get("time")
+    return datetime.fromisoformat(at) if at else None
+
+
 def recover_state(run: CorruptionRun) -> None:
     """Files restored and caches recovered in parallel, then the links checked on the primary."""
     ctx = run.ctx
     target = run.target
     if not (target.caches or target.files or target.links):
         return
-    before = run.damage_at or run.suspected_at
+    before = _files_point(run)
     with ctx.phase("caches, files and links", detail=f"files to {iso(before) or 'a backup'}"):
         if not ctx.plan("restore files, flush and warm caches", f"{len(target.files)} entries"):
             return

@@ -214,3 +214,13 @@ def test_bad_object_twin_works_on_a_copy_and_removes_it(
     assert out == [{"backup_id": copy_id}]
     assert ctx.checks == [("files uploads backup restores", False, "checked")]
     assert deleted == [f"files/uploads/{copy_id}/"] and not branches.scratch.exists()
+
+
+def test_files_go_back_to_the_recovery_time_when_no_damage_time_is_known(
+    config: DRConfig, tmp_path: Path
+) -> None:
+    run = _corruption_run(_Ctx(config, drill=False), tmp_path)
+    run.damage_at = None
+    assert dc_state._files_point(run) is None
+    run.details["recovery_plan"] = {"target": {"time": "2026-01-02T03:04:05+00:00"}}
+    assert dc_state._files_point(run) == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
