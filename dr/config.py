@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,7 +26,7 @@ from pydantic import (
 )
 
 from dr.config_base import SecretRef, Strict
-from dr.config_checks import DEFAULT_SEVERITIES, DEFAULT_SEVERITY_MAP, cross_problems
+from dr.config_checks import DEFAULT_SEVERITIES, cross_problems
 from dr.config_file import (  # noqa: F401 - the resolver and its constants are dr.config's API
     CONFIG_ENV_VAR,
     DEFAULT_CONFIG_PATH,
@@ -37,6 +36,20 @@ from dr.config_file import (  # noqa: F401 - the resolver and its constants are 
     read_yaml_file,
 )
 from dr.config_state import CacheConfig, FileLink, FileSource, state_problems
+from dr.config_systems import (  # noqa: F401 - part of dr.config's API
+    AlertRoute,
+    AlertsConfig,
+    ApprovalPolicy,
+    AWSConfig,
+    ConcurrencyPolicy,
+    DockerConfig,
+    HistoryConfig,
+    KubernetesConfig,
+    Mode,
+    Scenario,
+    Schedules,
+    SlackConfig,
+)
 from dr.errors import ConfigError
 
 # --------------------------------------------------------------------------- tiers
@@ -171,14 +184,24 @@ class BackupConfig(Strict):
 # --------------------------------------------------------------------------- services
 
 
-class DockerService(Strict):
+class _StackMember(Strict):
+    """A service's place in its stack: started in ``start_order``, then waited for healthy."""
+
+    start_order: int = Field(0, description="Lower starts first and stops last.")
+    health_url: str | None = Field(
+        None, pattern=r"^https?://", description="GET answers 2xx once the service is healthy."
+    )
+    health_timeout_seconds: float = Field(60, gt=0)
+
+
+class DockerService(_StackMember):
     kind: Literal["docker"] = "docker"
     name: str = Field(description="Container name.")
     role: Literal["writer", "reader", "other"] = "writer"
     region: str = "default"
 
 
-class KubernetesService(Strict):
+class KubernetesService(_StackMember):
     kind: Literal["kubernetes"] = "kubernetes"
     namespace: str = "default"
     deployment: str
@@ -278,110 +301,6 @@ class Target(Strict):
     @classmethod
     def _repo(cls, v: str | None) -> str | None:
         return None if v is None else _check_repo_url(v)
-
-
-# --------------------------------------------------------------------------- systems
-
-
-class SlackConfig(Strict):
-    token: SecretRef | None = None
-    base_url: str = Field("https://slack.com/api/", pattern=r"^https?://")
-    status_cadence_seconds: float = Field(60, gt=0)
-    default_channel: str | None = None
-
-
-class AWSConfig(Strict):
-    region: str = "us-east-1"
-    endpoint_url: str | None = Field(None, description="Only for a local stand-in.")
-    access_key_id: SecretRef | None = None
-    secret_access_key: SecretRef | None = None
-
-
-class KubernetesConfig(Strict):
-    kubeconfig: Path | None = None
-    context: str | None = None
-
-
-class DockerConfig(Strict):
-    base_url: str | None = Field(None, description="e.g. unix:///run/podman/podman.sock")
-
-
-class HistoryConfig(Strict):
-    """Where drill and incident summaries are kept, beyond the Prefect server's life."""
-
-    dsn: str | None = Field(
-        None, description="libpq conninfo of the history database, without a password."
-    )
-    password: SecretRef | None = None
-    table: str = Field("dr_history", pattern=r"^[a-z_][a-z0-9_]*$")
-
-
-class ApprovalPolicy(Strict):
-    timeout_seconds: float = Field(900, gt=0)
-    auto_approve_drills: bool = True
-    auto_approve_severities: list[str] = Field(
-        default_factory=list, description="Severities (of `severities`) approved without asking."
-    )
-
-
-class ConcurrencyPolicy(Strict):
-    on_busy: Literal["wait", "refuse"] = "wait"
-    wait_timeout_seconds: float = Field(600, gt=0)
-
-
-class Scenario(StrEnum):
-    backup_verification = "backup-verification"
-    region_failover = "region-failover"
-    data_corruption = "data-corruption"
-    breach_response = "breach-response"
-
-
-class Mode(StrEnum):
-    incident = "incident"
-    drill = "drill"
-    dry_run = "dry-run"
-
-
-class AlertRoute(Strict):
-    """Maps an incoming alert to a scenario run. All given matchers must match."""
-
-    name: str
-    match: dict[str, str] = Field(default_factory=dict, description="label=value pairs")
-    scenario: Scenario
-    target: str
-    mode: Mode = Mode.incident
-    auto_approve: bool = False
-    rate_limit_per_minute: int = Field(30, ge=1)
-
-
-class AlertsConfig(Strict):
-    bearer_token: SecretRef | None = None
-    hmac_secret: SecretRef | None = None
-    routes: list[AlertRoute] = Field(default_factory=list)
-    severity_map: dict[str, str] = Field(
-        default_factory=lambda: dict(DEFAULT_SEVERITY_MAP),
-        description="An alert's severity label -> one of `severities` (critical -> SEV1, ...).",
-    )
-
-    @field_validator("severity_map", mode="before")
-    @classmethod
-    def _merge_default_map(cls, value: Any) -> Any:
-        # Mapping one label keeps the other defaults; keys are matched case-insensitively.
-        if isinstance(value, dict):
-            return {**DEFAULT_SEVERITY_MAP, **{str(k).lower(): v for k, v in value.items()}}
-        return value
-
-
-class Schedules(Strict):
-    """Cron schedules for deployments (prefect.yaml reads them from here)."""
-
-    backup: str = "0 * * * *"
-    base_backup: str = "30 2 * * *"
-    backup_verification: str = "0 3 1 * *"
-    data_corruption: str = "0 4 2 * *"
-    region_failover: str = "0 5 3 1,4,7,10 *"
-    breach_response: str = "0 6 4 1,4,7,10 *"
-    timezone: str = "UTC"
 
 
 class DRConfig(Strict):

@@ -1,4 +1,4 @@
-"""The lab's application: Podman or a plain process, writing heartbeats to the primary."""
+"""The lab's application stack on Podman or as plain processes: the worker and its helpers."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from lab.podman import UnixHTTPConnection
 from lab.state import (
     APP_LABELS,
     APP_SCRIPT,
+    AWS_REGION,
     ENGINE_ENV,
     HEARTBEAT_FRESH_SECONDS,
     HEARTBEAT_WAIT_SECONDS,
@@ -24,11 +25,16 @@ from lab.state import (
     app_env,
     clusters,
     env_fingerprint,
+    read_secret,
     save_state,
     spawn,
 )
 
 log = logging.getLogger(__name__)
+
+#: Where the worker puts its uploads in the lab's versioned bucket (the ``files:`` prefix).
+UPLOADS_PREFIX = "uploads/"
+UPLOAD_INTERVAL_MS = 2000
 
 
 def choose_engine(requested: str) -> tuple[Literal["podman", "process"], str]:
@@ -113,60 +119,91 @@ def _app_argv() -> list[str]:
 
 
 def ensure_app(state: LabState) -> str:
-    """The heartbeat writer, pointed at the primary: a container, or a local process."""
+    """The worker (heartbeat writer, uploads), pointed at the primary: a container or a process."""
+    return ensure_service(state, "app", state.app_container, _app_argv(), stack_env(state))
+
+
+def stack_env(state: LabState) -> dict[str, str]:
+    """The worker's environment: the database, and (once they run) the cache and the uploads."""
+    from lab.services import UPLOADS_BUCKET, redis_url
+
     env = app_env(state)
+    if "redis" in state.ports:
+        env["CACHE_URL"] = redis_url(state)
+    env.update(
+        {
+            "UPLOADS_BUCKET": UPLOADS_BUCKET,
+            "UPLOADS_PREFIX": UPLOADS_PREFIX,
+            # Every backup, verification and link check reads every object: keep it small.
+            "UPLOAD_INTERVAL_MS": str(UPLOAD_INTERVAL_MS),
+            "S3_ENDPOINT": state.moto_url,
+            "AWS_REGION": AWS_REGION,
+            "AWS_ACCESS_KEY_ID": read_secret(state.base_dir, "aws-access-key-id"),
+            "AWS_SECRET_ACCESS_KEY": read_secret(state.base_dir, "aws-secret-access-key"),
+        }
+    )
+    return env
+
+
+def ensure_service(
+    state: LabState, key: str, container: str, argv: list[str], env: dict[str, str]
+) -> str:
+    """One service of the lab's stack: a container on Podman, else a local process.
+
+    A lab that switched engines has the other kind removed first.
+    """
     if state.engine == "podman":
-        if procs.kill(state.processes.get("app")):
-            state.processes.pop("app", None)
+        if procs.kill(state.processes.get(key)):
+            state.processes.pop(key, None)
             save_state(state)
-        return _ensure_app_container(state, env)
+        return _ensure_container(state, container, argv, env)
     if state.podman_base_url and podman_service(state).running():
         client = _docker_client(state)
-        old = _find_app_container(client, state.app_container)
+        old = _find_app_container(client, container)
         if old is not None:
             old.remove(force=True)
-    return _ensure_app_process(state, env)
+    return _ensure_process(state, key, argv, env)
 
 
-def _ensure_app_container(state: LabState, env: dict[str, str]) -> str:
+def _ensure_container(state: LabState, name: str, argv: list[str], env: dict[str, str]) -> str:
     from lab import podman_image
 
     client = _docker_client(state)
-    container = _find_app_container(client, state.app_container)
+    container = _find_app_container(client, name)
     action = "created"
     if container is not None:
         current = _container_env(container)
         if all(current.get(k) == v for k, v in env.items()):
             if container.status == "running":
-                return f"unchanged (container {state.app_container})"
+                return f"unchanged (container {name})"
             container.start()
-            return f"started (container {state.app_container})"
+            return f"started (container {name})"
         # Pointed elsewhere (e.g. by a failover drill) or stale credentials: recreate.
         container.remove(force=True)
         action = "recreated"
     podman_image.run_python_container(
         client,
-        state.app_container,
-        _app_argv(),
+        name,
+        argv,
         mounts_extra=[podman_image.BindMount(APP_SCRIPT.parent, APP_SCRIPT.parent)],
         env={**env, "PYTHONUNBUFFERED": "1", procs.OWNER_ENV: str(state.base_dir)},
         labels=APP_LABELS,
     )
-    return f"{action} (container {state.app_container})"
+    return f"{action} (container {name})"
 
 
-def _ensure_app_process(state: LabState, env: dict[str, str]) -> str:
-    rec = state.processes.get("app")
+def _ensure_process(state: LabState, key: str, argv: list[str], env: dict[str, str]) -> str:
+    rec = state.processes.get(key)
     fingerprint = env_fingerprint(env)
     if procs.owned(rec) and rec is not None and rec.fingerprint == fingerprint:
         return f"unchanged (process {rec.pid})"
     action = "restarted" if procs.kill(rec) else "started"
-    argv = [*_app_argv(), f"--lab={state.base_dir}"]
+    tagged = [*argv, f"--lab={state.base_dir}"]
     rec = spawn(
         state,
-        "app",
-        argv,
-        marker=f"{APP_SCRIPT} --lab={state.base_dir}",
+        key,
+        tagged,
+        marker=" ".join(tagged[1:]),
         env=procs.child_env(state.base_dir, {**env, "PYTHONUNBUFFERED": "1"}),
         fingerprint=fingerprint,
     )

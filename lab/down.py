@@ -114,7 +114,10 @@ def down(base_dir: Path | None = None, *, console: Console | None = None) -> Non
 
     with locked(base_dir):
         jobs: list[Callable[[], str | None]] = [stop_podman]
-        jobs += [lambda n=name: stop_process(n) for name in ("app", "prefect", "moto", "slack")]
+        jobs += [
+            lambda n=name: stop_process(n)
+            for name in ("app", "api", "redis", "prefect", "moto", "slack")
+        ]
         pg_dir = base_dir / "pg"
         if pg_dir.is_dir():
             jobs += [

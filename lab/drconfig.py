@@ -11,8 +11,11 @@ import yaml
 
 from dr.config import parse_config
 from lab import seeds
+from lab.app import UPLOADS_PREFIX
 from lab.db import APP_DB
 from lab.host import pg_bin_dir, server_user
+from lab.services import UPLOADS_BUCKET, redis_url
+from lab.stack import API_CONTAINER, api_url
 from lab.state import (
     AWS_REGION,
     BUCKET,
@@ -87,12 +90,6 @@ def _lab_target(state: LabState) -> dict[str, Any]:
     """Target ``lab``: the pair, the file repository, the app, its checks and queries."""
     os_user = server_user() or getpass.getuser()
     bin_dir = str(pg_bin_dir())
-    services = (
-        [{"kind": "docker", "name": state.app_container, "role": "writer",
-          "region": REGIONS[PRIMARY]}]
-        if state.engine == "podman"
-        else []
-    )  # fmt: skip
     return {
         "tier": "critical",
         "description": "The local lab: PostgreSQL primary + streaming replica, heartbeat app.",
@@ -106,17 +103,18 @@ def _lab_target(state: LabState) -> dict[str, Any]:
             "heartbeat_database": APP_DB,
         },
         "backup": {"repository": state.file_repository, "wal_archive": state.wal_archive},
-        "services": services,
-        **_checks(),
+        **_stack(state),
+        **_checks(state),
         "slack_channel": SLACK_CHANNEL,
         "evidence_repository": state.evidence_repository,
     }
 
 
-def _checks() -> dict[str, Any]:
+def _checks(state: LabState) -> dict[str, Any]:
     """The lab dataset's health checks and validation queries (fresh objects every call)."""
     return {
         "health_checks": {
+            "http": _http_checks(state),
             "sql": [
                 {"name": "customers-present", "sql": "SELECT count(*) > 0 FROM shop.customers",
                  "database": APP_DB},
@@ -149,6 +147,53 @@ def _checks() -> dict[str, Any]:
             },
         ],
     }  # fmt: skip
+
+
+def _http_checks(state: LabState) -> list[dict[str, Any]]:
+    """The api's health endpoint (it reads the database and the cache), once the api runs."""
+    if "api" not in state.ports:
+        return []
+    return [{"name": "api-health", "url": f"{api_url(state)}/health", "timeout_seconds": 5}]
+
+
+#: The cache warm-up: what the worker caches, from the recovered ``uploads`` rows.
+WARM_SQL = (
+    "(SELECT 'upload:newest', object_key, 60 FROM public.uploads ORDER BY id DESC LIMIT 1) "
+    "UNION ALL (SELECT 'upload:' || id, sha256, 3600 FROM public.uploads "
+    "ORDER BY id DESC LIMIT 1000)"
+)
+
+
+def _stack(state: LabState) -> dict[str, Any]:
+    """The application stack: its services (api before worker), cache, uploads and their link."""
+    out: dict[str, Any] = {"services": []}
+    if state.engine == "podman":
+        region = REGIONS[PRIMARY]
+        out["services"] = [
+            {"kind": "docker", "name": API_CONTAINER, "role": "writer", "region": region,
+             "start_order": 1, "health_url": f"{api_url(state)}/health"},
+            {"kind": "docker", "name": state.app_container, "role": "writer", "region": region,
+             "start_order": 2},
+        ] if "api" in state.ports else [
+            {"kind": "docker", "name": state.app_container, "role": "writer", "region": region},
+        ]  # fmt: skip
+    if "redis" in state.ports:
+        out["caches"] = [
+            {
+                "name": "app-cache",
+                "url": redis_url(state),
+                "after_recovery": {"flush": "all"},
+                "warm": {"sql": WARM_SQL, "database": APP_DB},
+                "sample_keys": ["upload:newest"],
+                "min_hit_rate": 1.0,
+            }
+        ]
+    out["files"] = [{"name": "uploads", "s3": f"s3://{UPLOADS_BUCKET}/{UPLOADS_PREFIX}"}]
+    out["links"] = [
+        {"name": "uploads-objects", "database": APP_DB, "table": "public.uploads",
+         "key_column": "object_key", "sha256_column": "sha256", "files": "uploads"},
+    ]  # fmt: skip
+    return out
 
 
 def write_config(state: LabState, *, prefect_on: bool) -> str:

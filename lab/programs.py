@@ -102,6 +102,7 @@ PROGRAMS: tuple[Program, ...] = (
         ("--help",),
     ),
     Program("chromium", "chromium", False, "browser test of the Prefect UI"),
+    Program("redis-server", "redis-server", True, "the lab's cache (never the machine's 6379)"),
     Program(
         "prometheus-alertmanager",
         "prometheus-alertmanager",

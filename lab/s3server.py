@@ -74,8 +74,10 @@ def ensure_buckets(
     secret_access_key: str,
     buckets: tuple[str, ...] = (),
     object_lock_buckets: tuple[str, ...] = (),
+    versioned_buckets: tuple[str, ...] = (),
 ) -> list[str]:
-    """Create the buckets that are missing (Object Lock ones with the lock enabled).
+    """Create the buckets that are missing (Object Lock ones with the lock enabled,
+    versioned ones with versioning on).
 
     Returns:
         What was done, one phrase per created bucket (empty: unchanged).
@@ -97,6 +99,11 @@ def ensure_buckets(
             if name not in existing:
                 s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
                 done.append(f"created bucket {name} (Object Lock)")
+        for name in versioned_buckets:
+            if name not in existing:
+                s3.create_bucket(Bucket=name)
+                s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+                done.append(f"created bucket {name} (versioned)")
     except (BotoCoreError, ClientError) as exc:
         raise PreconditionError(f"the lab's S3 endpoint {url} refused its buckets: {exc}") from exc
     for phrase in done:

@@ -165,7 +165,9 @@ def targets(
             ]
         t["backup"] = backup
         t["health_checks"] = {
-            "sql": [{"name": n, "sql": q, "database": s.database} for n, q in s.health_sql]
+            # The lab's api stands in for the seed's own HTTP health endpoint (curl .../health).
+            "http": copy.deepcopy(lab_target.get("health_checks", {}).get("http", [])),
+            "sql": [{"name": n, "sql": q, "database": s.database} for n, q in s.health_sql],
         }
         t["validation_queries"] = [
             {"name": n, "sql": q, "database": s.database, "expect": expect}

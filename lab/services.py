@@ -1,14 +1,17 @@
-"""The lab's side services: moto (S3), the Slack stand-in and the Prefect server."""
+"""The lab's side services: moto (S3), Redis (the app's cache), the Slack stand-in, Prefect."""
 
 from __future__ import annotations
 
 import logging
+import shutil
+import socket
 import sys
 
 import httpx
 
 from dr.errors import PreconditionError
 from lab import prefect_server, procs, s3server
+from lab.host import free_port
 from lab.state import (
     BUCKET,
     EVIDENCE_BUCKET,
@@ -20,10 +23,16 @@ from lab.state import (
     log_path,
     read_secret,
     record_process,
+    save_lock,
     spawn,
 )
 
 log = logging.getLogger(__name__)
+
+#: The application's uploads (versioned: point-in-time restores read object versions).
+UPLOADS_BUCKET = "dr-lab-uploads"
+#: The machine's own Redis: the lab never uses (or frees) this port.
+SYSTEM_REDIS_PORT = 6379
 
 
 def ensure_moto(state: LabState) -> str:
@@ -47,6 +56,7 @@ def ensure_moto(state: LabState) -> str:
         secret_access_key=read_secret(state.base_dir, "aws-secret-access-key"),
         buckets=(BUCKET,),
         object_lock_buckets=(EVIDENCE_BUCKET,),
+        versioned_buckets=(UPLOADS_BUCKET,),
     )
     return f"{', '.join(actions) or 'unchanged'} ({url}; in memory)"
 
@@ -143,3 +153,62 @@ def ensure_prefect(state: LabState, *, started_now: bool = False) -> str:
     counts = prefect_server.ensure_secret_blocks(api, values)
     blocks = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
     return f"{outcome}, secret blocks {blocks} ({state.prefect_ui_url})"
+
+
+def lab_port(state: LabState, key: str, rec: procs.ProcessInfo | None) -> int:
+    """A component's port, chosen once (labs made before the component get one now)."""
+    with save_lock:
+        if key not in state.ports:
+            avoid = [*state.ports.values(), SYSTEM_REDIS_PORT]
+            state.ports[key] = free_port(avoid=avoid)
+    port = free_or_ours(state, key, rec)
+    if port == SYSTEM_REDIS_PORT:  # never the machine's Redis
+        with save_lock:
+            state.ports[key] = port = free_port(avoid=[*state.ports.values(), SYSTEM_REDIS_PORT])
+    return port
+
+
+def redis_url(state: LabState) -> str:
+    """The lab's Redis (database 0), for the app and the ``caches:`` of dr.yaml."""
+    return f"redis://127.0.0.1:{state.ports['redis']}/0"
+
+
+def redis_ok(port: int) -> bool:
+    """Whether a Redis answers PING on loopback ``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def redis_argv(port: int, workdir: str) -> list[str]:
+    """redis-server on loopback only, in memory (a cache: nothing to persist)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise PreconditionError("redis-server is not installed (setup.sh installs it)")
+    return [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", workdir, "--protected-mode", "yes",
+    ]  # fmt: skip
+
+
+def ensure_redis(state: LabState) -> str:
+    """The lab's own redis-server (never the machine's on 6379): the app reads through it."""
+    rec = state.processes.get("redis")
+    outcome = "unchanged"
+    if not procs.owned(rec):
+        port = lab_port(state, "redis", rec)
+        workdir = state.base_dir / "redis"
+        workdir.mkdir(exist_ok=True)
+        argv = redis_argv(port, str(workdir))
+        env = procs.child_env(state.base_dir)
+        rec = spawn(state, "redis", argv, marker=f"127.0.0.1:{port}", env=env)
+        outcome = "started"
+    assert rec is not None
+    port = state.ports["redis"]
+    procs.wait_until(
+        "redis", lambda: procs.owned(rec) and redis_ok(port), PROCESS_WAIT_SECONDS, rec.log_file
+    )
+    return f"{outcome} ({redis_url(state)}; in memory)"

@@ -25,7 +25,8 @@ from lab.app import (
 from lab.down import check_lab_folder
 from lab.drconfig import write_config
 from lab.nodes import ensure_control, ensure_postgres, ensure_seeds
-from lab.services import ensure_moto, ensure_prefect, ensure_slack, start_prefect
+from lab.services import ensure_moto, ensure_prefect, ensure_redis, ensure_slack, start_prefect
+from lab.stack import ensure_api, ensure_uploads_table
 from lab.state import (
     CONTROL_DATABASES,
     LabState,
@@ -159,7 +160,7 @@ def _start_servers(
     """The independent servers in parallel; their errors, and whether Prefect started now."""
     prefect_started: list[bool] = []
     errors: list[BaseException] = []
-    with ThreadPoolExecutor(max_workers=5, thread_name_prefix="lab-up") as pool:
+    with ThreadPoolExecutor(max_workers=6, thread_name_prefix="lab-up") as pool:
         jobs: dict[str, Future[str]] = {
             "postgres": pool.submit(progress.run, "postgres", ensure_postgres, state),
             "control": pool.submit(
@@ -167,6 +168,7 @@ def _start_servers(
             ),
             "moto": pool.submit(progress.run, "s3", ensure_moto, state),
             "slack": pool.submit(progress.run, "slack", ensure_slack, state),
+            "redis": pool.submit(progress.run, "redis", ensure_redis, state),
         }
         if state.engine == "podman":
             jobs["podman"] = pool.submit(
@@ -189,8 +191,7 @@ def _start_app_and_config(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-seeds") as side:
         seeds_job = side.submit(progress.run, "seeds", ensure_seeds, state)
         try:
-            progress.run("app", ensure_app, state)
-            progress.run("heartbeat", wait_heartbeat, state)
+            _start_stack(state, progress)
             if prefect:
                 progress.run("prefect", ensure_prefect, state, started_now=prefect_started_now)
             seeds_job.result()
@@ -199,6 +200,14 @@ def _start_app_and_config(
         except BaseException as exc:  # noqa: BLE001 - state is saved, then it is raised
             errors.append(exc)
     return errors
+
+
+def _start_stack(state: LabState, progress: _Progress) -> None:
+    """The application stack in its declared order: uploads table, api (healthy), worker."""
+    progress.run("uploads", ensure_uploads_table, state)
+    progress.run("api", ensure_api, state)
+    progress.run("app", ensure_app, state)
+    progress.run("heartbeat", wait_heartbeat, state)
 
 
 def heal(base_dir: Path | None = None, *, console: Console | None = None) -> LabState:
@@ -229,7 +238,7 @@ def heal(base_dir: Path | None = None, *, console: Console | None = None) -> Lab
         progress.run("seeds", ensure_seeds, state)
         if state.engine == "podman":
             progress.run("podman", ensure_podman, state)
-        progress.run("app", ensure_app, state)
-        progress.run("heartbeat", wait_heartbeat, state)
+        progress.run("redis", ensure_redis, state)
+        _start_stack(state, progress)
         save_state(state)
     return state

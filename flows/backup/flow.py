@@ -22,6 +22,7 @@ from dr.clock import utcnow
 from dr.config import DRConfig, Target, load_config
 from dr.errors import ConfigError, DRError, StorageError
 from flows.backup.dump import backup_database_task
+from flows.backup.files import collect_files_backups, submit_files_backups
 from flows.backup.markdown import render_markdown
 from flows.backup.models import BackupFailed, BackupKind, BackupRunResult, RetentionResult
 from flows.backup.retention import apply_retention_task, wal_archive_status_task
@@ -96,10 +97,12 @@ def run_backup(
     try:
         futures = _submit_backups(cfg, target, kind, names, board, staging_dir)
         wal_future = wal_archive_status_task.submit(cfg, target)
+        files = submit_files_backups(cfg, target) if kind is BackupKind.logical else None
         board.wait(futures)
     finally:
         board.close()
     backups, failures = _collect(target, names, futures)
+    files_backups = collect_files_backups(files, failures) if files is not None else []
     warnings: list[str] = []
     retention = _apply_retention(cfg, target, kind, backups, warnings)
     wal_age, wal_segment, wal_ok = _check_wal(wal_future, tgt, objectives.rpo_seconds, warnings)
@@ -113,6 +116,7 @@ def run_backup(
         ended_at=utcnow(),
         duration_seconds=round(time.perf_counter() - t0, 3),
         backups=backups,
+        files=files_backups,
         failures=failures,
         retention=retention,
         wal_archive_age_seconds=None if wal_age is None else round(wal_age, 1),

@@ -24,6 +24,12 @@ def render_markdown(result: BackupRunResult) -> str:
         )
     for name, reason in result.failures.items():
         lines.append(f"| {name} | FAILED: {reason} | | | | | | |")
+    if result.files:
+        lines += ["", "| files | location | backup id | objects | MiB |", "|---|---|---|---:|---:|"]
+        lines += [
+            f"| {f.source} | `{f.location}` | `{f.backup_id}` | {f.objects} | {f.bytes / 2**20:.1f} |"
+            for f in result.files
+        ]
     if result.wal_archive_age_seconds is not None:
         lines += [
             "",

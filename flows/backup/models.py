@@ -8,6 +8,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 from dr.errors import DRError
+from flows.backup.files import FilesBackupResult
 from flows.common.backup_staging import DatabaseBackupResult
 
 __all__ = ["BackupFailed", "BackupKind", "BackupRunResult", "RetentionResult"]
@@ -36,6 +37,7 @@ class BackupRunResult(BaseModel):
     ended_at: datetime
     duration_seconds: float
     backups: list[DatabaseBackupResult] = Field(default_factory=list)
+    files: list[FilesBackupResult] = Field(default_factory=list)
     failures: dict[str, str] = Field(default_factory=dict)
     retention: list[RetentionResult] = Field(default_factory=list)
     wal_archive_age_seconds: float | None = None

@@ -155,7 +155,7 @@ def _verify(ctx: RunContext, options: BackupVerificationOptions) -> None:
     injected_db: str | None = None
     foreign_keys: dict[int, str] = {}
     try:
-        if options.inject is not None:
+        if options.inject not in (None, Injection.bad_object):  # bad-object: files.py
             with ctx.phase("inject", detail=f"{options.inject.value} on a copy"):
                 injected_db = _inject(
                     ctx, repo, newest, foreign, options.inject, short_id, scratch, foreign_keys

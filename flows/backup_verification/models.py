@@ -33,6 +33,7 @@ class Injection(StrEnum):
     bad_backup = "bad-backup"
     bad_backup_truncate = "bad-backup-truncate"
     truncated_plain_dump = "truncated-plain-dump"
+    bad_object = "bad-object"  # a files backup's object: flows/backup_verification/files.py
 
 
 class BackupVerificationOptions(AlertOptions):

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from dr.config import ForeignBackups
+from flows.backup_verification.files import FilesBranches
 from flows.backup_verification.foreign import verify_foreign_backup_task
 from flows.backup_verification.models import (
     BackupVerificationOptions,
@@ -34,7 +35,8 @@ def verify_in_parallel(
     age_critical: bool = True,
     foreign_keys: dict[int, str] | None = None,
 ) -> list[DatabaseVerification]:
-    """One branch per database and per foreign entry; a branch that crashes is a finding.
+    """One branch per database, per foreign entry and per files entry (recorded as checks),
+    then the links; a branch that crashes is a finding.
 
     ``age_critical`` False: point-in-time recovery covers the RPO, a dump's age is shown
     only; ``foreign_keys`` replaces an entry's newest dump (by index) with a drill's copy.
@@ -42,8 +44,11 @@ def verify_in_parallel(
     branches = [*newest.keys(), *[f"foreign:{e.pattern}" for e in foreign]]
     # The lifecycle shows progress (ctx.progress); the board only gathers it.
     board = ProgressBoard(None, "backup verification", branches, bars=False)
-    if not ctx.plan("restore into scratch databases", ", ".join(branches)):
+    files = [f"files:{f.name}" for f in ctx.target.files]
+    if not ctx.plan("restore into scratch databases and folders", ", ".join(branches + files)):
         return []
+    files_branches = FilesBranches(ctx, short_id, options.inject)
+    files_branches.submit()
     rpo = ctx.objectives.rpo_seconds
     futures = []
     for db, chosen in newest.items():
@@ -76,7 +81,9 @@ def verify_in_parallel(
             )
         )
     _wait(ctx, board, dict(zip(branches, futures, strict=True)))
-    return _collect(branches, futures)
+    results = _collect(branches, futures)
+    files_branches.collect()
+    return results
 
 
 def _collect(branches: list[str], futures: list[Any]) -> list[DatabaseVerification]:

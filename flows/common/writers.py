@@ -20,6 +20,7 @@ from flows.common.systems import Systems
 from tasks.aws import route53
 from tasks.containers import lifecycle as containers_lifecycle
 from tasks.containers import recreate
+from tasks.health.service import wait_service_healthy_task
 from tasks.kubernetes import deployments as kubernetes_deployments
 from tasks.kubernetes import secrets as kubernetes_secrets
 from tasks.postgres import checks as postgres_checks
@@ -38,6 +39,7 @@ __all__ = [
     "start_writer",
     "stop_writer",
     "wait_for_app_write",
+    "wait_healthy",
     "writer_services",
 ]
 
@@ -51,15 +53,23 @@ Writer = DockerService | KubernetesService
 
 
 def writer_services(target: Target) -> list[Writer]:
-    """The target's writer services, in config order."""
-    return [s for s in target.services if s.role == "writer"]
+    """The target's writer services in start order (``start_order``, then config order)."""
+    return sorted((s for s in target.services if s.role == "writer"), key=lambda s: s.start_order)
 
 
 def split_writers(target: Target) -> tuple[list[DockerService], list[KubernetesService]]:
-    """The target's writers: Docker containers, then Kubernetes deployments."""
-    docker = [s for s in target.services if isinstance(s, DockerService) and s.role == "writer"]
-    k8s = [s for s in target.services if isinstance(s, KubernetesService) and s.role == "writer"]
+    """The target's writers in start order: Docker containers, then Kubernetes deployments."""
+    writers = writer_services(target)
+    docker = [s for s in writers if isinstance(s, DockerService)]
+    k8s = [s for s in writers if isinstance(s, KubernetesService)]
     return docker, k8s
+
+
+def wait_healthy(svc: Writer) -> float | None:
+    """After a start: wait for the service's ``health_url`` (None when it declares none)."""
+    if svc.health_url is None:
+        return None
+    return wait_service_healthy_task(svc.name, svc.health_url, svc.health_timeout_seconds)
 
 
 def stop_writer(systems: Systems, svc: Writer) -> Change:

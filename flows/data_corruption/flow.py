@@ -16,6 +16,7 @@ from flows.data_corruption.plan import plan, validate
 from flows.data_corruption.preserve import preserve
 from flows.data_corruption.prove import clean_up, measure, verify_end_to_end
 from flows.data_corruption.run import CorruptionRun
+from flows.data_corruption.state import damage_state, recover_state
 from flows.data_corruption.switch import heartbeat, repair_old_primary, switch
 from flows.data_corruption.writers import restart_writers, stop_writers
 from flows.lifecycle import RunContext, run_scenario
@@ -34,6 +35,7 @@ def run_phases(ctx: RunContext, opts: CorruptionOptions) -> None:
     try:
         if ctx.is_drill:
             inject(run)  # phases "prepare drill", "inject damage"
+            damage_state(run)  # phase "damage caches and files"
         assess(run)
         target, backup, wal = plan(run)
         stop_writers(run)
@@ -46,6 +48,7 @@ def run_phases(ctx: RunContext, opts: CorruptionOptions) -> None:
                 for w, s in heartbeat(run.recovered_conninfo(run.pgc.heartbeat_db)).items()
             }
         switch(run)
+        recover_state(run)  # phase "caches, files and links"
         restart_writers(run)
         healthy_at = verify_end_to_end(run)
         measure(run, healthy_at)

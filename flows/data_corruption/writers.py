@@ -7,7 +7,13 @@ from typing import Any
 from dr.changes import Change
 from dr.clock import utcnow
 from dr.config import DockerService, KubernetesService
-from flows.common.writers import restart_undo, restore_writer, stop_writer, writer_services
+from flows.common.writers import (
+    restart_undo,
+    restore_writer,
+    stop_writer,
+    wait_healthy,
+    writer_services,
+)
 from flows.data_corruption.run import CorruptionRun
 from tasks.containers import lifecycle as containers_lifecycle
 from tasks.containers import recreate
@@ -17,9 +23,9 @@ __all__ = ["repoint_writers", "restart_writers", "stop_writers"]
 
 
 def stop_writers(run: CorruptionRun) -> None:
-    """Stop every writer, recording what ran (drills keep the undo; incidents do not)."""
+    """Stop every writer, last started first, recording what ran (drills keep the undo)."""
     ctx = run.ctx
-    writers = writer_services(run.target)
+    writers = writer_services(run.target)[::-1]
     with ctx.phase("stop writers", detail=", ".join(s.name for s in writers) or "none configured"):
         if not writers:
             ctx.note("no writer service in dr.yaml: nothing to stop (stop them by hand)")
@@ -36,13 +42,18 @@ def stop_writers(run: CorruptionRun) -> None:
 
 
 def restart_writers(run: CorruptionRun) -> None:
-    """Start the writers again with their recorded state."""
+    """Start the writers again with their recorded state, in start order, each healthy first."""
     ctx = run.ctx
-    with ctx.phase("restart writers", detail="with their recorded state"):
-        for svc, change in run.writer_changes:
+    with ctx.phase("restart writers", detail="with their recorded state, in start order"):
+        for svc, change in reversed(run.writer_changes):
             if not ctx.plan("restart", f"writer {svc.kind} {svc.name}"):
                 continue
             ctx.record_change(restore_writer(run.systems, svc, change))
+            took = wait_healthy(svc)
+            if took is not None:
+                ctx.record_check(
+                    f"{svc.name} healthy", True, detail=f"{svc.health_url} in {took} s"
+                )
         run.writers_started_at = utcnow()
 
 

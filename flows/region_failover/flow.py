@@ -21,6 +21,7 @@ from flows.region_failover.options import FailoverOptions
 from flows.region_failover.promote import promote
 from flows.region_failover.repoint import repoint
 from flows.region_failover.run import Failover
+from flows.region_failover.state import recover_state
 from flows.region_failover.verify import verify
 
 __all__ = ["region_failover_flow", "run_runbook"]
@@ -68,6 +69,7 @@ def run_runbook(run: Failover) -> None:
         repoint(run, run.new)
     with ctx.phase("verify", detail=f"the application writes to {run.new.name}"):
         verify(run, run.new)
+    recover_state(run, run.new)  # phase "caches and links"
     with ctx.phase("measure", detail="RTO, RPO and their breakdown"):
         measure(run, run.new)
     run.details["old_primary"] = run.old.name

@@ -150,8 +150,14 @@ def test_lab_config_is_valid_and_complete(lab: lab_state.LabState) -> None:
     assert config.slack.base_url == lab.slack_url
     assert config.prefect_ui_url == lab.prefect_ui_url
     if lab.engine == "podman":
-        assert [s.name for s in target.services] == ["dr-lab-app"]
+        # The stack, in start order: the api (healthy first), then the worker.
+        assert [s.name for s in target.services] == ["dr-lab-api", "dr-lab-app"]
+        assert [s.start_order for s in target.services] == [1, 2]
+        assert target.services[0].health_url == f"http://127.0.0.1:{lab.ports['api']}/health"
         assert config.docker.base_url == lab.podman_base_url
+    assert [c.url for c in target.caches] == [f"redis://127.0.0.1:{lab.ports['redis']}/0"]
+    assert [f.s3 for f in target.files] == ["s3://dr-lab-uploads/uploads/"]
+    assert [link.files for link in target.links] == ["uploads"]
 
     # Every check and invariant the config names holds on the fresh lab.
     with psycopg.connect(

@@ -43,6 +43,8 @@ PROGRAMS_RUN = {
     "chromium",
     # tests/integration/alerts/test_alertmanager.py (a real Alertmanager)
     "prometheus-alertmanager",
+    # the lab's cache (lab/services.py)
+    "redis-server",
     # Essential packages: util-linux, coreutils, tar
     "runuser", "env", "test", "tar",
 }  # fmt: skip

@@ -30,6 +30,7 @@ from flows.common.writers import (
     start_writer,
     stop_writer,
     wait_for_app_write,
+    wait_healthy,
 )
 from tasks.postgres import assess, fence, rejoin
 
@@ -49,7 +50,7 @@ def stop_writers(rec: Recorder, systems: Systems, target: Target) -> list[tuple[
     """
     docker, k8s = split_writers(target)
     stopped: list[tuple[Any, Change]] = []
-    for svc in [*docker, *k8s]:
+    for svc in [*docker, *k8s][::-1]:  # last started first
         docker_svc = isinstance(svc, DockerService)
         action, kind = ("stop", "container") if docker_svc else ("scale to 0", "deployment")
         if rec.plan(action, f"{kind} {svc.name} (no writes during the switch-back)"):
@@ -67,9 +68,10 @@ def start_writers(rec: Recorder, systems: Systems, stopped: Sequence[tuple[Any, 
         systems: the clients.
         stopped: from :func:`stop_writers`.
     """
-    for svc, change in stopped:
+    for svc, change in reversed(stopped):  # in start order, each healthy before the next
         if change.changed:
             rec.record_change(start_writer(systems, svc, change))
+            wait_healthy(svc)
 
 
 def switch_over(

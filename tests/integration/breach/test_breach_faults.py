@@ -120,10 +120,10 @@ def test_preflight_resolves_the_drill_s_leaked_credential(breach_lab: BreachLab)
     finally:
         systems.close()
     [cred] = pf.credentials
-    assert cred.role == "dr_app" and cred.containers == ["dr-lab-app"]
+    assert cred.role == "dr_app" and cred.containers == ["dr-lab-api", "dr-lab-app"]
     assert cred.old is not None and cred.old.get_secret_value() == breach_lab.app_password()
     assert pf.block_cidrs == ["192.0.2.0/24"] and pf.primary_reachable
-    assert [s.name for s in pf.services] == ["dr-lab-app"]
+    assert [s.name for s in pf.services] == ["dr-lab-api", "dr-lab-app"]
 
 
 def test_cli_exits_2_on_an_unknown_role(breach_lab: BreachLab) -> None:

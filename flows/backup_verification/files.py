@@ -1,0 +1,117 @@
+"""Files backups verified next to the databases, and the links between rows and objects.
+
+Each ``files:`` entry's newest backup is restored into a scratch folder and every checksum
+and count checked (one parallel branch each); every ``links:`` entry is checked on the
+primary. The red twin ``--inject bad-object`` works on a copy, like ``bad-backup``: a fresh
+backup of the first entry under a drill id (sorted before every real one), one object's
+bytes changed, verified (it must fail), then deleted. The real backups are never written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dr.config_state import FileSource
+from dr.errors import DRError
+from flows.backup_verification.models import Injection
+from flows.common.backups import open_target_repository
+from flows.common.branches import Branches
+from flows.common.state import check_target_links, files_repository
+from flows.common.systems import node_conninfo
+from flows.lifecycle import RunContext
+from tasks.files.backup import backup_files_task
+from tasks.files.manifest import backup_prefix
+from tasks.files.verify import inject_bad_object_task, verify_files_backup_task
+from tasks.storage import operations as storage_operations
+
+__all__ = ["FilesBranches", "drill_backup_id"]
+
+
+def drill_backup_id(short_id: str) -> str:
+    """The red twin's copy: shaped like a backup id, older than any real one."""
+    return f"00000000T000000Z-drill-{short_id}"
+
+
+class FilesBranches:
+    """The files verifications of one drill: submitted with the databases, collected after."""
+
+    def __init__(self, ctx: RunContext, short_id: str, inject: Injection | None) -> None:
+        self.ctx = ctx
+        self.short_id = short_id
+        self.sources = list(ctx.target.files)
+        self.bad: FileSource | None = (
+            self.sources[0] if inject is Injection.bad_object and self.sources else None
+        )
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"dr-verify-files-{short_id}-"))
+        self.branches = Branches()
+
+    def _prepare_bad_copy(self, source: FileSource) -> str:
+        """A fresh backup copy with one object's bytes changed; returns its id."""
+        repo_url, aws = files_repository(self.ctx, source), self.ctx.config.aws
+        backup_id = drill_backup_id(self.short_id)
+        backup_files_task(source, repo_url, backup_id=backup_id, aws=aws)
+        key = inject_bad_object_task(source, repo_url, backup_id=backup_id, aws=aws)
+        self.ctx.note(f"injected bad-object: {key} of files {source.name} (copy {backup_id})")
+        self.ctx.details["injected_object"] = {"files": source.name, "key": key}
+        return backup_id
+
+    def submit(self) -> None:
+        """One branch per ``files:`` entry (the injected one on its damaged copy)."""
+        bad_id = self._prepare_bad_copy(self.bad) if self.bad is not None else None
+        for source in self.sources:
+            self.branches.submit(
+                f"files-{source.name}",
+                verify_files_backup_task,
+                source,
+                files_repository(self.ctx, source),
+                self.scratch / source.name,
+                backup_id=bad_id if source is self.bad else None,
+                aws=self.ctx.config.aws,
+            )
+
+    def collect(self) -> list[dict[str, Any]]:
+        """Record each verification as a check; then the links; then clean up."""
+        out: list[dict[str, Any]] = []
+        try:
+            for outcome in self.branches.collect():
+                name = outcome.name.removeprefix("files-")
+                if outcome.ok:
+                    result = outcome.value
+                    self.ctx.record_check(
+                        f"files {name} backup restores", result.passed, detail=result.sentence()
+                    )
+                    out.append(result.model_dump(mode="json"))
+                else:
+                    self.ctx.record_check(
+                        f"files {name} backup restores", False, detail=outcome.detail
+                    )
+                    out.append({"source": name, "error": outcome.detail})
+            self.ctx.details["files"] = out
+            self._check_links()
+        finally:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self._remove_bad_copy()
+        return out
+
+    def _check_links(self) -> None:
+        pgc = self.ctx.target.postgres
+        password = pgc.password.resolve() if pgc.password else None
+        check_target_links(
+            self.ctx,
+            lambda db: node_conninfo(pgc, pgc.primary, password, db),
+            password,
+            when="at backup verification",
+        )
+
+    def _remove_bad_copy(self) -> None:
+        if self.bad is None:
+            return
+        repo = open_target_repository(self.ctx.config, files_repository(self.ctx, self.bad))
+        with contextlib.suppress(DRError):
+            storage_operations.delete_prefix_task(
+                repo, backup_prefix(self.bad.name, drill_backup_id(self.short_id))
+            )
