@@ -291,6 +291,11 @@ class Target(Strict):
     caches: list[CacheConfig] = Field(default_factory=list)
     files: list[FileSource] = Field(default_factory=list)
     links: list[FileLink] = Field(default_factory=list)
+    app_ack_log: str | None = Field(
+        None,
+        description="Drills: the application's acknowledgement log (one JSON line per write it "
+        "got a COMMIT for; lab/heartbeat_app.py writes one): its lost writes are counted too.",
+    )
     require_detection: bool = Field(
         False,
         description="A data-corruption drill whose damage none of the target's own checks "

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 from dr.errors import ConfigError, PreconditionError
@@ -185,11 +186,25 @@ def _ensure_container(state: LabState, name: str, argv: list[str], env: dict[str
         client,
         name,
         argv,
-        mounts_extra=[podman_image.BindMount(APP_SCRIPT.parent, APP_SCRIPT.parent)],
+        mounts_extra=[
+            podman_image.BindMount(APP_SCRIPT.parent, APP_SCRIPT.parent),
+            *_ack_mount(state, env),
+        ],
         env={**env, "PYTHONUNBUFFERED": "1", procs.OWNER_ENV: str(state.base_dir)},
         labels=APP_LABELS,
     )
     return f"{action} (container {name})"
+
+
+def _ack_mount(state: LabState, env: dict[str, str]) -> list[Any]:
+    """The folder of the app's acknowledgement log, writable from the container."""
+    from lab import podman_image
+
+    if "HEARTBEAT_ACK_LOG" not in env:
+        return []
+    folder = Path(env["HEARTBEAT_ACK_LOG"]).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return [podman_image.BindMount(folder, folder, read_only=False)]
 
 
 def _ensure_process(state: LabState, key: str, argv: list[str], env: dict[str, str]) -> str:

@@ -26,6 +26,7 @@ from lab.state import (
     SLACK_CHANNEL,
     ClusterInfo,
     LabState,
+    ack_log_path,
 )
 
 
@@ -166,7 +167,7 @@ WARM_SQL = (
 
 def _stack(state: LabState) -> dict[str, Any]:
     """The application stack: its services (api before worker), cache, uploads and their link."""
-    out: dict[str, Any] = {"services": []}
+    out: dict[str, Any] = {"services": [], "app_ack_log": str(ack_log_path(state))}
     if state.engine == "podman":
         region = REGIONS[PRIMARY]
         out["services"] = [

@@ -294,7 +294,15 @@ def app_env(state: LabState) -> dict[str, str]:
         "DB_PASSWORD": read_secret(state.base_dir, "app-password"),
         "HEARTBEAT_INTERVAL_MS": "50",
         "HEARTBEAT_WRITER": "app",
+        # Every write the app got a COMMIT for, outside the database: drills count lost
+        # acknowledged writes from it (the target's app_ack_log names the same file).
+        "HEARTBEAT_ACK_LOG": str(ack_log_path(state)),
     }
+
+
+def ack_log_path(state: LabState) -> Path:
+    """The lab application's acknowledgement log (in the lab folder, mounted into its container)."""
+    return state.base_dir / "ack" / "app.jsonl"
 
 
 def env_fingerprint(env: Mapping[str, str]) -> str:

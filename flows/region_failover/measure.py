@@ -35,11 +35,12 @@ def rto_breakdown(
 
 
 def _app_acks(run: Failover) -> list[Ack]:
-    """The application's acknowledgement log, when the options name one."""
-    if not run.opts.app_ack_log:
+    """The application's acknowledgement log, when the options or the target name one."""
+    path = run.opts.app_ack_log or run.ctx.target.app_ack_log
+    if not path:
         return []
     try:
-        return read_ack_log(run.opts.app_ack_log)
+        return read_ack_log(path)
     except ConfigError as exc:
         run.ctx.note(f"application acknowledgement log not read: {exc}")
         return []
