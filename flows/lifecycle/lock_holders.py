@@ -31,6 +31,7 @@ __all__ = [
     "Holder",
     "LeaseRenewer",
     "delete_holder",
+    "holder_of_flow_run",
     "holder_variable",
     "mark_crashed",
     "read_holder",
@@ -85,6 +86,20 @@ def read_holder(client: Any, limit_name: str) -> Holder | None:
         return Holder(**value)
     except (TypeError, ValueError):
         return None
+
+
+def holder_of_flow_run(client: Any, flow_run_id: str) -> Holder | None:
+    """The lock record of ``flow_run_id`` (a run holds a lock while its body runs), if any."""
+    for variable in client.read_variables():
+        if not (variable.name.startswith("dr-") and variable.name.endswith("-holder")):
+            continue
+        value = variable.value
+        if isinstance(value, dict) and value.get("flow_run_id") == flow_run_id:
+            try:
+                return Holder(**value)
+            except TypeError:
+                return None
+    return None
 
 
 def write_holder(client: Any, limit_name: str, holder: Holder) -> None:
