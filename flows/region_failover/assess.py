@@ -164,6 +164,12 @@ def identify_old_primary(views: Sequence[NodeView], configured_primary: str) -> 
     configured = next(v for v in views if v.name == configured_primary)
     if configured.state == "standby" and writable:
         return writable[0].name
+    if configured.state == "standby":
+        # Nothing takes writes and the configured primary is a standby: the primary was
+        # another node, now down (a switch-back killed after stopping it). Fail over from it.
+        down = [v.name for v in views if v.state in ("unreachable", "unknown")]
+        if len(down) == 1:
+            return down[0]
     return configured_primary
 
 

@@ -117,3 +117,12 @@ def test_no_promotion_when_the_standby_is_behind_or_the_stop_was_not_clean(monke
     _patch(monkeypatch, "in production", caught_up=True)
     assert resume.resume_interrupted_switch_back(Rec(), _pgc(), _healths(), None) is None
     assert promoted == []
+
+
+def test_no_writer_and_configured_primary_a_standby_fails_over_from_the_node_that_is_down():
+    from flows.region_failover.assess import identify_old_primary
+
+    views = [_view("primary", "standby"), _view("replica1", "unreachable")]
+    assert identify_old_primary(views, "primary") == "replica1"
+    views = [_view("primary", "unreachable"), _view("replica1", "standby")]
+    assert identify_old_primary(views, "primary") == "primary"
