@@ -24,6 +24,7 @@ from dr.clock import utcnow
 from flows.lifecycle.runlog import run_logger
 
 __all__ = [
+    "CRASH_AUTOMATION",
     "ENDED_STATES",
     "LEASE_SECONDS",
     "RENEW_SECONDS",
@@ -31,6 +32,7 @@ __all__ = [
     "Holder",
     "LeaseRenewer",
     "delete_holder",
+    "ensure_crash_automation",
     "holder_of_flow_run",
     "holder_variable",
     "mark_crashed",
@@ -46,6 +48,12 @@ LEASE_SECONDS = 60.0
 RENEW_SECONDS = 3.0
 #: A record not stamped for this long belongs to a process that is gone (any host).
 STALE_SECONDS = 12.0
+#: The automation that marks a flow run Crashed when its heartbeats stop (Prefect's way).
+CRASH_AUTOMATION = "dr-mark-silent-flow-runs-crashed"
+#: Heartbeats missing this long mean the run's process is gone: three of Prefect's default
+#: periods (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, 180 s), so a live run with the default
+#: period is never marked. A backstop: the next run on the target takes over at once.
+SILENT_RUN_SECONDS = 540
 #: Flow run states after which a run holds nothing any more.
 ENDED_STATES = frozenset({"CRASHED", "FAILED", "CANCELLED", "COMPLETED"})
 
@@ -180,6 +188,48 @@ def mark_crashed(client: Any, holder: Holder, reason: str) -> bool:
 def release_lease(client: Any, lease_id: str) -> None:
     """Free a lease's slots (a no-op when the lease is already gone)."""
     client.release_concurrency_slots_with_lease(UUID(lease_id))
+
+
+def ensure_crash_automation(client: Any) -> str:
+    """Create the automation that marks silent flow runs Crashed, if missing.
+
+    Why: a run killed while nobody waits for its lock would stay Running forever; with
+    flow run heartbeats on, Prefect itself notices the silence and marks it Crashed.
+
+    Returns:
+        ``"created"`` or ``"unchanged"``.
+    """
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    if client.read_automations_by_name(CRASH_AUTOMATION):
+        return "unchanged"
+    ended = [f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")]
+    client.create_automation(
+        AutomationCore(
+            name=CRASH_AUTOMATION,
+            description="DR pipelines: a flow run whose heartbeats stop is marked Crashed",
+            trigger=EventTrigger(
+                after={"prefect.flow-run.heartbeat"},
+                expect={"prefect.flow-run.heartbeat", *ended},
+                match={"prefect.resource.id": "prefect.flow-run.*"},
+                for_each={"prefect.resource.id"},
+                posture=Posture.Proactive,
+                threshold=1,
+                within=timedelta(seconds=SILENT_RUN_SECONDS),
+            ),
+            actions=[
+                ChangeFlowRunState(
+                    state=StateType.CRASHED,
+                    message=f"no heartbeat for {SILENT_RUN_SECONDS} s: the run's process is gone",
+                )
+            ],
+        )
+    )
+    return "created"
 
 
 class LeaseRenewer:

@@ -16,10 +16,12 @@ from typing import Any
 from dr.config import DRConfig
 from dr.errors import DRError, PreconditionError
 from flows.lifecycle.lock_holders import (
+    CRASH_AUTOMATION,
     LEASE_SECONDS,
     Holder,
     LeaseRenewer,
     delete_holder,
+    ensure_crash_automation,
     mark_crashed,
     read_holder,
     release_lease,
@@ -223,6 +225,10 @@ def _acquire(config: DRConfig, target: str, names: list[str], flow_run_id: str |
     waiting = _Waiting(config, target, name)
     took_over: list[str] = []
     with get_client(sync_client=True) as client:
+        try:
+            ensure_crash_automation(client)
+        except Exception as exc:  # noqa: BLE001 - the lock works without it
+            run_logger().debug("automation %s not ensured: %s", CRASH_AUTOMATION, exc)
         while True:
             lease_id = _try_acquire(client, names, lease_holder)
             if lease_id is not None:

@@ -101,3 +101,21 @@ def test_waiting_for_a_live_holder_logs_one_line_then_progress(prefect_api):
     assert output.count("is busy") == 1, output
     assert output.count("still waiting") <= 4, output
     assert "failed to process item" not in output, output
+
+
+def test_the_silent_run_automation_exists_after_a_run(prefect_api):
+    """Prefect's own mechanism too: heartbeats that stop mark the run Crashed."""
+    from flows.lifecycle.lock_holders import CRASH_AUTOMATION
+
+    first = _start(prefect_api, f"auto-{uuid.uuid4().hex[:6]}", 0)
+    _wait_for_line(first, "RELEASED", 120)
+    first.wait(timeout=60)
+    response = httpx.post(
+        f"{prefect_api['PREFECT_API_URL']}/automations/filter",
+        json={"automations": {"name": {"any_": [CRASH_AUTOMATION]}}},
+        timeout=10,
+    )
+    response.raise_for_status()
+    (automation,) = response.json()
+    assert automation["trigger"]["posture"] == "Proactive"
+    assert automation["actions"][0]["state"] == "CRASHED"
