@@ -161,13 +161,24 @@ def _kill_at(proc: subprocess.Popen[str], phase: str, occurrence: int, timeout: 
     raise AssertionError(f"phase {phase!r} #{occurrence} never started:\n{''.join(seen)[-4000:]}")
 
 
-def _rerun(config: Path, env: dict[str, str], scenario: str) -> tuple[int, str, float]:
+def _rerun(config: Path, env: dict[str, str], scenario: str, log: Path) -> tuple[int, str, float]:
     """``dr run`` with auto-approve; (exit code, output, seconds from start to the lock)."""
     options = ["--option", "auto_approve=true"]
     if scenario == "region-failover":
         options += ["--option", "failback=true"]
     proc = _dr(config, env, "run", scenario, "--target", "lab", *options)
-    out, _ = proc.communicate(timeout=900)
+    assert proc.stdout is not None
+    try:
+        with log.open("w") as sink:
+            for line in proc.stdout:
+                sink.write(line)
+                sink.flush()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = log.read_text()
     lines = out.splitlines()
     begun = next((i for i, x in enumerate(lines) if "Beginning flow run" in x), None)
     taken = next((i for i, x in enumerate(lines) if " taken" in x and "lock " in x), None)
@@ -182,15 +193,16 @@ def _clock(line: str) -> float:
     return int(hh) * 3600 + int(mm) * 60 + float(ss)
 
 
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize(("scenario", "phase", "occurrence"), CASES)
-def test_kill_at_phase_then_rerun_converges(lab, scenario, phase, occurrence):
+def test_kill_at_phase_then_rerun_converges(lab, tmp_path, scenario, phase, occurrence):
     env = {**os.environ, "PREFECT_API_URL": lab.prefect_api_url}
     env.pop("DR_CONFIG", None)
     try:
         with Watch(_nodes(lab)) as watch:
             killed = _dr(lab.config_path, env, "drill", scenario, "--target", "lab")
             first = _kill_at(killed, phase, occurrence, timeout=600)
-            code, out, to_lock = _rerun(lab.config_path, env, scenario)
+            code, out, to_lock = _rerun(lab.config_path, env, scenario, tmp_path / "rerun.log")
         assert watch.worst <= 1, f"two primaries at {watch.worst_at}\n{first[-2000:]}"
         assert to_lock < 15, out[-4000:]
         assert code == 0, out[-4000:]
