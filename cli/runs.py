@@ -400,6 +400,18 @@ def register(app: typer.Typer) -> None:
     app.command("approve")(approve)
 
 
+def _crashed_while_paused(client: Any, flow_run_id: str) -> str | None:
+    """Why a paused run can never resume (its process is gone; now marked Crashed), or None."""
+    from flows.lifecycle.lock_holders import holder_of_flow_run, mark_crashed, why_dead
+
+    holder = holder_of_flow_run(client, flow_run_id)
+    reason = why_dead(client, holder) if holder is not None else None
+    if holder is None or reason is None:
+        return None
+    mark_crashed(client, holder, reason)
+    return reason
+
+
 def _resume(flow_run_id: UUID, run_input: dict[str, Any]) -> tuple[int, str]:
     """Resume a paused run with an approval answer; check that the server accepted it."""
     from prefect import get_client
@@ -415,7 +427,15 @@ def _resume(flow_run_id: UUID, run_input: dict[str, Any]) -> tuple[int, str]:
             return EXIT_BAD_INPUT, f"no flow run {flow_run_id}"
         if flow_run.state is None or not flow_run.state.is_paused():
             state = flow_run.state.name if flow_run.state else "no state"
-            return EXIT_FAILED, f"flow run {flow_run_id} is not waiting for approval ({state})"
+            why = (
+                f": {flow_run.state.message}"
+                if flow_run.state and flow_run.state.is_crashed()
+                else ""
+            )
+            return EXIT_FAILED, f"flow run {flow_run_id} is not waiting for approval ({state}{why})"
+        crashed = _crashed_while_paused(client, str(flow_run_id))
+        if crashed:
+            return EXIT_FAILED, f"flow run {flow_run_id} is Crashed ({crashed}): start a new run"
         response = client.resume_flow_run(flow_run_id, run_input=run_input)
     if response.status != SetStateStatus.ACCEPT:
         if response.state is not None and response.state.type == StateType.FAILED:

@@ -13,7 +13,7 @@ from psycopg import sql
 from dr.errors import PreconditionError
 from lab import prefect_server, seeds
 from lab.db import APP_DB, APP_ROLE, app_login_ok, connect, heartbeat_ts, in_recovery, is_streaming
-from lab.host import ClusterError, port_open
+from lab.host import ClusterError, port_open, run_as_server
 from lab.pgcluster import Cluster
 from lab.state import (
     CONTROL,
@@ -34,8 +34,48 @@ from lab.state import (
 log = logging.getLogger(__name__)
 
 
-def start_cluster(cluster: Cluster) -> bool:
-    """Start a cluster if needed; False (logged) when it cannot start.
+#: ``pg_controldata`` states of a data directory last run as a standby.
+STANDBY_STATES = frozenset({"shut down in recovery", "in archive recovery"})
+
+
+def _control_state(cluster: Cluster) -> str:
+    """The data directory's ``Database cluster state`` (empty when unreadable)."""
+    proc = run_as_server([cluster.bin("pg_controldata"), "-D", cluster.data_dir], check=False)
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Database cluster state":
+            return value.strip()
+    return ""
+
+
+def _has_signal_file(cluster: Cluster) -> bool:
+    return any((cluster.data_dir / f).exists() for f in ("standby.signal", "recovery.signal"))
+
+
+def _why_not_start(cluster: Cluster, others: tuple[Cluster, ...]) -> str | None:
+    """Why starting ``cluster`` could make a second primary, or None when it is safe.
+
+    A node that was a standby starts only with its signal file (without it, it comes up
+    as a primary: a crashed failback leaves exactly that) unless it is the only node; a
+    node that was a primary does not start while another node runs as a primary.
+    """
+    if _has_signal_file(cluster) or not others:
+        return None  # no other node to be the primary: this one may have to be it
+    state = _control_state(cluster)
+    if state in STANDBY_STATES:
+        return f"it was a standby ({state}) and has no standby.signal"
+    for other in others:
+        if other.is_running() and in_recovery(other) is False:
+            return f"{other.name} already runs as the primary"
+    return None
+
+
+def start_cluster(cluster: Cluster, others: tuple[Cluster, ...] = ()) -> bool:
+    """Start a cluster if needed; False (logged) when it cannot, or must not, start.
+
+    Args:
+        cluster: the cluster to start.
+        others: the other nodes of its replication group (never two primaries).
 
     Raises:
         PreconditionError: another server (not the lab's) listens on the cluster's port.
@@ -46,6 +86,10 @@ def start_cluster(cluster: Cluster) -> bool:
         raise PreconditionError(
             f"port {cluster.port} of the lab's {cluster.name} is used by another process"
         )
+    refusal = _why_not_start(cluster, others) if cluster.exists() else None
+    if refusal is not None:
+        log.warning("not starting %s: %s (it would be a second primary)", cluster.name, refusal)
+        return False
     for attempt in (1, 2):
         try:
             cluster.start(timeout_seconds=30)
@@ -126,7 +170,7 @@ def ensure_postgres(state: LabState) -> str:
     if not r_complete and r.exists():
         r.destroy()
     r_was_running = r.is_running()
-    r_up = r_complete and start_cluster(r)
+    r_up = r_complete and start_cluster(r, (p,) if p_complete else ())
     r_rec = in_recovery(r) if r_up else None
     if not p_complete:
         if r_rec is None:
@@ -153,7 +197,7 @@ def ensure_postgres(state: LabState) -> str:
             actions.append("switched roles back (replica1 was the primary)")
     else:
         p_was_running = p.is_running()
-        p_up = start_cluster(p)
+        p_up = start_cluster(p, (r,))
         p_rec = in_recovery(p) if p_up else None
         if p_up and not p_was_running:
             actions.append("started primary")

@@ -34,6 +34,10 @@ def stop_writers(run: CorruptionRun) -> None:
                 continue
             change = stop_writer(run.systems, svc)
             run.writer_changes.append((svc, change))
+            if not change.changed:
+                # Stopped before this run: by a person, or by a run that was killed.
+                run.details.setdefault("resume", {}).setdefault("writers_already_stopped", [])
+                run.details["resume"]["writers_already_stopped"].append(svc.name)
             # Incidents keep the writers stopped if recovery fails: a person decides.
             undo = restart_undo(run.systems, svc, change)
             ctx.record_change(change, undo=undo if ctx.is_drill else None)
@@ -47,6 +51,13 @@ def restart_writers(run: CorruptionRun) -> None:
     with ctx.phase("restart writers", detail="with their recorded state, in start order"):
         for svc, change in reversed(run.writer_changes):
             if not ctx.plan("restart", f"writer {svc.kind} {svc.name}"):
+                continue
+            if not change.changed and isinstance(svc, DockerService):
+                # A killed run stopped it and never restarted it: finish that run's work.
+                ctx.note(f"writer {svc.name} was already stopped when this run began: starting it")
+                ctx.record_change(
+                    containers_lifecycle.ensure_started_task(run.systems.docker, svc.name)
+                )
                 continue
             ctx.record_change(restore_writer(run.systems, svc, change))
             took = wait_healthy(svc)

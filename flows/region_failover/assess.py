@@ -29,6 +29,7 @@ __all__ = [
     "assess_services",
     "assess_services_task",
     "declare_severity",
+    "half_done",
     "identify_old_primary",
     "record_assessment",
 ]
@@ -163,6 +164,12 @@ def identify_old_primary(views: Sequence[NodeView], configured_primary: str) -> 
     configured = next(v for v in views if v.name == configured_primary)
     if configured.state == "standby" and writable:
         return writable[0].name
+    if configured.state == "standby":
+        # Nothing takes writes and the configured primary is a standby: the primary was
+        # another node, now down (a switch-back killed after stopping it). Fail over from it.
+        down = [v.name for v in views if v.state in ("unreachable", "unknown")]
+        if len(down) == 1:
+            return down[0]
     return configured_primary
 
 
@@ -184,6 +191,41 @@ def declare_severity(assessment: Assessment) -> tuple[str, str]:
     if failing:
         return "SEV2", f"the primary takes writes but these fail: {', '.join(failing)}"
     return "SEV3", "everything answers: a planned failover"
+
+
+def half_done(a: Assessment, configured_primary: str) -> dict[str, Any]:
+    """What an earlier, interrupted run left, read from the world (not from any run's memory).
+
+    Returns:
+        ``{"found": [...], "failure_at": ISO or None}``: ``failure_at`` is the newest write
+        any node holds when the old primary takes no writes: the real failure happened after
+        it, whenever this run started (the RTO runs from there).
+    """
+    old = a.nodes[a.old_primary]
+    others = [v for v in a.nodes.values() if v.name != a.old_primary]
+    found: list[str] = []
+    promoted = [v.name for v in others if v.state == "primary"]
+    if promoted and not old.writable:
+        found.append(
+            f"{', '.join(promoted)} already promoted, {old.name} {old.state}:"
+            " finishing the failover (fence, repoint, verify)"
+        )
+    if a.old_primary != configured_primary:
+        found.append(f"{a.old_primary} leads instead of {configured_primary} (no failback yet)")
+    if not old.writable and not promoted and old.state != "unknown":
+        found.append(f"{old.name} {old.state} and no replica promoted yet")
+    failure_at = None
+    if not old.writable:
+        stamps = [v.newest_heartbeat_at for v in a.nodes.values() if v.newest_heartbeat_at]
+        if promoted:
+            # The promoted node keeps taking writes: only standbys hold the moment it stopped.
+            stamps = [
+                v.newest_heartbeat_at
+                for v in a.nodes.values()
+                if v.newest_heartbeat_at and v.state != "primary"
+            ] or stamps
+        failure_at = max(stamps).isoformat() if stamps else None
+    return {"found": found, "failure_at": failure_at}
 
 
 def assess(run: Failover, old_primary: str | None = None) -> Assessment:
@@ -267,6 +309,10 @@ def record_assessment(run: Failover, a: Assessment) -> None:
         detail=f"replicas and services outside {a.failed_region}",
     )
     run.details["assessment"] = a.model_dump(mode="json")
+    resume = half_done(a, run.pgc.primary.name)
+    run.details["resume"] = resume
+    for line in resume["found"]:
+        ctx.note(f"resuming: {line}")
 
 
 assess_node_task = dr_task(assess_node, name="assess-postgres-node", retries=0, timeout_seconds=60)

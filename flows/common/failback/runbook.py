@@ -10,6 +10,7 @@ from dr.config import DRConfig
 from dr.errors import PreconditionError, redact
 from flows.common.failback.models import FailbackOptions, FailbackReport
 from flows.common.failback.nodes import find_primary
+from flows.common.failback.resume import restart_writers, resume_interrupted_switch_back
 from flows.common.failback.roles import check_roles, rejoin_others
 from flows.common.failback.switch_back import switch_over
 from flows.common.recorder import Recorder
@@ -52,8 +53,15 @@ def run_failback(
     systems = systems or Systems(config)
     report = FailbackReport(target=target_name, dry_run=rec.dry_run)
     try:
+        resumed = False
         with rec.phase("find primary", detail="which node takes writes now"):
             primary, healths = find_primary(pgc, password)
+            if primary is None:
+                # A crashed switch-back: finish it, then look again (roles changed).
+                primary = resume_interrupted_switch_back(rec, pgc, healths, password)
+                resumed = primary is not None
+                if resumed and not rec.dry_run:
+                    primary, healths = find_primary(pgc, password)
             if primary is None:
                 raise PreconditionError(
                     "no node takes writes: fail over first (region-failover), then fail back"
@@ -61,6 +69,9 @@ def run_failback(
             report.primary_before = primary.name
         # One phase per node: "rejoin <node>".
         rejoin_others(rec, pgc, primary, healths, password, opts, report)
+        if resumed:
+            with rec.phase("repoint", detail=f"the application writes to {primary.name} again"):
+                restart_writers(rec, systems, target, primary)
         configured = pgc.primary
         if opts.switch_back and primary.name != configured.name:
             switch_over(rec, systems, target, configured, primary, password, opts, report)

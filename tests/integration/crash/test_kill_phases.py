@@ -1,0 +1,214 @@
+"""kill -9 of the orchestrating process at each phase; the rerun converges (issue 14, item 2).
+
+Each case starts a drill with ``dr`` in a subprocess on the lab, waits for "phase X:
+started" (the Nth time, for phases that repeat in the failback), kills the process with
+SIGKILL a moment later, and reruns ``dr run ... --option auto_approve=true``. Throughout,
+a sampler asks every lab node every 100 ms whether it takes writes, and a writer commits
+numbered rows through a read-write multi-host connection. Asserted: never two primaries,
+the rerun is not blocked by the dead run's lock (lock taken within 15 s of its start),
+the rerun passes, and every row whose commit was acknowledged is on the final primary.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from lab import state as lab_state
+from lab import up
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[3]
+SAMPLE_SECONDS = 0.1
+ACK_TABLE = "dr_crash_acks"
+
+#: (scenario, phase, occurrence): region failover (its drill ends with the failback) and
+#: data corruption, one case per phase.
+CASES = [
+    ("region-failover", "assess", 1),
+    ("region-failover", "choose replica", 1),
+    ("region-failover", "fence old primary", 1),
+    ("region-failover", "promote", 1),
+    ("region-failover", "repoint", 1),
+    ("region-failover", "verify", 1),
+    ("region-failover", "failback", 1),
+    ("region-failover", "stop writes", 1),
+    ("region-failover", "catch up", 1),
+    ("region-failover", "stop current primary", 1),
+    ("region-failover", "promote", 2),
+    ("region-failover", "rejoin", 1),
+    ("region-failover", "repoint", 2),
+    ("data-corruption", "assess", 1),
+    ("data-corruption", "plan recovery", 1),
+    ("data-corruption", "stop writers", 1),
+    ("data-corruption", "preserve evidence", 1),
+    ("data-corruption", "recover", 1),
+    ("data-corruption", "switch", 1),
+    ("data-corruption", "restart writers", 1),
+]
+
+
+def _nodes(state: Any) -> list[Any]:
+    cl = lab_state.clusters(state)
+    return [cl[lab_state.PRIMARY], cl[lab_state.REPLICA]]
+
+
+def _takes_writes(cluster: Any) -> bool:
+    try:
+        with psycopg.connect(cluster.conninfo(), connect_timeout=1) as conn:
+            row = conn.execute("SELECT NOT pg_catalog.pg_is_in_recovery()").fetchone()
+            return bool(row and row[0])
+    except psycopg.Error:
+        return False
+
+
+@dataclass
+class Watch:
+    """The sampler (primaries every 100 ms) and the writer (acknowledged rows)."""
+
+    nodes: list[Any]
+    worst: int = 0
+    worst_at: str = ""
+    acked: list[int] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def multi_host(self) -> str:
+        hosts = ",".join("127.0.0.1" for _ in self.nodes)
+        ports = ",".join(str(n.port) for n in self.nodes)
+        return (
+            f"host={hosts} port={ports} dbname=postgres user=postgres connect_timeout=1"
+            " target_session_attrs=read-write"
+        )
+
+    def sample(self) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):
+            primaries = [n.name for n in self.nodes if _takes_writes(n)]
+            if len(primaries) > self.worst:
+                self.worst, self.worst_at = len(primaries), f"{time.time():.1f}: {primaries}"
+
+    def write(self) -> None:
+        n = 0
+        while not self._stop.wait(0.05):
+            n += 1
+            try:
+                with psycopg.connect(self.multi_host(), autocommit=True) as conn:
+                    conn.execute(f"INSERT INTO {ACK_TABLE} (id) VALUES (%s)", (n,))
+                self.acked.append(n)
+            except psycopg.Error:
+                continue
+
+    def __enter__(self) -> Watch:
+        with psycopg.connect(self.multi_host(), autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {ACK_TABLE} (id bigint)")
+            conn.execute(f"TRUNCATE {ACK_TABLE}")
+        self._threads = [threading.Thread(target=f, daemon=True) for f in (self.sample, self.write)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+
+    def lost(self) -> list[int]:
+        with psycopg.connect(self.multi_host()) as conn:
+            rows = {r[0] for r in conn.execute(f"SELECT id FROM {ACK_TABLE}").fetchall()}
+        return [n for n in self.acked if n not in rows]
+
+
+def _dr(config: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-c", "from cli.main import app; app()", *args]
+    return subprocess.Popen(
+        [*argv, "--config", str(config)],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _kill_at(proc: subprocess.Popen[str], phase: str, occurrence: int, timeout: float) -> str:
+    """Read output until the phase started ``occurrence`` times; SIGKILL; the output."""
+    deadline = time.monotonic() + timeout
+    seen, count = [], 0
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if f"phase {phase}: started" in line:
+            count += 1
+            if count == occurrence:
+                time.sleep(0.3)  # into the phase, not at its edge
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return "".join(seen)
+    proc.kill()
+    raise AssertionError(f"phase {phase!r} #{occurrence} never started:\n{''.join(seen)[-4000:]}")
+
+
+def _rerun(config: Path, env: dict[str, str], scenario: str, log: Path) -> tuple[int, str, float]:
+    """``dr run`` with auto-approve; (exit code, output, seconds from start to the lock)."""
+    options = ["--option", "auto_approve=true"]
+    if scenario == "region-failover":
+        options += ["--option", "failback=true"]
+    proc = _dr(config, env, "run", scenario, "--target", "lab", *options)
+    assert proc.stdout is not None
+    try:
+        with log.open("w") as sink:
+            for line in proc.stdout:
+                sink.write(line)
+                sink.flush()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = log.read_text()
+    lines = out.splitlines()
+    begun = next((i for i, x in enumerate(lines) if "Beginning flow run" in x), None)
+    taken = next((i for i, x in enumerate(lines) if " taken" in x and "lock " in x), None)
+    assert begun is not None and taken is not None, out[-4000:]
+    seconds = _clock(lines[taken]) - _clock(lines[begun])
+    return proc.returncode, out, seconds
+
+
+def _clock(line: str) -> float:
+    """Seconds of the day of a Prefect log line (``HH:MM:SS.mmm | ...``)."""
+    hh, mm, ss = line.split("|", 1)[0].strip().split(":")
+    return int(hh) * 3600 + int(mm) * 60 + float(ss)
+
+
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize(("scenario", "phase", "occurrence"), CASES)
+def test_kill_at_phase_then_rerun_converges(lab, tmp_path, scenario, phase, occurrence):
+    env = {**os.environ, "PREFECT_API_URL": lab.prefect_api_url}
+    env.pop("DR_CONFIG", None)
+    try:
+        with Watch(_nodes(lab)) as watch:
+            killed = _dr(lab.config_path, env, "drill", scenario, "--target", "lab")
+            first = _kill_at(killed, phase, occurrence, timeout=600)
+            code, out, to_lock = _rerun(lab.config_path, env, scenario, tmp_path / "rerun.log")
+        assert watch.worst <= 1, f"two primaries at {watch.worst_at}\n{first[-2000:]}"
+        assert to_lock < 15, out[-4000:]
+        assert code == 0, out[-4000:]
+        if scenario == "region-failover":
+            # A PITR discards what came after its target by design (the flow stops the
+            # writers first); only the failover and failback promise to lose nothing.
+            assert watch.lost() == [], "acknowledged writes lost"
+    finally:
+        up.heal(lab.base_dir)

@@ -1,0 +1,128 @@
+"""Every run resumes from what the world is: half-done failovers and switch-backs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+from flows.common.failback import resume
+from flows.region_failover.assess import half_done
+from flows.region_failover.models import Assessment, NodeView
+
+T0 = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
+T1 = datetime(2026, 12, 3, 10, 5, tzinfo=UTC)
+
+
+def _view(name: str, state: str, hb: datetime | None = None) -> NodeView:
+    return NodeView(
+        name=name,
+        region="a" if name == "primary" else "b",
+        configured_role="primary" if name == "primary" else "replica",
+        state=state,
+        writable=state == "primary",
+        newest_heartbeat_at=hb,
+    )
+
+
+def _assessment(*views: NodeView) -> Assessment:
+    return Assessment(nodes={v.name: v for v in views}, old_primary="primary", failed_region="a")
+
+
+def test_promoted_but_not_repointed_is_found_and_failure_is_the_standby_side_newest_write():
+    a = _assessment(
+        _view("primary", "unreachable"),
+        _view("replica1", "primary", T1),
+        _view("r2", "standby", T0),
+    )
+    out = half_done(a, "primary")
+    assert any("replica1 already promoted" in f for f in out["found"])
+    assert out["failure_at"] == T0.isoformat()
+
+
+def test_fenced_but_not_promoted_is_found():
+    a = _assessment(_view("primary", "unreachable"), _view("replica1", "standby", T0))
+    out = half_done(a, "primary")
+    assert out["found"] == ["primary unreachable and no replica promoted yet"]
+    assert out["failure_at"] == T0.isoformat()
+
+
+def test_healthy_primary_is_nothing_half_done():
+    a = _assessment(_view("primary", "primary", T1), _view("replica1", "standby", T0))
+    assert half_done(a, "primary") == {"found": [], "failure_at": None}
+
+
+class Rec:
+    dry_run = False
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self.changes: list[object] = []
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def plan(self, action: str, obj: str) -> bool:
+        return True
+
+    def record_check(self, *args: object, **kw: object) -> None:
+        return None
+
+    def record_change(self, change: object, undo: object = None) -> None:
+        self.changes.append(change)
+
+
+def _pgc():
+    def node(name: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            name=name, host="127.0.0.1", port=1, data_directory="/d", bin_dir="/b", os_user=None
+        )
+
+    p, r = node("primary"), node("replica1")
+    return SimpleNamespace(nodes=[p, r], primary=p)
+
+
+def _patch(monkeypatch, state: str, caught_up: bool) -> list[str]:
+    promoted: list[str] = []
+    monkeypatch.setattr(resume, "is_local", lambda n: True)
+    monkeypatch.setattr(resume, "node_conninfo", lambda pgc, n, pw: n.name)
+    monkeypatch.setattr(
+        resume.rejoin,
+        "last_checkpoint_task",
+        lambda *a: {"state": state, "checkpoint_lsn": "0/5000028"},
+    )
+    monkeypatch.setattr(resume, "replayed_at_least", lambda ci, lsn: caught_up)
+    monkeypatch.setattr(resume.fence, "ensure_promoted_task", lambda ci: promoted.append(ci) or ci)
+    return promoted
+
+
+def _healths():
+    return {
+        "replica1": SimpleNamespace(reachable=False, in_recovery=None),
+        "primary": SimpleNamespace(reachable=True, in_recovery=True),
+    }
+
+
+def test_switch_back_killed_after_clean_stop_promotes_the_caught_up_standby(monkeypatch):
+    promoted = _patch(monkeypatch, "shut down", caught_up=True)
+    rec = Rec()
+    node = resume.resume_interrupted_switch_back(rec, _pgc(), _healths(), None)
+    assert node is not None and node.name == "primary"
+    assert promoted == ["primary"]
+    assert "interrupted switch-back" in rec.notes[0]
+
+
+def test_no_promotion_when_the_standby_is_behind_or_the_stop_was_not_clean(monkeypatch):
+    promoted = _patch(monkeypatch, "shut down", caught_up=False)
+    assert resume.resume_interrupted_switch_back(Rec(), _pgc(), _healths(), None) is None
+    _patch(monkeypatch, "in production", caught_up=True)
+    assert resume.resume_interrupted_switch_back(Rec(), _pgc(), _healths(), None) is None
+    assert promoted == []
+
+
+def test_no_writer_and_configured_primary_a_standby_fails_over_from_the_node_that_is_down():
+    from flows.region_failover.assess import identify_old_primary
+
+    views = [_view("primary", "standby"), _view("replica1", "unreachable")]
+    assert identify_old_primary(views, "primary") == "replica1"
+    views = [_view("primary", "unreachable"), _view("replica1", "standby")]
+    assert identify_old_primary(views, "primary") == "primary"
