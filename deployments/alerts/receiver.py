@@ -288,7 +288,9 @@ class AlertReceiver:
     ) -> RunRecord:
         """Attach to the target's active run of the scenario, else start one (rate-limited)."""
         try:
-            existing = await active_runs(self.client, route.scenario.value, route.target)
+            existing = await active_runs(
+                self.client, route.scenario.value, route.target, run_mode(route, alert).value
+            )
             if existing:
                 return await self._attach(key, route, alert, existing[0])
         except DRError:

@@ -198,11 +198,14 @@ def state_type(flow_run: Any) -> str:
     return str(getattr(state, "value", state)).upper()
 
 
-async def active_runs(client: Any, scenario: str, target: str) -> list[Any]:
+async def active_runs(
+    client: Any, scenario: str, target: str, mode: str | None = None
+) -> list[Any]:
     """The target's scheduled or under-way runs of a scenario, oldest first.
 
     Any run counts, whoever started it (an alert, ``dr run``, the UI): its flow is named
-    after the scenario and its ``target`` parameter names the target.
+    after the scenario and its ``target`` parameter names the target. With ``mode``, only
+    runs of that mode: an incident alert never attaches to a drill, which recovers nothing.
     """
     from prefect.client.schemas.filters import (
         FlowFilter,
@@ -221,7 +224,12 @@ async def active_runs(client: Any, scenario: str, target: str) -> list[Any]:
         sort=FlowRunSort.EXPECTED_START_TIME_ASC,
         limit=ACTIVE_RUNS_LIMIT,
     )
-    return [r for r in runs if (r.parameters or {}).get("target") == target]
+    return [
+        r
+        for r in runs
+        if (r.parameters or {}).get("target") == target
+        and (mode is None or str((r.parameters or {}).get("mode", "drill")) == mode)
+    ]
 
 
 async def runs_started_by(client: Any, key: str) -> list[Any]:
