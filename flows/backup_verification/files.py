@@ -25,7 +25,11 @@ from flows.common.systems import node_conninfo
 from flows.lifecycle import RunContext
 from tasks.files.backup import backup_files_task
 from tasks.files.manifest import backup_prefix
-from tasks.files.verify import inject_bad_object_task, verify_files_backup_task
+from tasks.files.verify import (
+    inject_bad_object_task,
+    mark_files_verified_task,
+    verify_files_backup_task,
+)
 from tasks.storage import operations as storage_operations
 
 __all__ = ["FilesBranches", "drill_backup_id"]
@@ -71,10 +75,15 @@ class FilesBranches:
                 self.scratch / source.name,
                 backup_id=bad_id if source is self.bad else None,
                 aws=self.ctx.config.aws,
+                mark=False,
             )
 
-    def collect(self) -> list[dict[str, Any]]:
-        """Record each verification as a check; then the links; then clean up."""
+    def collect(self, *, mark: bool) -> list[dict[str, Any]]:
+        """Record each verification as a check; then the links; then clean up.
+
+        ``mark``: the databases' verifications all passed, so the files backups that passed
+        are marked verified too (a red or refused drill writes nothing to the real backups).
+        """
         out: list[dict[str, Any]] = []
         try:
             for outcome in self.branches.collect():
@@ -85,6 +94,8 @@ class FilesBranches:
                         f"files {name} backup restores", result.passed, detail=result.sentence()
                     )
                     out.append(result.model_dump(mode="json"))
+                    if mark and result.passed and self._source(name) is not self.bad:
+                        self._mark(self._source(name), result)
                 else:
                     self.ctx.record_check(
                         f"files {name} backup restores", False, detail=outcome.detail
@@ -96,6 +107,18 @@ class FilesBranches:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self._remove_bad_copy()
         return out
+
+    def _source(self, name: str) -> FileSource:
+        return next(s for s in self.sources if s.name == name)
+
+    def _mark(self, source: FileSource, result: Any) -> None:
+        mark_files_verified_task(
+            source,
+            files_repository(self.ctx, source),
+            result.backup_id,
+            result.expected_count,
+            aws=self.ctx.config.aws,
+        )
 
     def _check_links(self) -> None:
         pgc = self.ctx.target.postgres

@@ -82,7 +82,7 @@ def verify_in_parallel(
         )
     _wait(ctx, board, dict(zip(branches, futures, strict=True)))
     results = _collect(branches, futures)
-    files_branches.collect()
+    files_branches.collect(mark=bool(results) and all(r.ok for r in results))
     return results
 
 

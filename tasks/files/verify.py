@@ -14,6 +14,7 @@ import json
 import logging
 import tarfile
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -118,6 +119,7 @@ def verify_files_backup(
     *,
     backup_id: str | None = None,
     aws: AWSConfig | None = None,
+    mark: bool = True,
 ) -> FilesVerification:
     """Restore one files backup (the newest complete one by default) and check all of it.
 
@@ -127,6 +129,8 @@ def verify_files_backup(
         scratch_dir: an empty folder to restore into (left for inspection; the caller cleans).
         backup_id: a given backup instead of the newest.
         aws: the ``aws`` section for S3 repositories.
+        mark: write ``verified.json`` when it passed; a drill passes False and marks with
+            :func:`mark_files_verified` only once the whole drill passed.
 
     Raises:
         ObjectNotFound: no complete backup of the entry.
@@ -158,13 +162,27 @@ def verify_files_backup(
         unexpected=unexpected[:LIST_LIMIT],
         problems=problems,
     )
-    if ok:
-        marker = {"verified_at": utcnow().isoformat(), "count": manifest.count}
-        repo.put_bytes(
-            verified_key(source.name, backup_id), json.dumps(marker).encode(), overwrite=True
-        )
+    if ok and mark:
+        _write_marker(repo, source.name, backup_id, manifest.count)
     logger.info("%s", result.sentence())
     return result
+
+
+def _write_marker(repo: Any, name: str, backup_id: str, count: int) -> None:
+    marker = {"verified_at": utcnow().isoformat(), "count": count}
+    repo.put_bytes(verified_key(name, backup_id), json.dumps(marker).encode(), overwrite=True)
+
+
+def mark_files_verified(
+    source: FileSource,
+    repository_url: str,
+    backup_id: str,
+    count: int,
+    *,
+    aws: AWSConfig | None = None,
+) -> None:
+    """Record a files backup as verified (restores prefer verified backups)."""
+    _write_marker(repository(repository_url, aws), source.name, backup_id, count)
 
 
 def inject_bad_object(
@@ -207,4 +225,7 @@ verify_files_backup_task = dr_task(
 )
 inject_bad_object_task = dr_task(
     inject_bad_object, name="files-inject-bad-object", timeout_seconds=600
+)
+mark_files_verified_task = dr_task(
+    mark_files_verified, name="files-mark-verified", timeout_seconds=120
 )

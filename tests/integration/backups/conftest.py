@@ -63,9 +63,16 @@ class BackupLab:
         repository: str | None = None,
         foreign: list[dict[str, Any]] | None = None,
         retention: dict[str, int] | None = None,
+        files: bool = True,
     ) -> Path:
-        """A copy of the lab's config whose target ``lab`` uses a private repository."""
+        """A copy of the lab's config whose target ``lab`` uses a private repository.
+
+        ``files=False``: a database-only target (no ``files:`` or ``links:``).
+        """
         data = copy.deepcopy(self.raw_config)
+        if not files:
+            data["targets"]["lab"].pop("files", None)
+            data["targets"]["lab"].pop("links", None)
         backup = data["targets"]["lab"]["backup"]
         backup["repository"] = repository or f"file://{folder / 'repo'}"
         if foreign is not None:

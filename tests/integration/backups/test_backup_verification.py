@@ -370,7 +370,8 @@ def test_a_target_with_only_foreign_dumps_is_verified_and_the_newest_name_wins(b
     (work / "repo").mkdir()
     folder = foreign_folder(work, pg_dump_plain(backup_lab), "db_backup_20250102_000000.sql.gz")
     (folder / "db_backup_20250101_000000.sql.gz").write_bytes(b"older and broken")  # newer mtime
-    config = backup_lab.write_config(work, foreign=foreign_entry(folder))
+    # A database-only target: no files backup of ours exists in this fresh repository.
+    config = backup_lab.write_config(work, foreign=foreign_entry(folder), files=False)
     result = drill(config)
     assert result["outcome"] == "passed", result["reason"]
     checks = checks_by_name(result)
@@ -405,14 +406,14 @@ def test_injected_truncated_plain_dump_turns_the_drill_red(backup_lab, seed_copy
 
 def test_with_pitr_the_rpo_is_the_wal_archives_age_not_the_old_dumps(backup_lab, work):
     """A monthly drill on a target with hourly dumps: PITR meets the RPO, an old dump does not."""
-    config = backup_lab.write_config(work, foreign=[])
+    config = backup_lab.write_config(work, foreign=[], files=False)  # database-only target
     base = backup_flow("lab", kind="base", config_path=str(config), staging_dir=str(work / "s"))
     assert base["ok"], base
     folder = foreign_folder(work, pg_dump_plain(backup_lab))
     stale = folder / "db_backup_20250101_000000.sql.gz"
     two_hours_ago = datetime.now(UTC).timestamp() - 7200
     os.utime(stale, (two_hours_ago, two_hours_ago))
-    config = backup_lab.write_config(work, foreign=foreign_entry(folder))
+    config = backup_lab.write_config(work, foreign=foreign_entry(folder), files=False)
     result = drill(config)
     assert result["details"]["recovery_point"]["pitr"] is True, result["details"]
     assert result["outcome"] == "passed", result["reason"]
