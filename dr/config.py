@@ -155,6 +155,11 @@ class BackupConfig(Strict):
     dump_jobs: int | None = Field(None, ge=1, description="pg_dump -j; default from CPU count.")
     base_backup_every_hours: float = Field(24, gt=0)
     foreign: list[ForeignBackups] = Field(default_factory=list)
+    excluded_tables: list[str] = Field(
+        default_factory=list,
+        description="Tables (schema.table) the dumps leave out on purpose: a dump that lacks "
+        "one is not a failure.",
+    )
 
     @field_validator("repository", "wal_archive")
     @classmethod
@@ -262,6 +267,11 @@ class Target(Strict):
     caches: list[CacheConfig] = Field(default_factory=list)
     files: list[FileSource] = Field(default_factory=list)
     links: list[FileLink] = Field(default_factory=list)
+    require_detection: bool = Field(
+        False,
+        description="A data-corruption drill whose damage none of the target's own checks "
+        "noticed fails (otherwise it is a non-critical finding).",
+    )
 
     @field_validator("evidence_repository")
     @classmethod

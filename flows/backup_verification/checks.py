@@ -142,6 +142,7 @@ def check_backup_age(
     rpo_seconds: float,
     *,
     seen: str,
+    critical: bool = True,
 ) -> None:
     """The backup's age at the drill against the RPO (the RPO of a restore is that age).
 
@@ -151,12 +152,15 @@ def check_backup_age(
         now: the drill's time.
         rpo_seconds: the tier's RPO.
         seen: how ``started_at`` is described ("snapshot at", "file modified").
+        critical: False when point-in-time recovery meets the RPO whatever this age.
     """
     age = max(0.0, (now - started_at).total_seconds())
     result.age_seconds = round(age, 3)
     result.check(
         "backup age",
         age <= rpo_seconds,
-        f"{age:.0f} s old ({seen} {started_at:%Y-%m-%d %H:%M:%S} UTC), RPO {rpo_seconds:.0f} s",
+        f"{age:.0f} s old ({seen} {started_at:%Y-%m-%d %H:%M:%S} UTC), RPO {rpo_seconds:.0f} s"
+        + ("" if critical else " (informational: point-in-time recovery covers the RPO)"),
+        critical=critical,
         value=round(age, 3),
     )

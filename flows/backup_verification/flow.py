@@ -6,7 +6,7 @@ database of the target, in parallel:
 
 1. find the newest *complete* backup (its manifest is present) and refuse one of another
    target or database;
-2. check its age against the tier's RPO (the RPO of a restore is the backup's age);
+2. check its age against the tier's RPO (not critical when point-in-time recovery meets it);
 3. download every file, verifying its SHA-256 against the manifest while it streams;
 4. restore it with ``pg_restore`` into an isolated scratch database
    ``dr_verify_<db>_<shortid>`` on the primary: never the source, never a name that
@@ -18,20 +18,26 @@ database of the target, in parallel:
    which retention honours: the newest verified backup is never deleted).
 
 Backups made by something else (``backup.foreign``: a location and a name pattern, like
-seed 001's ``backups/db_backup_*.sql.gz``) get the checks that apply without a manifest:
-age from the file's modification time, restorable (plain SQL streamed through psql, gunzip
-on the fly; or a custom-format archive through pg_restore), validation queries, amcheck.
+seed 001's ``backups/db_backup_*.sql.gz``; the newest by the timestamp in the name) are
+checked as strictly as our own: restorable (plain SQL through psql, gunzip on the fly; or a
+custom-format archive through pg_restore), pg_dump's completion trailer, every table of
+the live source restored with its constraints and counted next to the source's,
+validation queries, amcheck. A database with only foreign dumps needs no backup of ours.
 
 ``inject`` makes the drill go red on purpose, on a COPY of the newest backup in a scratch
 prefix of the repository (the real backup is never written): ``bad-backup`` flips one byte
 in the largest data file (storage bit rot: the checksum gate must catch it);
 ``bad-backup-truncate`` cuts that file in half and re-seals the copy's manifest (a dump
-that was already bad when written: the restore must catch it).
+that was already bad when written: the restore must catch it); ``truncated-plain-dump``
+cuts a copy of the newest foreign plain dump after one table's data and re-gzips it (a
+cron job whose pg_dump died: the completion trailer and constraint checks must catch it).
 
 Every check is recorded through the incident lifecycle (artifacts, history, Slack); a
 failed check fails the drill with its reason. RTO is the restore's wall time (download,
 checksum verification and ``pg_restore`` of every database, in parallel); RPO is the
-age of the oldest of the newest backups at the drill.
+recovery point a user could reach (``recovery_point``): the WAL archive's age when a
+verified base backup and a gapless archive allow point-in-time recovery (a dump's age is
+then informational), else the age of the newest backup that passed, of either kind.
 """
 
 from __future__ import annotations
@@ -46,7 +52,11 @@ from prefect import flow
 from dr.clock import utcnow
 from dr.config import ForeignBackups, Mode, Scenario
 from dr.errors import DRError, VerificationError
-from flows.backup_verification.inject import choose_injection, inject_failure
+from flows.backup_verification.inject import (
+    choose_injection,
+    inject_failure,
+    inject_truncated_plain_dump,
+)
 from flows.backup_verification.measure import measure_restore
 from flows.backup_verification.models import (
     BackupVerificationOptions,
@@ -54,12 +64,18 @@ from flows.backup_verification.models import (
     Injection,
     NewestBackup,
 )
-from flows.backup_verification.newest import find_newest_backup_task
+from flows.backup_verification.newest import NoBackupError, find_newest_backup_task
 from flows.backup_verification.parallel import verify_in_parallel
 from flows.backup_verification.record import mark_verified, record_results
+from flows.backup_verification.recovery_point import (
+    RecoveryPoint,
+    assess_recovery_point_task,
+    measure_recovery_point,
+)
 from flows.common.backups import open_target_repository
 from flows.lifecycle import RunContext, run_scenario
 from tasks.backups import manifest as backups_manifest
+from tasks.backups.retention import foreign_database_hint
 from tasks.storage import client as storage_client
 from tasks.storage import operations as storage_operations
 
@@ -82,7 +98,8 @@ def backup_verification_flow(
         target: a target of the config.
         mode: ``drill`` (default), ``incident`` (the same checks, e.g. after an alert that
             backups may be bad) or ``dry-run`` (find the backups, plan, change nothing).
-        inject: ``bad-backup`` or ``bad-backup-truncate`` to prove the drill goes red.
+        inject: ``bad-backup``, ``bad-backup-truncate`` or ``truncated-plain-dump`` to
+            prove the drill goes red.
         config_path: the config file (default: $DR_CONFIG, ./dr.yaml, the lab's).
         severity: recorded in the report.
         options: more options (``inject`` may also be given here, as the CLI does).
@@ -125,7 +142,8 @@ def _verify(ctx: RunContext, options: BackupVerificationOptions) -> None:
     foreign = list(ctx.target.backup.foreign) if options.include_foreign else []
 
     with ctx.phase("assess", detail=f"newest complete backup of {', '.join(_databases(ctx))}"):
-        newest = _find_newest(ctx, repo, drill_time, results)
+        newest = _find_newest(ctx, repo, drill_time, results, _foreign_databases(ctx, foreign))
+        point = _assess_recovery_point(ctx, drill_time)
 
     if ctx.dry_run:
         with ctx.phase("plan"):
@@ -133,29 +151,39 @@ def _verify(ctx: RunContext, options: BackupVerificationOptions) -> None:
         record_results(ctx, results)
         return
 
-    scratch_prefix: str | None = None
+    scratch: list[tuple[storage_client.Repository, str]] = []
     injected_db: str | None = None
+    foreign_keys: dict[int, str] = {}
     try:
         if options.inject is not None:
             with ctx.phase("inject", detail=f"{options.inject.value} on a copy"):
-                injected_db, scratch_prefix = choose_injection(ctx, newest, short_id)
-                inject_failure(ctx, repo, newest, injected_db, options.inject, scratch_prefix)
+                injected_db = _inject(
+                    ctx, repo, newest, foreign, options.inject, short_id, scratch, foreign_keys
+                )
         ctx.stamp_failure()
         with ctx.phase(
             "restore and check",
             detail=f"{len(newest)} database(s) and {len(foreign)} foreign dump(s) in parallel",
         ):
             results += verify_in_parallel(
-                ctx, newest, foreign, short_id=short_id, options=options, drill_time=drill_time
+                ctx,
+                newest,
+                foreign,
+                short_id=short_id,
+                options=options,
+                drill_time=drill_time,
+                age_critical=not point.pitr,
+                foreign_keys=foreign_keys,
             )
         ctx.progress(1.0, "verification finished")
     finally:
-        if scratch_prefix is not None:
+        for scratch_repo, prefix in scratch:
             with contextlib.suppress(DRError):
-                storage_operations.delete_prefix_task(repo, scratch_prefix + "/")
+                storage_operations.delete_prefix_task(scratch_repo, prefix + "/")
 
     with ctx.phase("measure"):
         measure_restore(ctx, results)
+        measure_recovery_point(ctx, results, point)
 
     with ctx.phase("mark verified"):
         for r in results:
@@ -164,6 +192,44 @@ def _verify(ctx: RunContext, options: BackupVerificationOptions) -> None:
             mark_verified(ctx, repo, r, f"{ctx.target_name}/{r.database}")
 
     record_results(ctx, results)
+
+
+def _assess_recovery_point(ctx: RunContext, drill_time: datetime) -> RecoveryPoint:
+    """Whether point-in-time recovery meets the RPO (then old dumps are no failure)."""
+    point = assess_recovery_point_task(ctx.config, ctx.target_name, drill_time)
+    if ctx.target.backup.wal_archive:
+        ctx.record_check(
+            "point-in-time recovery", point.pitr, critical=False, detail=point.summary()
+        )
+    else:
+        ctx.note(point.summary())
+    return point
+
+
+def _inject(
+    ctx: RunContext,
+    repo: storage_client.Repository,
+    newest: dict[str, NewestBackup],
+    foreign: list[ForeignBackups],
+    injection: Injection,
+    short_id: str,
+    scratch: list[tuple[storage_client.Repository, str]],
+    foreign_keys: dict[int, str],
+) -> str | None:
+    """Put a damaged copy in place of a real backup; returns the own database it replaced.
+
+    Fills ``scratch`` with what to delete afterwards and ``foreign_keys`` with the foreign
+    entry whose newest dump the copy replaces.
+    """
+    if injection is Injection.truncated_plain_dump:
+        copy = inject_truncated_plain_dump(ctx, foreign, short_id, scratch)
+        if copy is not None:
+            foreign_keys[copy.index] = copy.key
+        return None
+    injected_db, scratch_prefix = choose_injection(ctx, newest, short_id)
+    scratch.append((repo, scratch_prefix))
+    inject_failure(ctx, repo, newest, injected_db, injection, scratch_prefix)
+    return injected_db
 
 
 def _databases(ctx: RunContext) -> list[str]:
@@ -175,20 +241,30 @@ def _short_id(ctx: RunContext) -> str:
     return (raw[:8] or utcnow().strftime("%H%M%S%f")).lower()
 
 
+def _foreign_databases(ctx: RunContext, foreign: list[ForeignBackups]) -> set[str]:
+    """The databases the foreign entries hold dumps of."""
+    first = _databases(ctx)[0]
+    return {e.database or foreign_database_hint(e.pattern) or first for e in foreign}
+
+
 def _find_newest(
     ctx: RunContext,
     repo: storage_client.Repository,
     drill_time: datetime,
     results: list[DatabaseVerification],
+    covered_by_foreign: set[str],
 ) -> dict[str, NewestBackup]:
-    """The newest complete backup per database; a database without one is a failed check."""
+    """The newest complete backup per database; a database without one is a failed check,
+    unless it has no backup of our own at all and foreign dumps of it are verified."""
     newest: dict[str, NewestBackup] = {}
     for db in _databases(ctx):
         try:
             newest[db] = find_newest_backup_task(repo, ctx.target_name, db)
         except VerificationError as exc:
             failed = DatabaseVerification(database=db)
-            failed.check("newest backup", False, str(exc))
+            foreign_only = isinstance(exc, NoBackupError) and db in covered_by_foreign
+            detail = f"{exc}; its foreign dumps are verified instead" if foreign_only else str(exc)
+            failed.check("newest backup", False, detail, critical=not foreign_only)
             results.append(failed)
     for db, chosen in newest.items():
         age = (drill_time - chosen.manifest.started_at).total_seconds()

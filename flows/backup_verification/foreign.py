@@ -14,6 +14,7 @@ from dr.config import DRConfig, ForeignBackups, Target
 from dr.errors import DRError, ObjectNotFound, VerificationError
 from dr.tasking import dr_task
 from flows.backup_verification.checks import check_backup_age, post_restore_checks
+from flows.backup_verification.coverage import check_completion_trailer, check_coverage
 from flows.backup_verification.models import DatabaseVerification
 from flows.backup_verification.scratch import scratch_database
 from flows.common.backups import open_target_repository
@@ -43,17 +44,26 @@ def verify_foreign_backup(
     rpo_seconds: float,
     progress: Callable[[float, str], None] | None = None,
     now: datetime | None = None,
+    age_critical: bool = True,
+    dump_key: str | None = None,
 ) -> DatabaseVerification:
-    """Verify the newest dump matching a foreign entry: age, restorable, queries, amcheck.
+    """Verify the newest dump matching a foreign entry as strictly as one of our own.
 
-    Foreign dumps have no manifest, so there are no row counts or checksums to compare;
-    gzip's own CRC still catches a corrupt or truncated ``.gz`` while it streams.
+    Age, restorable, pg_dump's completion trailer (plain dumps), every table of the live
+    source restored with its constraints (row counts shown next to the source's),
+    validation queries, amcheck. The newest dump is the one with the newest timestamp in
+    its name (modification time when no name has one).
+
+    Args:
+        age_critical: False when point-in-time recovery covers the RPO (the age is shown).
+        dump_key: verify this object instead of the newest (a drill's corrupted copy).
     """
     target = config.target(target_name)
-    pgc = target.postgres
     report_progress = progress or (lambda fraction, message="": None)
     database = (
-        entry.database or backups_retention.foreign_database_hint(entry.pattern) or pgc.databases[0]
+        entry.database
+        or backups_retention.foreign_database_hint(entry.pattern)
+        or target.postgres.databases[0]
     )
     result = DatabaseVerification(
         database=database,
@@ -62,22 +72,17 @@ def verify_foreign_backup(
         location=entry.location,
     )
     repo = open_target_repository(config, entry.location)
-    found = storage_operations.glob_objects_task(repo, entry.pattern)
-    newest = backups_retention.pick_newest(found)
+    newest = _find_dump(repo, entry, dump_key, result)
     if newest is None:
-        result.check(
-            "newest foreign dump",
-            False,
-            f"nothing in {entry.location} matches {entry.pattern!r}",
-        )
         return result
-    result.location = repo.url_for(newest.key)
-    result.backup_id = newest.key
-    result.backup_started_at = newest.mtime
-    result.files = 1
-    result.bytes = newest.size
-    result.check("newest foreign dump", True, f"{newest.key} ({newest.size} bytes)")
-    check_backup_age(result, newest.mtime, now or utcnow(), rpo_seconds, seen="file modified")
+    check_backup_age(
+        result,
+        newest.mtime,
+        now or utcnow(),
+        rpo_seconds,
+        seen="file modified",
+        critical=age_critical,
+    )
     try:
         head = storage_operations.read_object_task(repo, newest.key, HEAD_BYTES)
         fmt = backups_restore.detect_dump_format(head)
@@ -85,8 +90,12 @@ def verify_foreign_backup(
         result.check("restore", False, str(exc))
         return result
     with scratch_database(target, database, short_id, result) as scratch:
-        if not _restore(target, repo, newest, fmt, scratch, result, report_progress):
+        restored = _restore(target, repo, newest, fmt, scratch, result, report_progress)
+        if restored is None:
             return result
+        if fmt in ("plain", "plain-gzip"):
+            check_completion_trailer(result, restored.trailer)
+        check_coverage(target, database, scratch, result)
         post_restore_checks(
             target,
             database,
@@ -100,6 +109,35 @@ def verify_foreign_backup(
     return result
 
 
+def _find_dump(
+    repo: storage_client.Repository,
+    entry: ForeignBackups,
+    dump_key: str | None,
+    result: DatabaseVerification,
+) -> storage_client.ObjectInfo | None:
+    """The dump to verify (the newest by name, or ``dump_key``); None: a failed check."""
+    if dump_key is not None:
+        listed = storage_operations.list_objects_task(repo, dump_key)
+        newest = next((o for o in listed if o.key == dump_key), None)
+    else:
+        found = storage_operations.glob_objects_task(repo, entry.pattern)
+        newest = backups_retention.pick_newest_by_name(found)
+    if newest is None:
+        result.check(
+            "newest foreign dump",
+            False,
+            f"nothing in {entry.location} matches {dump_key or entry.pattern!r}",
+        )
+        return None
+    result.location = repo.url_for(newest.key)
+    result.backup_id = newest.key
+    result.backup_started_at = newest.mtime
+    result.files = 1
+    result.bytes = newest.size
+    result.check("newest foreign dump", True, f"{newest.key} ({newest.size} bytes)")
+    return newest
+
+
 def _restore(
     target: Target,
     repo: storage_client.Repository,
@@ -108,8 +146,8 @@ def _restore(
     scratch: str,
     result: DatabaseVerification,
     report_progress: Callable[[float, str], None],
-) -> bool:
-    """Restore the foreign dump into the scratch database; False when it failed."""
+) -> backups_restore.RestoreInfo | None:
+    """Restore the foreign dump into the scratch database; None when it failed."""
     pgc = target.postgres
     password = pgc.password.resolve() if pgc.password else None
     tool_conn = postgres_client.conninfo(pgc.primary, user=pgc.user, dbname=scratch)
@@ -129,7 +167,7 @@ def _restore(
     except DRError as exc:
         result.restore_seconds = round(time.perf_counter() - t0, 3)
         result.check("restore", False, f"{fmt} dump: {exc}")
-        return False
+        return None
     result.restore_seconds = round(time.perf_counter() - t0, 3)
     result.restored_at = utcnow()
     result.restore_jobs = restored.jobs
@@ -139,7 +177,7 @@ def _restore(
         f"{fmt} dump restored into {scratch} in {result.restore_seconds:.2f} s",
         value=result.restore_seconds,
     )
-    return True
+    return restored
 
 
 verify_foreign_backup_task = dr_task(

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from dr.changes import Change
+from dr.config import ForeignBackups
 from dr.errors import VerificationError
 from dr.tasking import dr_task
 from flows.backup_verification.models import SCRATCH_FOLDER, Injection, NewestBackup
+from flows.common.backups import open_target_repository
 from flows.lifecycle import RunContext
 from tasks.backups import inject as backups_inject
 from tasks.backups import manifest as backups_manifest
+from tasks.backups import restore as backups_restore
+from tasks.backups import retention as backups_retention
 from tasks.storage import client as storage_client
 from tasks.storage import operations as storage_operations
 
-__all__ = ["choose_injection", "inject_failure", "inject_into_copy", "inject_into_copy_task"]
+__all__ = [
+    "PlainDumpCopy",
+    "choose_injection",
+    "cut_plain_copy",
+    "cut_plain_copy_task",
+    "inject_failure",
+    "inject_into_copy",
+    "inject_into_copy_task",
+    "inject_truncated_plain_dump",
+]
 
 
 def inject_into_copy(
@@ -127,3 +141,93 @@ def inject_failure(
         f"injected {injection.value}: {info.kind} in {info.file} of a copy "
         f"of {chosen.backup_id} at {copy.location}; the real backup is untouched"
     )
+
+
+@dataclass(frozen=True)
+class PlainDumpCopy:
+    """A cut copy of a foreign plain dump that replaces the real one in the drill."""
+
+    index: int
+    key: str
+
+
+def cut_plain_copy(
+    repo: storage_client.Repository, key: str, gzipped: bool, copy_key: str
+) -> backups_inject.PlainCutInfo:
+    """Put at ``copy_key`` a copy of the plain dump ``key`` cut after one table's data."""
+    with tempfile.TemporaryFile() as tmp:
+        with repo.open_read(key) as src:
+            info = backups_inject.cut_plain_dump(src, tmp, gzipped=gzipped)
+        tmp.seek(0)
+        repo.put_stream(copy_key, tmp)  # type: ignore[arg-type]
+    return info
+
+
+cut_plain_copy_task = dr_task(cut_plain_copy, name="cut-plain-copy", retries=0)
+
+
+def _newest_plain_dump(
+    ctx: RunContext, foreign: list[ForeignBackups]
+) -> tuple[int, storage_client.Repository, storage_client.ObjectInfo, bool]:
+    """The first foreign entry whose newest dump is plain SQL: (index, repo, dump, gzipped)."""
+    for i, entry in enumerate(foreign):
+        repo = open_target_repository(ctx.config, entry.location)
+        found = storage_operations.glob_objects_task(repo, entry.pattern)
+        newest = backups_retention.pick_newest_by_name(found)
+        if newest is None:
+            continue
+        head = storage_operations.read_object_task(repo, newest.key, 512)
+        fmt = backups_restore.detect_dump_format(head)
+        if fmt in ("plain", "plain-gzip"):
+            return i, repo, newest, fmt == "plain-gzip"
+    raise VerificationError(
+        "nothing to cut: no backup.foreign entry whose newest dump is plain SQL "
+        "(truncated-plain-dump needs a `pg_dump | gzip` dump)"
+    )
+
+
+def inject_truncated_plain_dump(
+    ctx: RunContext,
+    foreign: list[ForeignBackups],
+    short_id: str,
+    scratch: list[tuple[storage_client.Repository, str]],
+) -> PlainDumpCopy | None:
+    """Cut a copy of the newest foreign plain dump after one table's data, re-gzipped.
+
+    The copy goes to a scratch prefix of the dump's own repository (a name its pattern
+    does not match), added to ``scratch`` before anything is written; the real dump is
+    only read. Recorded as an undoable change.
+    """
+    index, repo, real, gzipped = _newest_plain_dump(ctx, foreign)
+    scratch_prefix = f"{SCRATCH_FOLDER}/{short_id}"
+    copy_key = f"{scratch_prefix}/{real.key.rsplit('/', 1)[-1]}.truncated"
+    if not ctx.plan("cut a copy of", repo.url_for(real.key)):
+        return None
+    scratch.append((repo, scratch_prefix))
+    info = cut_plain_copy_task(repo, real.key, gzipped, copy_key)
+    ctx.record_change(
+        Change(
+            system="storage",
+            action="put-truncated-copy",
+            object=repo.url_for(copy_key),
+            outcome="created",
+            undo=f"delete {repo.url_for(copy_key)}",
+        ),
+        undo=lambda: storage_operations.delete_prefix_task(repo, scratch_prefix + "/"),
+    )
+    ctx.details["injection"] = {
+        "injection": Injection.truncated_plain_dump.value,
+        "real_backup": repo.url_for(real.key),
+        "corrupted_copy": repo.url_for(copy_key),
+        "damage": f"cut after the data of {info.table}",
+        "kept_bytes": info.kept_bytes,
+        "original_bytes": info.original_bytes,
+        "tables_without_data": info.tables_without_data,
+    }
+    ctx.note(
+        f"injected truncated-plain-dump: a copy of {real.key} cut after the data of "
+        f"{info.table} ({info.kept_bytes} of {info.original_bytes} bytes"
+        f"{', re-gzipped' if gzipped else ''}) at {repo.url_for(copy_key)}; the real dump "
+        "is untouched"
+    )
+    return PlainDumpCopy(index=index, key=copy_key)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from dr.errors import redact
 from flows.common.options import AlertOptions
+from tasks.backups import coverage as backups_coverage
 from tasks.backups import inject as backups_inject
 from tasks.backups import manifest as backups_manifest
 
@@ -31,6 +32,7 @@ class Injection(StrEnum):
 
     bad_backup = "bad-backup"
     bad_backup_truncate = "bad-backup-truncate"
+    truncated_plain_dump = "truncated-plain-dump"
 
 
 class BackupVerificationOptions(AlertOptions):
@@ -86,6 +88,7 @@ class DatabaseVerification(BaseModel):
     scratch_database: str | None = None
     scratch_dropped: bool = False
     injected: backups_inject.InjectionInfo | None = None
+    coverage: backups_coverage.Coverage | None = None
     checks: list[CheckOutcome] = Field(default_factory=list)
     error: str = ""
 

@@ -10,7 +10,11 @@ from tasks.backups import manifest as backups_manifest
 from tasks.storage import client as storage_client
 from tasks.storage import operations as storage_operations
 
-__all__ = ["find_newest_backup", "find_newest_backup_task"]
+__all__ = ["NoBackupError", "find_newest_backup", "find_newest_backup_task"]
+
+
+class NoBackupError(VerificationError):
+    """No backup of the project's own at all (a target may have only foreign dumps)."""
 
 
 def find_newest_backup(
@@ -27,7 +31,7 @@ def find_newest_backup(
     entries = list_backups(repo, folder)
     complete = [e for e in entries if e.complete]
     if not entries:
-        raise VerificationError(
+        raise NoBackupError(
             f"no backup of {database} in {repo.url_for_prefix(folder + '/')} "
             "(empty repository: run `dr backup` first)"
         )

@@ -31,8 +31,14 @@ def verify_in_parallel(
     short_id: str,
     options: BackupVerificationOptions,
     drill_time: datetime,
+    age_critical: bool = True,
+    foreign_keys: dict[int, str] | None = None,
 ) -> list[DatabaseVerification]:
-    """One branch per database and per foreign entry; a branch that crashes is a finding."""
+    """One branch per database and per foreign entry; a branch that crashes is a finding.
+
+    ``age_critical`` False: point-in-time recovery covers the RPO, a dump's age is shown
+    only; ``foreign_keys`` replaces an entry's newest dump (by index) with a drill's copy.
+    """
     branches = [*newest.keys(), *[f"foreign:{e.pattern}" for e in foreign]]
     # The lifecycle shows progress (ctx.progress); the board only gathers it.
     board = ProgressBoard(None, "backup verification", branches, bars=False)
@@ -52,6 +58,7 @@ def verify_in_parallel(
                 heapallindexed=options.heapallindexed,
                 progress=board.callback(db),
                 now=drill_time,
+                age_critical=age_critical,
             )
         )
     for i, entry in enumerate(foreign):
@@ -64,6 +71,8 @@ def verify_in_parallel(
                 rpo_seconds=rpo,
                 progress=board.callback(branches[len(newest) + i]),
                 now=drill_time,
+                age_critical=age_critical,
+                dump_key=(foreign_keys or {}).get(i),
             )
         )
     _wait(ctx, board, futures)

@@ -65,6 +65,7 @@ def verify_database_backup(
     heapallindexed: bool = False,
     progress: Callable[[float, str], None] | None = None,
     now: datetime | None = None,
+    age_critical: bool = True,
 ) -> DatabaseVerification:
     """Verify one database's newest backup end to end; every finding becomes a check.
 
@@ -80,6 +81,7 @@ def verify_database_backup(
         heapallindexed: deeper pg_amcheck.
         progress: called with (fraction, message).
         now: the drill's time, for the backup's age.
+        age_critical: False when point-in-time recovery covers the RPO (the age is shown).
 
     Returns:
         A :class:`DatabaseVerification`; its checks say what passed and failed.
@@ -97,13 +99,11 @@ def verify_database_backup(
         result.check("newest backup", False, str(exc))
         return result
     manifest = chosen.manifest
-    result.location = chosen.location
-    result.backup_id = chosen.backup_id
-    result.backup_started_at = manifest.started_at
-    result.files = len(manifest.files)
-    result.bytes = manifest.total_bytes
-    result.check("newest backup", True, f"{chosen.backup_id} ({manifest.total_bytes} bytes)")
-    check_backup_age(result, manifest.started_at, now or utcnow(), rpo_seconds, seen="snapshot at")
+    _record_chosen(result, chosen)
+    check_backup_age(
+        result, manifest.started_at, now or utcnow(), rpo_seconds, seen="snapshot at",
+        critical=age_critical,
+    )  # fmt: skip
     prefix = f"{chosen.folder}/{chosen.backup_id}"
     local = Path(tempfile.mkdtemp(prefix=f"dr-verify-{database}-", dir=work_dir))
     try:
@@ -132,6 +132,16 @@ def verify_database_backup(
         shutil.rmtree(local, ignore_errors=True)
         report_progress(1.0, "done")
     return result
+
+
+def _record_chosen(result: DatabaseVerification, chosen: NewestBackup) -> None:
+    manifest = chosen.manifest
+    result.location = chosen.location
+    result.backup_id = chosen.backup_id
+    result.backup_started_at = manifest.started_at
+    result.files = len(manifest.files)
+    result.bytes = manifest.total_bytes
+    result.check("newest backup", True, f"{chosen.backup_id} ({manifest.total_bytes} bytes)")
 
 
 def _restore(

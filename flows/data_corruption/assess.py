@@ -9,6 +9,7 @@ from typing import Any
 from dr.config import DRConfig, Target
 from dr.tasking import dr_task
 from flows.common.backups import list_backups, open_target_repository
+from flows.data_corruption.detection import own_check_noticed, report_detection
 from flows.data_corruption.options import ROW_DROP_SHARE
 from flows.data_corruption.run import CorruptionRun, as_utc, db_conninfo, iso, mkdir_traversable
 from tasks.backups import manifest as backups_manifest
@@ -176,8 +177,10 @@ def assess(run: CorruptionRun) -> None:
         if not ctx.dry_run and run.target.backup.wal_archive:
             # Everything up to now must be in the archive for the WAL finder and the recovery.
             archiving.switch_wal_and_wait_task(run.conninfo())
-        named = _collect(run, _submit_checks(run))
+        noticed: dict[str, bool] = {}
+        named = _collect(run, _submit_checks(run), noticed)
         record.detail = _conclude(run, named)
+        report_detection(run, noticed, named)
 
 
 def _submit_checks(run: CorruptionRun) -> dict[str, Any]:
@@ -221,8 +224,11 @@ def _submit_checks(run: CorruptionRun) -> dict[str, Any]:
     return futures
 
 
-def _collect(run: CorruptionRun, futures: dict[str, Any]) -> dict[str, list[str]]:
-    """Each branch's answer recorded; returns the relations each finding names."""
+def _collect(
+    run: CorruptionRun, futures: dict[str, Any], noticed: dict[str, bool]
+) -> dict[str, list[str]]:
+    """Each branch's answer recorded; returns the relations each finding names and fills
+    ``noticed`` with whether each of the target's own checks failed."""
     ctx = run.ctx
     named: dict[str, list[str]] = {}
     for name, fut in futures.items():
@@ -231,6 +237,9 @@ def _collect(run: CorruptionRun, futures: dict[str, Any]) -> dict[str, list[str]
         except Exception as exc:  # noqa: BLE001 - each branch is a finding of its own
             ctx.record_check(f"assess: {name}", False, critical=False, detail=str(exc))
             continue
+        own = own_check_noticed(name, value)
+        if own is not None:
+            noticed[own[0]] = own[1]
         _assessment_finding(run, name, value, named)
     return named
 

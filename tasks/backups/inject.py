@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 from pydantic import BaseModel
 
@@ -120,6 +121,56 @@ def inject_bad_backup(
         original_size=size,
         new_size=new_size,
         resealed=reseal_manifest and manifest_path.exists(),
+    )
+
+
+class PlainCutInfo(BaseModel):
+    """Where a drill cut its copy of a plain dump."""
+
+    table: str
+    kept_bytes: int
+    original_bytes: int
+    tables_without_data: list[str]
+
+
+_COPY_RE = re.compile(rb"^COPY\s+(\S+)")
+
+
+def cut_plain_dump(src: IO[bytes], dst: IO[bytes], *, gzipped: bool) -> PlainCutInfo:
+    """Copy a plain dump cut cleanly after the first table's data, re-gzipped if it was.
+
+    What a cron job leaves when ``pg_dump`` dies and ``gzip`` closes the file: every
+    statement kept is valid SQL, but the later tables' data, the constraints and indexes
+    (written after the data) and the completion trailer are missing.
+
+    Raises:
+        VerificationError: the dump holds no table data to cut after.
+    """
+    reader: IO[bytes] = gzip.GzipFile(fileobj=src) if gzipped else src  # type: ignore[assignment]
+    writer: IO[bytes] = gzip.GzipFile(fileobj=dst, mode="wb") if gzipped else dst  # type: ignore[assignment]
+    table, kept, total, later = None, 0, 0, []
+    current: str | None = None
+    for line in reader:
+        total += len(line)
+        if table is None:
+            writer.write(line)
+            kept += len(line)
+        match = _COPY_RE.match(line) if current is None else None
+        if match and line.rstrip().upper().endswith(b"FROM STDIN;"):
+            current = match[1].decode("utf-8", "replace")
+        elif current is not None and line.rstrip(b"\r\n") == b"\\.":
+            if table is None:
+                table = current
+            else:
+                later.append(current)
+            current = None
+    if gzipped:
+        writer.close()
+    if table is None:
+        raise VerificationError("the plain dump holds no table data to cut after")
+    log.info("cut plain dump after %s: kept %d of %d bytes", table, kept, total)
+    return PlainCutInfo(
+        table=table, kept_bytes=kept, original_bytes=total, tables_without_data=later
     )
 
 

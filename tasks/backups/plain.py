@@ -23,6 +23,13 @@ from tasks.backups.restore import RESTORE_SESSION_SETTINGS, ProgressCallback, Re
 #: ``\connect`` would leave the scratch database and ``\!`` runs a shell command.
 _ALLOWED_META_COMMANDS = (b"\\restrict", b"\\unrestrict")
 
+#: The comment pg_dump (or pg_dumpall) writes last: a dump without it was cut short, even
+#: when every statement before the cut is valid SQL (pg_dump died, gzip closed the file).
+COMPLETION_TRAILERS = (
+    b"-- PostgreSQL database dump complete",
+    b"-- PostgreSQL database cluster dump complete",
+)
+
 
 class _PlainGuard:
     """Checks a plain SQL dump line by line before psql sees it.
@@ -37,6 +44,7 @@ class _PlainGuard:
     def __init__(self) -> None:
         self.in_copy = False
         self.line_no = 0
+        self.trailer = False
 
     def check(self, line: bytes) -> None:
         self.line_no += 1
@@ -45,6 +53,7 @@ class _PlainGuard:
                 self.in_copy = False
             return
         stripped = line.lstrip()
+        self._track_trailer(stripped.rstrip())
         if stripped.startswith(b"\\"):
             if not stripped.startswith(_ALLOWED_META_COMMANDS):
                 word = stripped.split(maxsplit=1)[0][:20].decode("utf-8", "replace")
@@ -61,6 +70,13 @@ class _PlainGuard:
             )
         if upper.startswith(b"COPY ") and line.rstrip().upper().endswith(b"FROM STDIN;"):
             self.in_copy = True
+
+    def _track_trailer(self, text: bytes) -> None:
+        """The trailer counts only when nothing but comments and ``\\unrestrict`` follow it."""
+        if text in COMPLETION_TRAILERS:
+            self.trailer = True
+        elif text and not text.startswith((b"--", b"\\unrestrict")):
+            self.trailer = False
 
 
 def restore_plain(
@@ -86,23 +102,18 @@ def restore_plain(
         gzipped: the stream is gzip-compressed (``*.sql.gz``).
         total_bytes: the stream's size, for progress.
 
+    Returns:
+        The :class:`RestoreInfo`; ``trailer`` says whether pg_dump's completion trailer
+        ended the dump (the caller decides: a cut dump restores without error).
+
     Raises:
         UnsafeTargetError: the dump holds a refused statement (nothing was committed).
         VerificationError: the stream is corrupt or truncated.
         PostgresError: psql stopped on an SQL error.
     """
     tool = find_tool("psql", bin_dir)
-    argv = [
-        str(tool),
-        "-X",
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "--single-transaction",
-        f"--dbname={conninfo_scratch}",
-        "-f",
-        "-",
-    ]
+    argv = [str(tool), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+            f"--dbname={conninfo_scratch}", "-f", "-"]  # fmt: skip
     counter = _CountingReader(stream)
     source: IO[bytes] = gzip.GzipFile(fileobj=counter) if gzipped else counter  # type: ignore[arg-type]
     guard = _PlainGuard()
@@ -142,6 +153,7 @@ def restore_plain(
         started_at=started,
         ended_at=utcnow(),
         duration_seconds=round(duration, 3),
+        trailer=guard.trailer,
     )
 
 

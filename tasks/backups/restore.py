@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from dr.clock import utcnow
 from dr.errors import PostgresError, VerificationError
@@ -45,6 +45,9 @@ class RestoreInfo(BaseModel):
     ended_at: datetime
     duration_seconds: float
     tables: int = 0
+    trailer: bool | None = Field(
+        None, description="Plain dumps: pg_dump's 'dump complete' trailer ends the file."
+    )
 
 
 def detect_dump_format(head: bytes) -> Literal["custom", "plain", "plain-gzip", "custom-gzip"]:

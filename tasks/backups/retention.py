@@ -132,6 +132,40 @@ def pick_newest(objects: Iterable[Any]) -> Any | None:
     return best
 
 
+#: A timestamp in a dump's name: ``20250101_000000``, ``20250101T0000``, ``2025-01-01_00-00-00``,
+#: or a bare date ``20250101`` / ``2025-01-01``.
+_NAME_TIME_RE = re.compile(
+    r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})(?:[T_ -]?(\d{2})[:-]?(\d{2})(?:[:-]?(\d{2}))?)?(?!\d)"
+)
+
+
+def name_timestamp(name: str) -> datetime | None:
+    """The timestamp in a dump's file name (read as UTC), or None."""
+    stem = name.rsplit("/", 1)[-1]
+    for match in _NAME_TIME_RE.finditer(stem):
+        parts = [int(p) if p else 0 for p in match.groups()]
+        try:
+            return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+        except ValueError:
+            continue
+    return None
+
+
+def pick_newest_by_name(objects: Iterable[Any]) -> Any | None:
+    """The newest dump by the timestamp in its name (modification time breaks ties).
+
+    Names without a timestamp count only when no name has one; then the newest by
+    modification time wins (:func:`pick_newest`).
+    """
+    items = list(objects)
+    dated = [(name_timestamp(str(_attr(o, "key", "name", "path"))), o) for o in items]
+    stamped = [(ts, o) for ts, o in dated if ts is not None]
+    if not stamped:
+        return pick_newest(items)
+    newest_time = max(ts for ts, _ in stamped)
+    return pick_newest(o for ts, o in stamped if ts == newest_time)
+
+
 def foreign_database_hint(name: str) -> str | None:
     """Guess a database name from a foreign dump's file name (``app_backup_2025...``)."""
     stem = name.rsplit("/", 1)[-1].split(".", 1)[0]

@@ -280,3 +280,142 @@ def test_newest_backup_skips_incomplete_ones_and_reads_the_manifest(backup_lab, 
     chosen = find_newest_backup(repo, "lab", "app")
     assert chosen.backup_id == seed_copy["backup_id"]
     assert chosen.manifest.target == "lab" and chosen.manifest.row_counts
+
+
+# --------------------------------------------------------------------------- foreign, strictly
+
+
+def pg_dump_plain(backup_lab, *extra: str) -> bytes:
+    """A plain ``pg_dump`` of the lab's app, as seed 001's cron job makes it."""
+    node = backup_lab.raw_config["targets"]["lab"]["postgres"]["primary"]
+    return subprocess.run(
+        [str(localexec.find_tool("pg_dump")), "-h", "127.0.0.1", "-p", str(node["port"]),
+         "-U", "postgres", "-d", "app", *extra],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+
+
+def foreign_folder(work: Path, dump: bytes, name: str = "db_backup_20250101_000000.sql.gz") -> Path:
+    folder = work / "backups"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_bytes(gzip.compress(dump, 1))
+    return folder
+
+
+def foreign_entry(folder: Path) -> list[dict[str, Any]]:
+    return [{"location": f"file://{folder}", "pattern": "db_backup_*.sql.gz", "database": "app"}]
+
+
+LABEL = "foreign db_backup_*.sql.gz (app)"
+
+
+def test_foreign_dump_counts_every_table_next_to_the_live_source(backup_lab, seed_copy, work):
+    folder = foreign_folder(work, pg_dump_plain(backup_lab))
+    config = backup_lab.write_config(
+        work, repository=f"file://{seed_copy['repo']}", foreign=foreign_entry(folder)
+    )
+    result = drill(config)
+    assert result["outcome"] == "passed", result["reason"]
+    checks = checks_by_name(result)
+    for name in ("completion trailer", "tables", "constraints", "row counts"):
+        assert checks[f"{LABEL}: {name}"]["ok"], checks[f"{LABEL}: {name}"]
+    assert "20000 restored / 20000 live" in checks[f"{LABEL}: row counts"]["detail"]
+    foreign = next(d for d in result["details"]["databases"] if d["source"] == "foreign")
+    assert foreign["coverage"]["tables"]["shop.customers"] == {"restored": 20000, "source": 20000}
+
+
+def test_cut_plain_dump_fails_on_its_trailer_and_constraints(backup_lab, work):
+    """pg_dump died after the first table's data, gzip closed the file: valid SQL, cut."""
+    from tasks.backups.inject import cut_plain_dump
+
+    full = work / "full.sql.gz"
+    full.write_bytes(gzip.compress(pg_dump_plain(backup_lab), 1))
+    folder = work / "backups"
+    folder.mkdir()
+    with open(full, "rb") as src, open(folder / "db_backup_20250101.sql.gz", "wb") as dst:
+        cut = cut_plain_dump(src, dst, gzipped=True)
+    assert cut.tables_without_data
+    config = load_config(backup_lab.write_config(work, foreign=foreign_entry(folder)))
+    entry = config.targets["lab"].backup.foreign[0]
+    result = verify_foreign_backup(config, "lab", entry, short_id="cut01", rpo_seconds=3600)
+    checks = {c.name.split(": ", 1)[1]: c for c in result.checks}
+    assert checks["restore"].ok  # every statement kept is valid SQL
+    assert not checks["completion trailer"].ok and checks["completion trailer"].critical
+    assert not checks["constraints"].ok and "primary key" in checks["constraints"].detail
+    assert not result.ok and result.scratch_dropped and backup_lab.scratch_databases() == []
+
+
+def test_a_table_missing_from_the_dump_fails_unless_excluded(backup_lab, work):
+    # The dump was taken before the source gained a table: the dump lacks it.
+    folder = foreign_folder(work, pg_dump_plain(backup_lab))
+    backup_lab.psql("CREATE TABLE shop.dr_test_extra (id integer PRIMARY KEY)")
+    try:
+        config = load_config(backup_lab.write_config(work, foreign=foreign_entry(folder)))
+        entry = config.targets["lab"].backup.foreign[0]
+        result = verify_foreign_backup(config, "lab", entry, short_id="miss01", rpo_seconds=3600)
+        tables = next(c for c in result.checks if c.name.endswith(": tables"))
+        assert not tables.ok and tables.critical and "shop.dr_test_extra" in tables.detail
+        assert not result.ok
+        config.targets["lab"].backup.excluded_tables = ["shop.dr_test_*"]
+        result = verify_foreign_backup(config, "lab", entry, short_id="miss02", rpo_seconds=3600)
+        tables = next(c for c in result.checks if c.name.endswith(": tables"))
+        assert tables.ok and "1 excluded" in tables.detail
+        assert result.ok, [c for c in result.checks if not c.ok]
+    finally:
+        backup_lab.psql("DROP TABLE IF EXISTS shop.dr_test_extra")
+    assert backup_lab.scratch_databases() == []
+
+
+def test_a_target_with_only_foreign_dumps_is_verified_and_the_newest_name_wins(backup_lab, work):
+    (work / "repo").mkdir()
+    folder = foreign_folder(work, pg_dump_plain(backup_lab), "db_backup_20250102_000000.sql.gz")
+    (folder / "db_backup_20250101_000000.sql.gz").write_bytes(b"older and broken")  # newer mtime
+    config = backup_lab.write_config(work, foreign=foreign_entry(folder))
+    result = drill(config)
+    assert result["outcome"] == "passed", result["reason"]
+    checks = checks_by_name(result)
+    assert checks["app: newest backup"]["ok"] is False
+    assert checks["app: newest backup"]["critical"] is False
+    assert "foreign dumps are verified instead" in checks["app: newest backup"]["detail"]
+    newest = checks[f"{LABEL}: newest foreign dump"]["detail"]
+    assert newest.startswith("db_backup_20250102_000000.sql.gz")
+    # RPO: the age of the newest backup that passed, the foreign one here.
+    assert result["rpo_seconds"] < 120 and "passed every check" in result["rpo_basis"]
+
+
+def test_injected_truncated_plain_dump_turns_the_drill_red(backup_lab, seed_copy, work, checksums):
+    """`dr drill backup-verification --inject truncated-plain-dump`: the red twin."""
+    folder = foreign_folder(work, pg_dump_plain(backup_lab))
+    config = backup_lab.write_config(
+        work, repository=f"file://{seed_copy['repo']}", foreign=foreign_entry(folder)
+    )
+    before = checksums(folder)
+    result = drill(config, inject="truncated-plain-dump")
+    assert result["outcome"] == "failed"
+    assert f"{LABEL}: completion trailer" in result["reason"]
+    checks = checks_by_name(result)
+    assert checks[f"{LABEL}: completion trailer"]["ok"] is False
+    assert checks["app: restore"]["ok"]  # our own backup is still fine
+    injection = result["details"]["injection"]
+    assert injection["injection"] == "truncated-plain-dump"
+    assert "_drill-scratch" in injection["corrupted_copy"] and injection["tables_without_data"]
+    assert checksums(folder) == before  # the real dump untouched, the copy gone
+    assert backup_lab.scratch_databases() == []
+
+
+def test_with_pitr_the_rpo_is_the_wal_archives_age_not_the_old_dumps(backup_lab, work):
+    """A monthly drill on a target with hourly dumps: PITR meets the RPO, an old dump does not."""
+    config = backup_lab.write_config(work, foreign=[])
+    base = backup_flow("lab", kind="base", config_path=str(config), staging_dir=str(work / "s"))
+    assert base["ok"], base
+    folder = foreign_folder(work, pg_dump_plain(backup_lab))
+    stale = folder / "db_backup_20250101_000000.sql.gz"
+    two_hours_ago = datetime.now(UTC).timestamp() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    config = backup_lab.write_config(work, foreign=foreign_entry(folder))
+    result = drill(config)
+    assert result["details"]["recovery_point"]["pitr"] is True, result["details"]
+    assert result["outcome"] == "passed", result["reason"]
+    age = checks_by_name(result)[f"{LABEL}: backup age"]
+    assert age["ok"] is False and age["critical"] is False
+    assert result["rpo_seconds"] < 300 and "archived WAL" in result["rpo_basis"]

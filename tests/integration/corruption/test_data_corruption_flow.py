@@ -81,6 +81,11 @@ def test_bad_update_drill_restores_the_table_in_one_transaction(healthy_lab: Cor
     # The WAL finder named the table and the damaging commit; recovery stopped just before it.
     assert details["assessment"]["damaged_relations"] == ["shop.orders"]
     assert check(result, "assessment named the damaged relation")["ok"]
+    # Detection is reported (which own checks noticed); not critical without require_detection.
+    detection = check(result, "detection: the target's own checks noticed the damage")
+    assert detection["critical"] is False
+    assert details["detection"]["detected"] is detection["ok"]
+    assert details["detection"]["noticed_by"] or "would not have caught" in detection["detail"]
     assert details["recovery_plan"]["target"]["lsn"] == details["assessment"]["damage_commit_lsn"]
     assert set(details["relation_restore"]["relations"]) == {"shop.orders"}
     assert (
@@ -156,6 +161,9 @@ def test_damaged_page_drill_is_caught_by_checksums_and_repaired(healthy_lab: Cor
     found = check(result, "assess: pg_checksums on a stopped copy")
     assert not found["ok"] and "shop.orders" in found["detail"]
     assert details["assessment"]["named_by"]["pg_checksums"] == ["shop.orders"]
+    # Detection: the target's own pg_checksums noticed the damage, not only the WAL finder.
+    assert "pg_checksums" in details["detection"]["noticed_by"]
+    assert check(result, "detection: the target's own checks noticed the damage")["ok"]
     assert check(result, "recovered: pg_checksums")["ok"]
     assert details["evidence"]["damaged_files"][0]["sha256"]
     assert not Path(details["damaged_copy"]["data_dir"]).exists()
