@@ -207,7 +207,7 @@ def test_bad_object_twin_works_on_a_copy_and_removes_it(
     ctx = _Ctx(config)
     branches = bv_files.FilesBranches(ctx, "abcd1234", Injection.bad_object)  # type: ignore[arg-type]
     branches.submit()
-    out = branches.collect()
+    out = branches.collect(mark=True)
     copy_id = bv_files.drill_backup_id("abcd1234")
     assert backup.calls[0][1]["backup_id"] == copy_id
     assert inject.calls[0][1]["backup_id"] == copy_id
