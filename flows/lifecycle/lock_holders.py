@@ -260,18 +260,24 @@ class LeaseRenewer:
             write_holder(client, name, stamped)
 
     def _loop(self) -> None:
+        failing = False
+        while not self._stop.wait(RENEW_SECONDS):
+            try:
+                self._renew_with_new_client()
+            except Exception as exc:  # noqa: BLE001 - never kill the recovery over this
+                if self._stop.is_set():
+                    return  # released meanwhile: a renewal after the release is noise
+                if not failing:
+                    run_logger().warning("lock lease renewal failed (will retry): %s", exc)
+                failing = True
+            else:
+                if failing:
+                    run_logger().info("lock lease renewed again")
+                failing = False
+
+    def _renew_with_new_client(self) -> None:
         from prefect import get_client
 
-        failing = False
         with get_client(sync_client=True) as client:
-            while not self._stop.wait(RENEW_SECONDS):
-                try:
-                    self.renew_once(client)
-                except Exception as exc:  # noqa: BLE001 - never kill the recovery over this
-                    if not failing:
-                        run_logger().warning("lock lease renewal failed (will retry): %s", exc)
-                    failing = True
-                else:
-                    if failing:
-                        run_logger().info("lock lease renewed again")
-                    failing = False
+            if not self._stop.is_set():
+                self.renew_once(client)

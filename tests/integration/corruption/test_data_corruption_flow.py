@@ -68,10 +68,11 @@ def assert_green(result: dict[str, Any], victim: str) -> None:
     assert result["rpo_seconds"] is not None and result["rpo_seconds"] >= 0
     assert result["lost_rows"] is not None
     assert result["details"]["evidence"]["assessment"]["sha256"]
-    assert [p["name"] for p in result["phases"]][:4] == [
+    assert [p["name"] for p in result["phases"]][:5] == [
         "validate",
         "prepare drill",
         "inject damage",
+        "damage caches and files",
         "assess",
     ]
 

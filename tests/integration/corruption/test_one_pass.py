@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from dr.errors import ChecksumMismatch, PreconditionError
-from tasks import storage
 from tasks.pitr.archiving import server_position
 from tasks.pitr.base_backup import BASE_TAR, BaseBackup, list_base_backups
 from tasks.pitr.base_restore import restore_base_backup
@@ -25,6 +24,7 @@ from tasks.pitr.recovery import start_recovery
 from tasks.pitr.relations import relation_digests
 from tasks.pitr.target import RecoveryTarget
 from tasks.pitr.wal import plan_wal, restore_command_for
+from tasks.storage import client as storage
 
 from .conftest import TARGET, Pitr
 from .test_recovery import FlakyRepository, damage, recovered_conninfo
