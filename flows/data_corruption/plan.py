@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dr.clock import utcnow
 from dr.config import KubernetesService
-from dr.errors import ConfigError, PreconditionError, VerificationError
+from dr.errors import ConfigError, PreconditionError, RecoveryRefused, VerificationError
 from flows.common.writers import writer_services
 from flows.data_corruption.options import Variant
 from flows.data_corruption.run import CorruptionRun, as_utc
@@ -25,16 +25,16 @@ def validate(run: CorruptionRun) -> None:
     if opts.recovery_time is not None:
         when = as_utc(opts.recovery_time)
         if when > utcnow():
-            raise PreconditionError(
+            raise RecoveryRefused(
                 f"recovery point {when.isoformat()} is in the future: nothing was changed"
             )
         if opts.damage_at is not None and when > as_utc(opts.damage_at):
-            raise PreconditionError(
+            raise RecoveryRefused(
                 f"recovery point {when.isoformat()} is after the damage began "
                 f"({as_utc(opts.damage_at).isoformat()}): nothing was changed"
             )
     if not run.target.backup.wal_archive:
-        raise PreconditionError(
+        raise RecoveryRefused(
             f"target {run.ctx.target_name} archives no WAL (backup.wal_archive): point-in-time "
             "recovery is impossible"
         )
@@ -48,7 +48,7 @@ def _recovery_target(run: CorruptionRun) -> pitr_target.RecoveryTarget:
         return pitr_target.RecoveryTarget(lsn=run.damage_lsn or run.suspected_lsn)
     if run.stamp is not None:
         return pitr_target.RecoveryTarget(time=run.stamp["at"])
-    raise PreconditionError(
+    raise RecoveryRefused(
         "no recovery point: the assessment found no damaging transaction in the WAL; give "
         "recovery_time or recovery_lsn (just before the damage began)"
     )

@@ -47,7 +47,7 @@ def _state(breach_lab: BreachLab) -> dict[str, Any]:
         ({"compromised_roles": ["dr_no_such_role"]}, "role dr_no_such_role"),
         (
             {"services": ["no-such-app"]},
-            "no-such-app: not a service of the target (known: dr-lab-app)",
+            "no-such-app: not a service of the target (known: dr-lab-api, dr-lab-app)",
         ),
     ],
 )
