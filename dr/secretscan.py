@@ -66,10 +66,23 @@ def configured_secrets(config: BaseModel) -> dict[str, str]:
         except DRError:
             continue
     known = set(found.values())
-    extra = sorted(v for v in registered_secrets() if v not in known)
+    extra = sorted(v for v in registered_secrets() if v not in known and not _is_verifier(v))
     for i, value in enumerate(extra, 1):
         found[f"a secret resolved by this run (#{i})"] = value
     return found
+
+
+def _is_verifier(value: str) -> bool:
+    """A password verifier (SCRAM or md5), registered to keep it out of logs: PostgreSQL
+    stores it in ``pg_authid`` by design, so a base backup holding it is not a leak."""
+    if value.startswith("SCRAM-SHA-256$"):
+        return True
+    digest = value.removeprefix("md5")
+    return (
+        value.startswith("md5")
+        and len(digest) == 32
+        and all(c in "0123456789abcdef" for c in digest)
+    )
 
 
 def _secret_refs(value: Any, where: str) -> Iterator[tuple[str, SecretRef]]:

@@ -83,3 +83,36 @@ def test_configured_secrets_resolves_every_reference(monkeypatch: pytest.MonkeyP
             from dr.errors import register_secret
 
             register_secret(value)
+
+
+def test_password_verifiers_are_redacted_but_not_looked_for_on_disk() -> None:
+    """pg_authid holds SCRAM/md5 verifiers by design: a base backup with them is no leak,
+    while a plain password resolved by the run still is."""
+    from dr.errors import register_secret
+
+    kept = registered_secrets()
+    forget_secrets()
+    scram = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"
+    md5 = "md5" + "0123456789abcdef" * 2
+    try:
+        for value in (scram, md5, "rotated-Plain-pw-1"):
+            register_secret(value)
+        config = DRConfig.model_validate(
+            {
+                "targets": {
+                    "t": {
+                        "postgres": {
+                            "primary": {"name": "pg1", "host": "127.0.0.1"},
+                            "databases": ["d"],
+                        },
+                        "backup": {"repository": "file:///tmp/dr-unit-backups"},
+                    }
+                }
+            }
+        )
+        found = configured_secrets(config)
+        assert sorted(found.values()) == ["rotated-Plain-pw-1"]
+    finally:
+        forget_secrets()
+        for value in kept:
+            register_secret(value)
