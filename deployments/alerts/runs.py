@@ -27,6 +27,9 @@ ACTIVE_STATES = NOT_BEGUN_STATES + UNDER_WAY_STATES
 
 #: Active runs looked at per scenario (a target rarely has more than one).
 ACTIVE_RUNS_LIMIT = 200
+#: A scheduled run due later than this is a slot of a schedule (next month's drill), not an
+#: active run: an alert never attaches to it.
+ATTACH_WINDOW_SECONDS = 60.0
 
 #: Prefix of the tag recording, on a run, each alert that attached to it.
 ATTACHED_TAG = "attached-alert:"
@@ -229,7 +232,19 @@ async def active_runs(
         for r in runs
         if (r.parameters or {}).get("target") == target
         and (mode is None or str((r.parameters or {}).get("mode", "drill")) == mode)
+        and not _due_later(r)
     ]
+
+
+def _due_later(flow_run: Any) -> bool:
+    """A Scheduled run whose start is more than :data:`ATTACH_WINDOW_SECONDS` away."""
+    state = getattr(flow_run, "state", None)
+    start = getattr(flow_run, "expected_start_time", None) or getattr(
+        flow_run, "next_scheduled_start_time", None
+    )
+    if state is None or str(getattr(state, "type", "")).split(".")[-1] != "SCHEDULED" or not start:
+        return False
+    return (start - datetime.now(UTC)).total_seconds() > ATTACH_WINDOW_SECONDS
 
 
 async def runs_started_by(client: Any, key: str) -> list[Any]:
