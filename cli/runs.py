@@ -419,7 +419,7 @@ def _resume(flow_run_id: UUID, run_input: dict[str, Any]) -> tuple[int, str]:
     from prefect.client.schemas.responses import SetStateStatus
     from prefect.exceptions import ObjectNotFound
 
-    verdict = "approved" if run_input["approve"] else "rejected"
+    verdict = "approved" if run_input["approve"] == "approve" else "rejected"
     with get_client(sync_client=True) as client:
         try:
             flow_run = client.read_flow_run(flow_run_id)
