@@ -115,6 +115,25 @@ def _container_env(container: Any) -> dict[str, str]:
     return dict(item.split("=", 1) for item in env if "=" in item)
 
 
+def container_serves_port(state: LabState, name: str, port_env: str, port: int) -> bool:
+    """Whether the lab's own running container ``name`` was started to listen on ``port``.
+
+    A container's listener is not a process the lab recorded, so without this the port of
+    a container service would look taken by a stranger and be moved on every ``up``.
+    """
+    if state.engine != "podman" or not state.podman_base_url:
+        return False
+    try:
+        container = _find_app_container(_docker_client(state), name)
+    except Exception:  # noqa: BLE001 - an engine that does not answer: nothing of ours listens
+        return False
+    return (
+        container is not None
+        and container.status == "running"
+        and _container_env(container).get(port_env) == str(port)
+    )
+
+
 def _app_argv() -> list[str]:
     return [sys.executable, str(APP_SCRIPT)]
 

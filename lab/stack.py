@@ -15,7 +15,7 @@ import time
 import httpx
 
 from dr.errors import PreconditionError
-from lab.app import ensure_service, stack_env
+from lab.app import container_serves_port, ensure_service, stack_env
 from lab.db import APP_DB, APP_ROLE, connect
 from lab.state import APP_SCRIPT, PRIMARY, PROCESS_WAIT_SECONDS, LabState, clusters, log_path
 
@@ -70,7 +70,9 @@ def ensure_api(state: LabState) -> str:
     """The api service, then its health: a container on Podman, else a local process."""
     from lab.services import lab_port
 
-    lab_port(state, "api", state.processes.get("api"))
+    port = state.ports.get("api")
+    if port is None or not container_serves_port(state, API_CONTAINER, "API_PORT", port):
+        lab_port(state, "api", state.processes.get("api"))
     argv = [sys.executable, "-m", API_MODULE]
     outcome = ensure_service(state, "api", API_CONTAINER, argv, _api_env(state))
     return f"{outcome}; {wait_api_health(state)}"
