@@ -87,6 +87,8 @@ class AckLog:
     """Appends one JSON line per acknowledged write; a no-op without a path."""
 
     def __init__(self, path: str | None) -> None:
+        if path:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self._file = open(path, "a", encoding="utf-8") if path else None
 
     def write(self, seq: int, ts: str, server: str) -> None:
