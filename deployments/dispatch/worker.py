@@ -23,6 +23,7 @@ the same pool at the same time (either worker takes a run; both behave the same)
 from __future__ import annotations
 
 import contextlib
+import signal
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -209,4 +210,12 @@ def run_worker(options: WorkerOptions, printer: Any = print) -> None:
             warm=warm,
             heartbeat_seconds=options.heartbeat_seconds,
         )
-        anyio.run(lambda: worker.start(printer=printer))
+        # SIGTERM (systemd, Kubernetes, `kill`) stops like Ctrl-C: polling stops, runs under
+        # way finish, then the worker deregisters.
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            anyio.run(lambda: worker.start(printer=printer))
+        except KeyboardInterrupt:
+            printer(f"Worker {worker.name!r} stopped.")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
