@@ -4,7 +4,7 @@ The fast dispatcher (issue 16) must change how a run's process starts, nothing e
 Alertmanager alert posted to ``dr serve-alerts`` starts a run of the drill deployment; ``dr
 worker`` (not Prefect's worker: none runs in these tests) takes it, its flow code runs,
 takes the target's lock and completes with its report, and the run's history in Prefect is
-the usual Scheduled -> Pending -> Running -> Completed. A run whose process is killed ends
+the usual Scheduled -> Pending -> Submitting -> Running -> Completed. A run whose process is killed ends
 Crashed. Timings are the benchmark's business (``bench/dispatch.py``), not asserted here.
 """
 
@@ -76,6 +76,11 @@ def test_alert_started_drill_runs_through_dr_worker_with_its_lock_and_report(
     api.wait_run(backup.json()["id"], timeout_seconds=180)
     assert _taken_by(api, backup.json()["id"]) == [e2e.dr_worker_name]
 
+    # The schedules dr deploy attached left drill runs Scheduled for later; an alert would
+    # attach to one of those (the receiver's rule) instead of starting its own run.
+    for scheduled in api.runs_of(DRILL):
+        if scheduled["state"]["type"] in {"SCHEDULED", "PENDING"}:
+            api.delete_run(scheduled["id"])
     fingerprint = "d15a7c4e" + os.urandom(4).hex()
     resp = httpx.post(
         f"{alert_receiver.url}/alerts/alertmanager",
@@ -92,7 +97,13 @@ def test_alert_started_drill_runs_through_dr_worker_with_its_lock_and_report(
     # An ordinary run of the deployment, taken by dr worker alone.
     assert finished["deployment_id"] == api.deployment(DRILL)["id"]
     assert _taken_by(api, flow_run_id) == [e2e.dr_worker_name]
-    assert _states(api, flow_run_id) == ["Scheduled", "Pending", "Running", "Completed"]
+    assert _states(api, flow_run_id) == [
+        "Scheduled",
+        "Pending",
+        "Submitting",
+        "Running",
+        "Completed",
+    ]
     assert finished["infrastructure_pid"], "the worker records the run's process"
     # Its flow code ran: it took the target's lock and wrote its report.
     logs = api.logs(flow_run_id, limit=200)
