@@ -61,7 +61,7 @@ def deploy_command(
 
     Needs a Prefect API: $PREFECT_API_URL, else prefect_api_url in dr.yaml.
 
-    Then start a worker: prefect worker start --pool dr-process
+    Then start a worker: dr worker --pool dr-process
     """
     if pool_type not in ("process", "kubernetes"):
         _fail(
@@ -124,7 +124,7 @@ def _print_report(report: Any, deployments: bool) -> None:
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     if deployments:
-        console.print(f"Start a worker: prefect worker start --pool {report.pool}")
+        console.print(f"Start a worker: dr worker --pool {report.pool}")
 
 
 def register(app: typer.Typer) -> None:

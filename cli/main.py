@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "cli.runs",
     "cli.backup",
     "cli.alerts",
+    "cli.worker",
     "cli.deploy",
     "cli.evidence",
     "cli.doctor",

@@ -11,7 +11,8 @@ Everything runs on loopback, in processes the fixtures start and stop by their o
 - ``deployed``: ``dr deploy --no-deployments`` (variables and work pool), then a plain
   ``prefect --no-prompt deploy --all`` from the repository root, then ``dr deploy``; what
   each step left on the server is kept for the tests to check.
-- ``worker``: ``prefect worker start --pool dr-process``, as the README says.
+- ``worker``: ``prefect worker start --pool dr-process``, as the README said before issue 16.
+- ``dr_worker``: ``dr worker --pool dr-process`` (the fast dispatcher; the README's worker).
 - ``alert_receiver``: ``dr serve-alerts`` on a free port.
 - ``backup_taken``: one backup of the lab through the ``backup/backup-hourly`` deployment
   (the verification drill needs one).
@@ -387,6 +388,38 @@ def worker(e2e_prefect: PrefectUnderTest, deployed: Deployed, e2e_dir: Path) -> 
         svc.stop()
 
 
+#: The name ``dr_worker`` registers under (the runs' logs name the worker that took them).
+DR_WORKER_NAME = "e2e-dr-worker"
+
+
+@pytest.fixture(scope="session")
+def dr_worker(
+    e2e_prefect: PrefectUnderTest, deployed: Deployed, e2e_dir: Path
+) -> Iterator[Service]:
+    """``dr worker --pool dr-process``: fast polling, runs forked from a warm interpreter."""
+    home = e2e_dir / "dr-worker-home"
+    home.mkdir(exist_ok=True)
+    env = clean_env(home, e2e_prefect.api_url, e2e_prefect.extra_env)
+    svc = Service(
+        "dr-worker",
+        [str(BIN / "dr"), "worker", "--pool", POOL, "--name", DR_WORKER_NAME],
+        env,
+        e2e_dir,
+        REPO_ROOT,
+    )
+    api = e2e_prefect.api
+
+    def online() -> bool:
+        resp = api.post(f"work_pools/{POOL}/workers/filter", {"limit": 50, "offset": 0})
+        return any(w["name"] == DR_WORKER_NAME and w["status"] == "ONLINE" for w in resp.json())
+
+    try:
+        svc.wait_until("registration with the work pool", online, 90)
+        yield svc
+    finally:
+        svc.stop()
+
+
 @dataclass
 class Receiver:
     url: str
@@ -447,6 +480,7 @@ class Support:
     drill_route: str = DRILL_ROUTE
     schedules: dict[str, str] = field(default_factory=lambda: dict(E2E_SCHEDULES))
     pool: str = POOL
+    dr_worker_name: str = DR_WORKER_NAME
     bin_dir: Path = BIN
     repo_root: Path = REPO_ROOT
 
