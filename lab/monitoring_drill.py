@@ -34,7 +34,15 @@ from tasks import faults
 from tasks.postgres.ack_log import read_ack_log
 from tasks.postgres.heartbeat import Ack
 
-__all__ = ["PrimarySampler", "drill_via_alert", "put_back"]
+__all__ = [
+    "PrimarySampler",
+    "check_ready",
+    "drill_via_alert",
+    "kill_primary",
+    "known_runs",
+    "measure_recovery",
+    "put_back",
+]
 
 FLOW = "region-failover"
 RUN_CREATED_TIMEOUT_SECONDS = 90.0
@@ -69,7 +77,7 @@ class PrimarySampler(threading.Thread):
         self.join(timeout=10)
 
 
-def _check_ready(state: LabState) -> None:
+def check_ready(state: LabState) -> None:
     """The chain must be up and the lab healthy before anything is killed."""
     mon = monitoring_status(state)
     if not mon["enabled"]:
@@ -142,24 +150,87 @@ def _writes(state: LabState, killed_at: datetime, new_primary: Cluster) -> dict[
     }
 
 
-def _observe(state: LabState, killed_at: datetime, known: set[str]) -> dict[str, Any]:
-    """Wait for the alert's run to be created and to end; what it did and when."""
-    api = state.prefect_api_url
-    assert api is not None
-    created = monitoring_runs.wait_new_run(
-        api, FLOW, known=known, tags=("alert",), timeout_seconds=RUN_CREATED_TIMEOUT_SECONDS
-    )
-    run = monitoring_runs.wait_final(api, created["id"], timeout_seconds=RUN_TIMEOUT_SECONDS)
+def kill_primary(state: LabState) -> datetime:
+    """The region-failover drill's fault: freeze then kill every process of the primary.
+
+    Returns:
+        The moment the first process was frozen.
+
+    Raises:
+        PreconditionError: the primary was not running.
+    """
+    change = faults.kill_local_server(str(state.primary.data_dir))
+    if not change.changed:
+        raise PreconditionError(f"{state.primary.name} was not running: nothing injected")
+    return datetime.fromisoformat(change.after["killed_at"])
+
+
+def known_runs(state: LabState) -> set[str]:
+    """The ids of the region-failover runs that exist now."""
+    assert state.prefect_api_url is not None
+    return {r["id"] for r in monitoring_runs.runs_of_flow(state.prefect_api_url, FLOW)}
+
+
+def measure_recovery(
+    state: LabState,
+    killed_at: datetime,
+    run: dict[str, Any],
+    sampler: PrimarySampler,
+    *,
+    declared_at: datetime | None = None,
+) -> dict[str, Any]:
+    """Stages, RTO, lost rows and verdict of a recovery run that has ended.
+
+    Args:
+        state: the lab.
+        killed_at: when the primary was killed.
+        run: the ended flow run (Prefect API form); an alert's carries ``alert_starts_at``.
+        sampler: the (stopped) primary sampler of the outage.
+        declared_at: for a run no alert started: when a person declared the incident (it
+            stands where the alert's ``startsAt`` would).
+
+    Returns:
+        The drill's result (see :func:`drill_via_alert`), without ``put_back``.
+    """
     options = (run.get("parameters") or {}).get("options") or {}
     summary = _history(state, run["id"])
-    return {
-        "run": run,
-        "summary": summary,
-        "alert_starts_at": monitoring_runs.parse_time(options.get("alert_starts_at")),
+    new_name = (summary.get("details") or {}).get("new_primary") or state.replica.name
+    writes = _writes(state, killed_at, clusters(state)[new_name])
+    moments = {
+        "failure_at": killed_at,
+        "alert_starts_at": monitoring_runs.parse_time(options.get("alert_starts_at"))
+        or declared_at,
         "run_created_at": monitoring_runs.parse_time(run.get("created")),
         "run_started_at": monitoring_runs.parse_time(run.get("start_time")),
         "promoted_at": _promoted_at(summary),
+        "first_write_at": writes["first_write_after"],
     }
+    last, first = writes["last_write_before"], writes["first_write_after"]
+    result: dict[str, Any] = {
+        "scenario": FLOW,
+        "target": monitoring.LAB_TARGET,
+        "mode": "drill-via-alert",
+        "stages": alert_chain_stages(moments),
+        "rto_seconds": round((first - last).total_seconds(), 3) if first and last else None,
+        "rto_basis": "last acknowledged application write before the kill -> first on the "
+        "new primary (the application's acknowledgement log)",
+        "lost_rows": writes["lost_rows"],
+        "lost_rows_basis": writes["lost_basis"],
+        "acknowledged_before_kill": writes["acknowledged_before"],
+        "moments": {k: v.isoformat() if v else None for k, v in moments.items()},
+        "new_primary": new_name,
+        "flow_run_id": run["id"],
+        "run_state": run.get("state_type"),
+        "run_outcome": summary.get("outcome"),
+        "run_reason": summary.get("reason", ""),
+        "run_rto_seconds": summary.get("rto_seconds"),
+        "alert": options.get("alert_labels"),
+        "samples": sampler.samples,
+        "max_primaries": sampler.max_primaries,
+        "two_primaries_at": sampler.two_primaries_at,
+    }
+    result["outcome"], result["reason"] = _verdict(result)
+    return result
 
 
 def _verdict(result: dict[str, Any]) -> tuple[str, str]:
@@ -197,54 +268,21 @@ def drill_via_alert(base_dir: Path, *, failback: bool = True) -> dict[str, Any]:
     state = load_state(base_dir)
     if state is None:
         raise PreconditionError(f"no lab in {base_dir}: run `dr lab up --monitoring` first")
-    _check_ready(state)
-    assert state.prefect_api_url is not None
-    known = {r["id"] for r in monitoring_runs.runs_of_flow(state.prefect_api_url, FLOW)}
-    cl = clusters(state)
-    sampler = PrimarySampler({n: cl[n] for n in monitoring.MONITORED})
+    check_ready(state)
+    api = state.prefect_api_url
+    assert api is not None
+    known = known_runs(state)
+    sampler = PrimarySampler({n: clusters(state)[n] for n in monitoring.MONITORED})
     sampler.start()
     try:
-        change = faults.kill_local_server(str(state.primary.data_dir))
-        if not change.changed:
-            raise PreconditionError(f"{state.primary.name} was not running: nothing injected")
-        killed_at = datetime.fromisoformat(change.after["killed_at"])
-        seen = _observe(state, killed_at, known)
+        killed_at = kill_primary(state)
+        created = monitoring_runs.wait_new_run(
+            api, FLOW, known=known, tags=("alert",), timeout_seconds=RUN_CREATED_TIMEOUT_SECONDS
+        )
+        run = monitoring_runs.wait_final(api, created["id"], timeout_seconds=RUN_TIMEOUT_SECONDS)
     finally:
         sampler.stop()
-    summary, run = seen["summary"], seen["run"]
-    new_name = (summary.get("details") or {}).get("new_primary") or state.replica.name
-    writes = _writes(state, killed_at, cl[new_name])
-    moments = {
-        "failure_at": killed_at,
-        **{k: seen[k] for k in ("alert_starts_at", "run_created_at", "run_started_at")},
-        "promoted_at": seen["promoted_at"],
-        "first_write_at": writes["first_write_after"],
-    }
-    last, first = writes["last_write_before"], writes["first_write_after"]
-    result: dict[str, Any] = {
-        "scenario": FLOW,
-        "target": monitoring.LAB_TARGET,
-        "mode": "drill-via-alert",
-        "stages": alert_chain_stages(moments),
-        "rto_seconds": round((first - last).total_seconds(), 3) if first and last else None,
-        "rto_basis": "last acknowledged application write before the kill -> first on the "
-        "new primary (the application's acknowledgement log)",
-        "lost_rows": writes["lost_rows"],
-        "lost_rows_basis": writes["lost_basis"],
-        "acknowledged_before_kill": writes["acknowledged_before"],
-        "moments": {k: v.isoformat() if v else None for k, v in moments.items()},
-        "new_primary": new_name,
-        "flow_run_id": run["id"],
-        "run_state": run.get("state_type"),
-        "run_outcome": summary.get("outcome"),
-        "run_reason": summary.get("reason", ""),
-        "run_rto_seconds": summary.get("rto_seconds"),
-        "alert": (run.get("parameters") or {}).get("options", {}).get("alert_labels"),
-        "samples": sampler.samples,
-        "max_primaries": sampler.max_primaries,
-        "two_primaries_at": sampler.two_primaries_at,
-    }
-    result["outcome"], result["reason"] = _verdict(result)
+    result = measure_recovery(state, killed_at, run, sampler)
     result["put_back"] = put_back(state) if failback else "left failed over (--no-failback)"
     return result
 
