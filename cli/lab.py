@@ -47,14 +47,26 @@ def up_command(
     engine: str = typer.Option(
         "auto", "--engine", help="Where the app runs: auto, podman or process."
     ),
+    monitoring: bool = typer.Option(
+        False,
+        "--monitoring",
+        help="Also Prometheus, an exporter per server, Alertmanager, dr serve-alerts and a "
+        "worker: a dead primary is failed over with no human.",
+    ),
 ) -> None:
     """Bring the lab up, or repair what is down (safe to run again)."""
     console = Console(stderr=True)
     try:
         # `dr doctor`'s checks first: a missing program stops here, naming its fix, before
         # any server or container exists.
-        preflight(_dir(lab_dir), engine=engine)
-        up(_dir(lab_dir), prefect=not no_prefect, engine=engine, console=console)
+        preflight(_dir(lab_dir), engine=engine, monitoring=monitoring)
+        up(
+            _dir(lab_dir),
+            prefect=not no_prefect,
+            engine=engine,
+            monitoring=monitoring,
+            console=console,
+        )
     except (DRError, RuntimeError, OSError, psycopg.Error) as exc:
         console.print(f"[red]dr lab up failed:[/] {exc}")
         raise typer.Exit(1) from None
@@ -152,5 +164,36 @@ def _print_status(report: dict[str, Any], console: Console) -> None:
         table.add_row("prefect", "[dim]off[/]", "started with --no-prefect")
     sl = report["slack"]
     table.add_row("slack", _mark(sl["up"]), f"{sl['url']} (stand-in)")
+    _monitoring_rows(table, report.get("monitoring") or {})
     console.print(table)
     console.print(f"config: {report['config_path']}")
+
+
+def _monitoring_rows(table: Table, mon: dict[str, Any]) -> None:
+    """One row per part of the alert chain (``dr lab up --monitoring``)."""
+    if not mon.get("enabled"):
+        table.add_row("monitoring", "[dim]off[/]", "dr lab up --monitoring adds it")
+        return
+    for node, exp in mon["exporters"].items():
+        table.add_row(
+            f"exporter {node}",
+            _mark(exp["up"]),
+            f"{exp['url']} (Prometheus scrape: {exp['scrape']})",
+        )
+    prom = mon["prometheus"]
+    firing = ", ".join(
+        f"{a['alertname']} {a.get('node') or a.get('target')}" for a in prom["firing"]
+    )
+    table.add_row(
+        "prometheus", _mark(prom["up"]), f"{prom['url']}; DR alerts firing: {firing or 'none'}"
+    )
+    am = mon["alertmanager"]
+    table.add_row("alertmanager", _mark(am["up"]), f"{am['url']} -> {mon['receiver']['url']}")
+    rc = mon["receiver"]
+    table.add_row("alert receiver", _mark(rc["up"]), f"{rc['url']} (dr serve-alerts)")
+    wk = mon["worker"]
+    table.add_row(
+        "worker",
+        _mark(wk["up"]),
+        f"{wk['name']} pid {wk['pid']} ({'online' if wk['online'] else 'not online'})",
+    )

@@ -311,8 +311,23 @@ def drill(
         None, "--severity", help="Severity shown in Slack (default: the scenario's)."
     ),
     config: Path | None = typer.Option(None, "--config", "-c", help="Config file."),
+    via_alert: bool = typer.Option(
+        False,
+        "--via-alert",
+        help="region-failover on the lab with monitoring: only kill the primary; the alert "
+        "chain recovers; measure each stage.",
+    ),
+    failback: bool = typer.Option(
+        True, "--failback/--no-failback", help="--via-alert: put the lab back afterwards."
+    ),
 ) -> None:
     """Rehearse a scenario on a target: inject the failure, recover, measure RTO/RPO."""
+    if via_alert:
+        from cli.drill_alert import drill_via_alert_command
+
+        drill_via_alert_command(
+            scenario, target, config=config, json_out=json_out, failback=failback
+        )
     try:
         options = parse_options(option)
     except ConfigError as exc:

@@ -61,6 +61,8 @@ PODMAN_HELPER_DIRS = (
 )
 #: Programs only the container engine needs (``--engine process`` does without them).
 CONTAINER_PROGRAMS = {"podman", "runc", "catatonit", "busybox"}
+#: What ``dr lab up --monitoring`` runs (lab/monitoring.py).
+MONITORING_PROGRAMS = {"prometheus", "prometheus-alertmanager", "prometheus-postgres-exporter"}
 CONTAINERS_CONFS = ("/usr/share/containers/containers.conf", "/etc/containers/containers.conf")
 #: The lab's components on loopback ports: primary, replica, control, moto, prefect, slack.
 LAB_PORT_COUNT = 6
@@ -387,16 +389,23 @@ def _timed(check: Callable[[], Check]) -> Check:
     return result.model_copy(update={"seconds": round(time.monotonic() - started, 3)})
 
 
-def lab_checks(lab_dir: Path, *, engine: str = "auto") -> list[Callable[[], Check]]:
+def lab_checks(
+    lab_dir: Path, *, engine: str = "auto", monitoring: bool = False
+) -> list[Callable[[], Check]]:
     """What ``dr lab up`` needs: programs, the container engine (unless ``process``), room.
 
     With ``auto`` the engine is required although the lab could fall back to a process:
-    setup.sh installs it, and a half-working engine is what failed in issue 13.
+    setup.sh installs it, and a half-working engine is what failed in issue 13. With
+    ``monitoring`` (``dr lab up --monitoring``) Prometheus, Alertmanager and the exporter
+    are required too.
     """
     skipped = {"chromium"} | (CONTAINER_PROGRAMS if engine == "process" else set())
-    checks: list[Callable[[], Check]] = [
-        (lambda p=p: check_program(p)) for p in progs.PROGRAMS if p.name not in skipped
+    wanted = [
+        p._replace(required=True) if monitoring and p.name in MONITORING_PROGRAMS else p
+        for p in progs.PROGRAMS
+        if p.name not in skipped
     ]
+    checks: list[Callable[[], Check]] = [(lambda p=p: check_program(p)) for p in wanted]
     if engine != "process":
         checks.append(check_container_engine)
     checks += [
@@ -453,14 +462,16 @@ def fix_all(report: DoctorReport) -> str:
     return progs.apt_fix(" ".join(packages).split()) if packages else ""
 
 
-def preflight(lab_dir: Path | None = None, *, engine: str = "auto") -> DoctorReport:
+def preflight(
+    lab_dir: Path | None = None, *, engine: str = "auto", monitoring: bool = False
+) -> DoctorReport:
     """The checks ``dr lab up`` runs before it starts anything.
 
     Raises:
         PreconditionError: a required check failed; the message names each fix.
     """
     lab_dir = default_lab_dir() if lab_dir is None else lab_dir.absolute()
-    report = _run(lab_checks(lab_dir, engine=engine))
+    report = _run(lab_checks(lab_dir, engine=engine, monitoring=monitoring))
     failed = [c for c in report.checks if c.required and c.status == "fail"]
     if failed:
         lines = "; ".join(f"{c.name}: {c.detail} (fix: {c.fix})" for c in failed)

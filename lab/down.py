@@ -21,6 +21,7 @@ from rich.console import Console
 from dr.errors import PreconditionError
 from lab import procs
 from lab.app import engine_request
+from lab.monitoring_chain import PROCESS_NAMES as MONITORING_PROCESSES
 from lab.pgcluster import Cluster
 from lab.state import LAB_ENTRIES, default_base_dir, load_state, locked
 
@@ -116,7 +117,7 @@ def down(base_dir: Path | None = None, *, console: Console | None = None) -> Non
         jobs: list[Callable[[], str | None]] = [stop_podman]
         jobs += [
             lambda n=name: stop_process(n)
-            for name in ("app", "api", "redis", "prefect", "moto", "slack")
+            for name in ("app", "api", "redis", "prefect", "moto", "slack", *MONITORING_PROCESSES)
         ]
         pg_dir = base_dir / "pg"
         if pg_dir.is_dir():

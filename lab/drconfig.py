@@ -66,12 +66,39 @@ def lab_config(state: LabState, *, prefect_on: bool) -> dict[str, Any]:
             "dsn": f"host=127.0.0.1 port={state.control.port} dbname=dr_history user=postgres"
         },
     }
+    data["alerts"] = _alerts(ref)
     if state.engine == "podman" and state.podman_base_url:
         data["docker"] = {"base_url": state.podman_base_url}
     if prefect_on and state.prefect_api_url:
         data["prefect_api_url"] = state.prefect_api_url
         data["prefect_ui_url"] = state.prefect_ui_url
     return data
+
+
+#: The alerts of deployments/monitoring/rules.yml that start a failover of target ``lab``.
+LAB_ALERT_ROUTES = {
+    "PostgresPrimaryDown": "lab-primary-down",
+    "PostgresNoPrimary": "lab-no-primary",
+}
+
+
+def _alerts(ref: Any) -> dict[str, Any]:
+    """``dr serve-alerts`` for the lab (``dr lab up --monitoring`` runs it): a dead primary
+    of target ``lab`` starts a region-failover incident, approved by policy (no human)."""
+    return {
+        "bearer_token": ref("lab-alerts-token"),
+        "routes": [
+            {
+                "name": route,
+                "match": {"alertname": name, "target": "lab"},
+                "scenario": "region-failover",
+                "target": "lab",
+                "mode": "incident",
+                "auto_approve": True,
+            }
+            for name, route in LAB_ALERT_ROUTES.items()
+        ],
+    }
 
 
 def _node(info: ClusterInfo, bin_dir: str, os_user: str) -> dict[str, Any]:

@@ -107,7 +107,14 @@ PROGRAMS: tuple[Program, ...] = (
         "prometheus-alertmanager",
         "prometheus-alertmanager",
         False,
-        "alert receiver test against a real Alertmanager",
+        "lab monitoring (dr lab up --monitoring) and the alert receiver's test",
+    ),
+    Program("prometheus", "prometheus", False, "lab monitoring (dr lab up --monitoring)"),
+    Program(
+        "prometheus-postgres-exporter",
+        "prometheus-postgres-exporter",
+        False,
+        "lab monitoring: one exporter per PostgreSQL server",
     ),
     Program(
         "runuser",

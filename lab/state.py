@@ -52,6 +52,7 @@ SECRET_BLOCKS = {
     "lab-slack-token": "slack-token",
     "lab-aws-access-key-id": "aws-access-key-id",
     "lab-aws-secret-access-key": "aws-secret-access-key",
+    "lab-alerts-token": "alerts-token",
 }
 #: Environment variable names used in dr.yaml instead of the blocks when Prefect is off.
 SECRET_ENV = {
@@ -59,6 +60,7 @@ SECRET_ENV = {
     "lab-slack-token": "DR_LAB_SLACK_TOKEN",
     "lab-aws-access-key-id": "DR_LAB_AWS_ACCESS_KEY_ID",
     "lab-aws-secret-access-key": "DR_LAB_AWS_SECRET_ACCESS_KEY",
+    "lab-alerts-token": "DR_LAB_ALERTS_TOKEN",
 }
 
 HEARTBEAT_FRESH_SECONDS = 1.0
@@ -71,7 +73,7 @@ PROCESS_WAIT_SECONDS = 60.0
 LAB_ENTRIES = frozenset(
     {".lock", "state.json", "state.json.tmp", "dr.yaml", "dr.yaml.tmp", "pg", "wal", "repo",
      "secrets", "logs", "podman", "prefect-home", "slack-state.json", "slack-state.json.tmp",
-     seeds.FOREIGN_FOLDER}
+     "monitoring", seeds.FOREIGN_FOLDER}
 )  # fmt: skip
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from lab import prefect_server, procs, s3server
 from lab.app import engine_request, podman_service
 from lab.db import APP_DB, in_recovery, query_one
+from lab.monitoring_status import monitoring_status
 from lab.pgcluster import Cluster
 from lab.services import slack_ok
 from lab.state import (
@@ -68,7 +69,8 @@ def status(base_dir: Path | None = None) -> dict[str, Any]:
         ``engine``, ``primary``, ``replica`` (state, ``lag_bytes``, ``lag_seconds``),
         ``control``, ``repositories`` (file, s3, evidence, wal), ``archiver``
         (``last_archived_wal``, time, ``failed_count``), ``s3_endpoint``, ``app``,
-        ``prefect`` (URLs, health), ``slack``, ``heartbeat`` (``ts``, ``age_seconds``).
+        ``prefect`` (URLs, health), ``slack``, ``heartbeat`` (``ts``, ``age_seconds``),
+        ``monitoring`` (:func:`lab.monitoring_status.monitoring_status`).
         ``{"exists": False, ...}`` when there is no lab in the folder.
     """
     base_dir = Path(base_dir or default_base_dir()).absolute()
@@ -93,6 +95,7 @@ def status(base_dir: Path | None = None) -> dict[str, Any]:
     out["app"] = _app_status(state)
     out["prefect"] = _prefect_status(state)
     out["slack"] = _slack_status(state)
+    out["monitoring"] = monitoring_status(state)
     out["ok"] = _all_ok(out)
     return _jsonable(out)
 
@@ -276,6 +279,8 @@ def _all_ok(out: dict[str, Any]) -> bool:
     ]
     if out["prefect"]["enabled"]:
         required.append(out["prefect"]["up"])
+    if out["monitoring"]["enabled"]:
+        required.append(out["monitoring"]["up"])
     return all(required)
 
 

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dr.errors import PreconditionError
+from lab import monitoring as lab_monitoring
 from lab import procs
 from lab.app import (
     choose_engine,
@@ -24,6 +25,7 @@ from lab.app import (
 )
 from lab.down import check_lab_folder
 from lab.drconfig import write_config
+from lab.monitoring_chain import ensure_monitoring
 from lab.nodes import ensure_control, ensure_postgres, ensure_seeds
 from lab.services import ensure_moto, ensure_prefect, ensure_redis, ensure_slack, start_prefect
 from lab.stack import ensure_api, ensure_uploads_table
@@ -85,6 +87,7 @@ def up(
     *,
     prefect: bool = True,
     engine: str = "auto",
+    monitoring: bool = False,
     console: Console | None = None,
 ) -> LabState:
     """Bring the lab up, or repair it: every component is started or fixed only if needed.
@@ -96,6 +99,9 @@ def up(
             skips them; ``dr.yaml`` then names environment variables, see :func:`lab_env`).
         engine: ``auto`` (Podman if installed, else a local process; ``$DR_LAB_ENGINE``
             can force ``process``), ``podman`` or ``process``.
+        monitoring: also the alert chain of :mod:`lab.monitoring` (exporters, Prometheus,
+            Alertmanager, ``dr serve-alerts``, deployments and a worker); a lab that has it
+            keeps it on every later ``up``.
         console: where progress goes (a rich Console; default: standard error).
 
     Returns:
@@ -125,6 +131,8 @@ def up(
         save_state(state)
         if not errors:
             errors += _start_app_and_config(state, progress, prefect, prefect_started_now)
+        if not errors and (monitoring or lab_monitoring.enabled(state)):
+            errors += ensure_monitoring(state, progress.run)
         total = time.monotonic() - started
         state.timings = {**progress.timings, "total": round(total, 2)}
         save_state(state)

@@ -41,13 +41,15 @@ PG_MAJOR=${PG_MAJOR:-$(pg_major)}
 # of podman, which --no-install-recommends leaves out).
 # redis-server: the caches' tests start their own on a free port (never the machine's 6379;
 # the package's own service is not used).
-# prometheus-alertmanager: the alert receiver's test starts a real Alertmanager on loopback
-# (the package's own service is not used).
+# prometheus, prometheus-alertmanager, prometheus-postgres-exporter: `dr lab up --monitoring`
+# runs them on free loopback ports with their data in the lab folder (the alert receiver's
+# test starts a real Alertmanager too). Their own Debian services are never used: disabled
+# and stopped below.
 # tests/unit/test_programs_installed.py checks that this list provides every program the
 # code runs.
 PKGS=(postgresql-${PG_MAJOR} postgresql-client-${PG_MAJOR}
       podman catatonit runc busybox-static chromium redis-server python3-venv
-      prometheus-alertmanager)
+      prometheus-alertmanager prometheus prometheus-postgres-exporter)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -60,6 +62,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.d/dr-pipelines.conf >/dev/null
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# The monitoring packages enable system services (Prometheus on :9090, Alertmanager on :9093,
+# the exporter on :9187): the lab starts its own on free ports, so keep those off.
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+  for unit in prometheus prometheus-alertmanager prometheus-postgres-exporter; do
+    if systemctl is-enabled --quiet "$unit" 2>/dev/null || systemctl is-active --quiet "$unit"; then
+      $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 PY=${PYTHON:-python3}

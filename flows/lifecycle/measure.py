@@ -24,7 +24,9 @@ from tasks.postgres.heartbeat import (
 )
 
 __all__ = [
+    "CHAIN_STAGES",
     "HeartbeatRPO",
+    "alert_chain_stages",
     "combine_rpo",
     "derive_measurement",
     "heartbeat_rpo",
@@ -308,6 +310,41 @@ def rto_phases(
         "dispatch": span(max(declared_at, start), max(began, start)),
         "recovery": span(max(began, detected), restored_at),
     }
+
+
+#: The stages of an outage recovered through monitoring: (name, from, to).
+CHAIN_STAGES = (
+    ("detection", "failure_at", "alert_starts_at"),
+    ("alert", "alert_starts_at", "run_created_at"),
+    ("dispatch", "run_created_at", "run_started_at"),
+    ("recovery", "run_started_at", "promoted_at"),
+    ("first_write", "promoted_at", "first_write_at"),
+)
+
+
+def alert_chain_stages(moments: dict[str, datetime | None]) -> dict[str, float | None]:
+    """The outage through the alert chain, stage by stage, in seconds.
+
+    detection: the failure -> the alert's ``startsAt``; alert: -> the flow run created;
+    dispatch: -> the run's flow code running; recovery: -> the new primary promoted;
+    first_write: -> the first acknowledged application write on it; ``total``: the
+    failure -> that write. Spans are not clamped: a negative one shows clocks disagreeing.
+
+    Args:
+        moments: ``failure_at``, ``alert_starts_at``, ``run_created_at``,
+            ``run_started_at``, ``promoted_at``, ``first_write_at`` (None: not reached).
+
+    Returns:
+        ``stage -> seconds`` (None when either end is unknown), plus ``total``.
+    """
+
+    def span(a: str, b: str) -> float | None:
+        start, end = moments.get(a), moments.get(b)
+        return None if start is None or end is None else round((end - start).total_seconds(), 3)
+
+    stages = {name: span(a, b) for name, a, b in CHAIN_STAGES}
+    stages["total"] = span("failure_at", "first_write_at")
+    return stages
 
 
 def derive_measurement(

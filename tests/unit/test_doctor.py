@@ -317,11 +317,11 @@ def test_preflight_raises_naming_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_pa
         detail="not installed",
         fix="apt-get install -y --no-install-recommends catatonit",
     )
-    monkeypatch.setattr(doctor, "lab_checks", lambda lab_dir, engine: _fixed(fail))
+    monkeypatch.setattr(doctor, "lab_checks", lambda lab_dir, engine, **_: _fixed(fail))
     with pytest.raises(PreconditionError, match=r"apt-get install .* catatonit"):
         doctor.preflight(tmp_path)
     ok = doctor.Check(name="ports", status="ok", required=True)
-    monkeypatch.setattr(doctor, "lab_checks", lambda lab_dir, engine: _fixed(ok))
+    monkeypatch.setattr(doctor, "lab_checks", lambda lab_dir, engine, **_: _fixed(ok))
     assert doctor.preflight(tmp_path).ok
 
 
@@ -376,3 +376,18 @@ def test_podman_errors_are_shortened_to_podmans_own_line() -> None:
     message = "podman run ... failed: Command '[...]' returned 125. Error: container-init binary"
     assert doctor._podman_error(message) == "container-init binary"
     assert doctor._podman_error("no such thing") == "no such thing"
+
+
+def test_monitoring_makes_its_programs_required(tmp_path: Path) -> None:
+    plain = {p.name: p for p in progs_for(doctor.lab_checks(tmp_path, engine="process"))}
+    mon = {
+        p.name: p for p in progs_for(doctor.lab_checks(tmp_path, engine="process", monitoring=True))
+    }
+    for name in doctor.MONITORING_PROGRAMS:
+        assert not plain[name].required
+        assert mon[name].required
+
+
+def progs_for(checks: list) -> list:
+    """The Program each program check closes over (its default argument)."""
+    return [c.__defaults__[0] for c in checks if c.__defaults__]

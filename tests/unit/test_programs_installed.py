@@ -41,8 +41,8 @@ PROGRAMS_RUN = {
     "podman", "runc", "catatonit", "busybox",
     # tests/integration/e2e/test_ui_browser.py
     "chromium",
-    # tests/integration/alerts/test_alertmanager.py (a real Alertmanager)
-    "prometheus-alertmanager",
+    # lab monitoring (lab/monitoring.py) and tests/integration/alerts/test_alertmanager.py
+    "prometheus-alertmanager", "prometheus", "prometheus-postgres-exporter",
     # the lab's cache (lab/services.py)
     "redis-server",
     # Essential packages: util-linux, coreutils, tar
