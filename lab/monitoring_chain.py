@@ -51,7 +51,7 @@ PROCESS_NAMES = (
     *(monitoring.exporter_name(info) for info in monitoring.MONITORED),
 )
 #: How often the worker asks Prefect for runs (Prefect's default is 10 s).
-WORKER_QUERY_SECONDS = 1
+WORKER_QUERY_SECONDS = 0.25
 DEPLOY_TIMEOUT_SECONDS = 300.0
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,15 +175,25 @@ class WorkerCommand(NamedTuple):
 
 
 def worker_command(state: LabState) -> WorkerCommand:
-    """The one definition of the lab's worker (a faster dispatcher plugs in here).
+    """The one definition of the lab's worker: ``dr worker`` (:mod:`deployments.dispatch`).
 
-    Today: Prefect's process worker on the ``dr-process`` pool, asking for runs every
-    :data:`WORKER_QUERY_SECONDS`; each run starts in a new Python process.
+    Prefect's process worker on the ``dr-process`` pool, polling every
+    :data:`WORKER_QUERY_SECONDS`, each run forked from an interpreter that has already
+    imported Prefect and the flows (no cold Python process per incident).
     """
+    from deployments.dispatch import worker_argv
+
     name = f"dr-lab-worker-{monitoring._fingerprint(str(state.base_dir))[:8]}"
-    script = Path(sys.executable).with_name("prefect")
-    prefect = [str(script)] if script.exists() else [sys.executable, "-m", "prefect"]
-    argv = [*prefect, "worker", "start", "--pool", POOL, "--type", "process", "--name", name]
+    script = Path(sys.executable).with_name("dr")
+    dr_bin = (
+        [str(script)]
+        if script.exists()
+        else [sys.executable, "-c", "from cli.main import main; main()"]
+    )
+    argv = [
+        *dr_bin,
+        *worker_argv("dr", POOL, name=name, query_seconds=WORKER_QUERY_SECONDS)[1:],
+    ]
     env = {**_python_env(state), "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_QUERY_SECONDS)}
     return WorkerCommand(argv=argv, env=env, marker=f"--name {name}", name=name)
 
