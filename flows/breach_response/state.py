@@ -47,7 +47,7 @@ def new_secret() -> SecretStr:
 
 
 def iso(moment: datetime | None) -> str | None:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds") if moment else None
+    return moment.astimezone(UTC).isoformat(timespec="microseconds") if moment else None
 
 
 @dataclass

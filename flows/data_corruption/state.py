@@ -13,6 +13,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
+from dr.changes import Change
 from dr.clock import utcnow
 from dr.config_state import CacheConfig, FileSource
 from flows.common.branches import Branches
@@ -30,6 +31,8 @@ STALE_VALUE = "stale: planted by the data-corruption drill before the damage"
 #: S3 may report LastModified to the second: object damage waits this long after the rows'
 #: damage, so no damaged version looks older than the point restored to.
 VERSION_CLOCK_SLACK = timedelta(seconds=1.1)
+#: The planted stale value expires by itself after this long (a drill is over by then).
+STALE_TTL_SECONDS = 3600
 
 
 def stale_key(cache: CacheConfig, run_id: str) -> str:
@@ -57,14 +60,43 @@ def damage_state(run: CorruptionRun) -> None:
         planted: dict[str, str] = {}
         for cache in caches:
             key = stale_key(cache, run.run_id)
-            plant_value_task(cache, key, STALE_VALUE)
+            # A TTL: a drill that ends early leaves no stale value behind for long.
+            plant_value_task(cache, key, STALE_VALUE, ttl_seconds=STALE_TTL_SECONDS)
             planted[cache.name] = key
         if files and run.damage_at is not None:
             time.sleep(max(0.0, (run.damage_at + VERSION_CLOCK_SLACK - utcnow()).total_seconds()))
-        damaged = {f.name: damage_objects_task(f, aws=ctx.config.aws) for f in files}
+        damaged = {f.name: _damage_objects(run, f) for f in files}
         run.details["drill_state"] = {"stale_cache_keys": planted, "damaged_objects": damaged}
         for name, keys in damaged.items():
             ctx.note(f"drill: overwrote {len(keys)} object(s) of files {name}: {', '.join(keys)}")
+
+
+def _damage_objects(run: CorruptionRun, source: FileSource) -> list[str]:
+    """Overwrite some objects, recorded as a change whose undo restores their versions.
+
+    A drill that is refused or fails before its recovery must not leave the damage behind:
+    the next drill would find it in every version before its own damage point and could not
+    repair it.
+    """
+    ctx = run.ctx
+    before = utcnow()
+    time.sleep(VERSION_CLOCK_SLACK.total_seconds())  # S3 may stamp versions to the second
+    keys = damage_objects_task(source, aws=ctx.config.aws)
+    change = Change(
+        system="s3",
+        action="overwrite-objects",
+        object=f"files {source.name}: {', '.join(keys)}",
+        outcome="changed",
+        before={"versions_before": before.isoformat()},
+        undo=f"restore files {source.name} to its versions before {before.isoformat()}",
+    )
+    ctx.record_change(
+        change,
+        undo=lambda: restore_prefix_to_time_task(
+            source, before, evidence=_evidence_url(run, source), aws=ctx.config.aws
+        ),
+    )
+    return keys
 
 
 def _evidence_url(run: CorruptionRun, source: FileSource) -> str:

@@ -62,6 +62,7 @@ class _Ctx:
         self.notes: list[str] = []
         self.details: dict[str, Any] = {}
         self.phases: list[str] = []
+        self.changes: list[tuple[Any, Any]] = []
 
     def plan(self, action: str, obj: str) -> bool:
         return True
@@ -76,6 +77,9 @@ class _Ctx:
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+
+    def record_change(self, change: Any, undo: Any = None) -> None:
+        self.changes.append((change, undo))
 
 
 class _Sentence(SimpleNamespace):
@@ -143,7 +147,7 @@ def test_corruption_drill_damages_then_recovers_files_caches_and_links(
     config: DRConfig, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     cache: dict[str, str] = {}
-    monkeypatch.setattr(dc_state, "plant_value_task", _Task(lambda c, k, v: cache.update({k: v})))
+    monkeypatch.setattr(dc_state, "plant_value_task", _Task(lambda c, k, v, **kw: cache.update({k: v})))
     monkeypatch.setattr(dc_state, "read_value_task", _Task(lambda c, k: cache.get(k)))
     monkeypatch.setattr(dc_state, "damage_objects_task", _Task(lambda f, **kw: ["a.bin"]))
     restore = _Task(lambda src, before, **kw: _Sentence(name=src.name, restored=["a.bin"]))
@@ -179,6 +183,11 @@ def test_corruption_drill_damages_then_recovers_files_caches_and_links(
         ("link uploads-objects consistent after recovery", True),
     ]
     assert ctx.phases == ["damage caches and files", "caches, files and links"]
+    # The overwrite is a recorded change: a drill that ends before its recovery undoes it.
+    [(change, undo)] = ctx.changes
+    assert change.action == "overwrite-objects" and "a.bin" in change.object
+    undo()
+    assert restore.calls[-1][0][0].name == "uploads"
 
 
 def test_bad_object_twin_works_on_a_copy_and_removes_it(

@@ -169,8 +169,7 @@ def test_both_times_are_measured(drill: Drill) -> None:
     # Detection is measured: the assessment saw the rogue session, after it was planted.
     seen = r["details"]["breach"]["detection"]
     assert seen["how"].startswith("session of a compromised role")
-    observed = datetime.fromisoformat(seen["observed_at"])  # shown to the millisecond
-    assert abs(observed - detected) < timedelta(milliseconds=1) and detected > intrusion
+    assert datetime.fromisoformat(seen["observed_at"]) == detected > intrusion
     assert m["intrusion_to_detected_seconds"] > 0
     # RPO is counted from the heartbeat rows acknowledged before containment, not assumed.
     assert r["rpo_seconds"] == 0 and r["lost_rows"] == 0

@@ -182,6 +182,7 @@ class LifecycleEnv:
             "busy": target("busy-app"),
             "prod": target("prod-app", drills=False, production=True),
         }
+        cfg.pop("alerts", None)  # its routes name the lab target, which is not here
         cfg["slack"]["status_cadence_seconds"] = 0.2
         cfg["approval"] = {"timeout_seconds": 60}
         cfg["concurrency"] = {"on_busy": "wait", "wait_timeout_seconds": 60}
