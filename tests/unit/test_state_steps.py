@@ -147,7 +147,9 @@ def test_corruption_drill_damages_then_recovers_files_caches_and_links(
     config: DRConfig, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     cache: dict[str, str] = {}
-    monkeypatch.setattr(dc_state, "plant_value_task", _Task(lambda c, k, v, **kw: cache.update({k: v})))
+    monkeypatch.setattr(
+        dc_state, "plant_value_task", _Task(lambda c, k, v, **kw: cache.update({k: v}))
+    )
     monkeypatch.setattr(dc_state, "read_value_task", _Task(lambda c, k: cache.get(k)))
     monkeypatch.setattr(dc_state, "damage_objects_task", _Task(lambda f, **kw: ["a.bin"]))
     restore = _Task(lambda src, before, **kw: _Sentence(name=src.name, restored=["a.bin"]))
