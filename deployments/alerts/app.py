@@ -134,9 +134,15 @@ def slack_notifier(config: DRConfig) -> Notifier | None:
         if not channel:
             logger.info("no Slack channel for %s: %s", target, text)
             return
-        # Resolved when needed: a Slack secret missing must not stop the receiver.
-        client = make_client(token_ref.resolve(), base_url)
-        await asyncio.to_thread(send_message, client, channel, text)
+
+        def post() -> None:
+            # Resolved when needed (a Slack secret missing must not stop the receiver), and
+            # in a thread: a Prefect Secret block loaded inside the event loop would come
+            # back as an un-awaited coroutine.
+            client = make_client(token_ref.resolve(), base_url)
+            send_message(client, channel, text)
+
+        await asyncio.to_thread(post)
 
     return notify
 
