@@ -40,7 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import load_note, machine
+from common import load_note, machine
+
 from lab import down, monitoring, monitoring_runs, up
 from lab.monitoring_drill import (
     PrimarySampler,
