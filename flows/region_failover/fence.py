@@ -43,7 +43,8 @@ def prove(run: Failover, node: PostgresNode) -> postgres_models.FenceProof:
 
 
 def planned_failover_gate(run: Failover, node: PostgresNode) -> None:
-    """A primary that still answers is stopped only after a person (or policy) approves.
+    """A primary that still answers is stopped only after a person (or policy) approves;
+    in a run an alert started, always a person.
 
     Why here and not at the promotion: stopping a healthy primary is the first change that
     hurts (the application cannot write from then on). A primary that is really down is
@@ -53,9 +54,13 @@ def planned_failover_gate(run: Failover, node: PostgresNode) -> None:
     if view is None or view.state != "primary":
         return
     chosen = run.choice.chosen if run.choice else None
+    # An alert said the primary is down, yet it answers (it came back, or the alert was
+    # about something else): a route's auto-approval must not stop a healthy primary.
+    from_alert = run.opts.alert_fingerprint is not None
     run.ctx.approve(
         f"planned failover: stop the primary {node.name} ({node.host}:{node.port}), which "
-        f"still answers; the application cannot write until {chosen} is promoted"
+        f"still answers; the application cannot write until {chosen} is promoted",
+        always_ask=from_alert,
     )
     run.approved_promotion = chosen
 

@@ -25,7 +25,7 @@ class GateContext:
         self.events: list[str] = []
 
     def approve(self, step: str, *, irreversible: bool = True, always_ask: bool = False) -> None:
-        self.events.append(f"approve: {step}")
+        self.events.append(f"approve: {step}" + (" [a person]" if always_ask else ""))
         if self.refuse:
             raise ApprovalError(f"{step!r} rejected by bob: not now")
 
@@ -78,6 +78,17 @@ def test_approved_planned_failover_gate_covers_the_promotion_it_named() -> None:
     fencing.planned_failover_gate(run, OLD)
     assert run.approved_promotion == "r1"
     assert ctx.events[0].startswith("approve: planned failover")
+
+
+def test_an_alert_started_run_asks_a_person_before_stopping_a_primary_that_answers() -> None:
+    ctx = GateContext(refuse=False)
+    run = _run(ctx, "primary")
+    run.opts = FailoverOptions(alert_fingerprint="3b15fd163e5e6f3a")
+    fencing.planned_failover_gate(run, OLD)
+    assert ctx.events[0].endswith("[a person]")
+    run.opts = FailoverOptions()
+    fencing.planned_failover_gate(run, OLD)
+    assert not ctx.events[1].endswith("[a person]")
 
 
 @pytest.mark.parametrize("state", ["unreachable", "standby"])
