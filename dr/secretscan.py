@@ -163,7 +163,10 @@ def scan_paths(
         return []
     hits: list[SecretHit] = []
     for path in _files(paths):
-        hits.extend(_scan_file(path, needles))
+        try:
+            hits.extend(_scan_file(path, needles))
+        except FileNotFoundError:
+            continue  # removed since it was listed (a live server's temp file): nothing to store
     return hits
 
 

@@ -6,6 +6,7 @@ import gzip
 import io
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,3 +117,23 @@ def test_password_verifiers_are_redacted_but_not_looked_for_on_disk() -> None:
         forget_secrets()
         for value in kept:
             register_secret(value)
+
+
+def test_a_file_that_vanishes_while_scanning_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live data directory loses temp files (pg_internal.init) between listing and reading."""
+    import dr.secretscan as scan
+
+    (tmp_path / "kept").write_bytes(SECRET.encode())
+    (tmp_path / "gone").write_bytes(b"x")
+    real = scan._scan_file
+
+    def vanishing(path: Path, needles: Any) -> list[Any]:
+        if path.name == "gone":
+            raise FileNotFoundError(path)
+        return real(path, needles)
+
+    monkeypatch.setattr(scan, "_scan_file", vanishing)
+    hits = scan_paths([tmp_path], {"pw": SECRET})
+    assert [(Path(h.path).name, h.secret) for h in hits] == [("kept", "pw")]
