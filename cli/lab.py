@@ -164,6 +164,9 @@ def _print_status(report: dict[str, Any], console: Console) -> None:
         table.add_row("prefect", "[dim]off[/]", "started with --no-prefect")
     sl = report["slack"]
     table.add_row("slack", _mark(sl["up"]), f"{sl['url']} (stand-in)")
+    for name, part in (report.get("stack") or {}).items():
+        detail = f" ({part['detail']})" if part.get("detail") else ""
+        table.add_row(name, _mark(part["up"]), f"{part['url']}{detail}")
     _monitoring_rows(table, report.get("monitoring") or {})
     console.print(table)
     console.print(f"config: {report['config_path']}")

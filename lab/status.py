@@ -12,7 +12,7 @@ from lab.app import engine_request, podman_service
 from lab.db import APP_DB, in_recovery, query_one
 from lab.monitoring_status import monitoring_status
 from lab.pgcluster import Cluster
-from lab.services import slack_ok
+from lab.services import redis_ok, redis_url, slack_ok
 from lab.state import (
     BUCKET,
     CONTROL,
@@ -69,7 +69,8 @@ def status(base_dir: Path | None = None) -> dict[str, Any]:
         ``engine``, ``primary``, ``replica`` (state, ``lag_bytes``, ``lag_seconds``),
         ``control``, ``repositories`` (file, s3, evidence, wal), ``archiver``
         (``last_archived_wal``, time, ``failed_count``), ``s3_endpoint``, ``app``,
-        ``prefect`` (URLs, health), ``slack``, ``heartbeat`` (``ts``, ``age_seconds``),
+        ``prefect`` (URLs, health), ``slack``, ``stack`` (``redis``, ``api`` health, where
+        the lab has them), ``heartbeat`` (``ts``, ``age_seconds``),
         ``monitoring`` (:func:`lab.monitoring_status.monitoring_status`).
         ``{"exists": False, ...}`` when there is no lab in the folder.
     """
@@ -95,6 +96,7 @@ def status(base_dir: Path | None = None) -> dict[str, Any]:
     out["app"] = _app_status(state)
     out["prefect"] = _prefect_status(state)
     out["slack"] = _slack_status(state)
+    out["stack"] = _stack_status(state)
     out["monitoring"] = monitoring_status(state)
     out["ok"] = _all_ok(out)
     return _jsonable(out)
@@ -265,6 +267,26 @@ def _slack_status(state: LabState) -> dict[str, Any]:
     }
 
 
+def _stack_status(state: LabState) -> dict[str, Any]:
+    """The stack's other parts, where the lab has them: its Redis and the api's health."""
+    import httpx
+
+    from lab.stack import api_url
+
+    out: dict[str, Any] = {}
+    if "redis" in state.ports:
+        out["redis"] = {"url": redis_url(state), "up": redis_ok(state.ports["redis"])}
+    if "api" in state.ports:
+        url = f"{api_url(state)}/health"
+        try:
+            resp = httpx.get(url, timeout=2.0)
+            up, detail = resp.status_code == 200, f"HTTP {resp.status_code}"
+        except httpx.HTTPError as exc:
+            up, detail = False, type(exc).__name__
+        out["api"] = {"url": url, "up": up, "detail": detail}
+    return out
+
+
 def _all_ok(out: dict[str, Any]) -> bool:
     """Everything up, the replica streaming, the heartbeat fresh (Prefect only if started)."""
     required = [
@@ -279,6 +301,7 @@ def _all_ok(out: dict[str, Any]) -> bool:
     ]
     if out["prefect"]["enabled"]:
         required.append(out["prefect"]["up"])
+    required += [part["up"] for part in out.get("stack", {}).values()]
     if out["monitoring"]["enabled"]:
         required.append(out["monitoring"]["up"])
     return all(required)

@@ -187,7 +187,12 @@ def _verify(ctx: RunContext, options: BackupVerificationOptions) -> None:
 
     with ctx.phase("mark verified"):
         for r in results:
-            if r.source != "repository" or not r.ok or r.database == injected_db:
+            if (
+                r.source != "repository"
+                or r.backup_id is None  # no own backup (foreign dumps only): nothing to mark
+                or not r.ok
+                or r.database == injected_db
+            ):
                 continue
             mark_verified(ctx, repo, r, f"{ctx.target_name}/{r.database}")
 

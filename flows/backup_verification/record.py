@@ -21,6 +21,8 @@ def mark_verified(
     ctx: RunContext, repo: storage_client.Repository, result: DatabaseVerification, folder: str
 ) -> None:
     """Write ``verified.json`` next to a backup that passed (retention keeps the newest one)."""
+    if result.backup_id is None:
+        raise ValueError(f"{result.database}: no backup id to mark verified")
     prefix = f"{folder}/{result.backup_id}"
     if not ctx.plan("mark verified", repo.url_for(prefix)):
         return

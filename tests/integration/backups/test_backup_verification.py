@@ -382,6 +382,12 @@ def test_a_target_with_only_foreign_dumps_is_verified_and_the_newest_name_wins(b
     assert newest.startswith("db_backup_20250102_000000.sql.gz")
     # RPO: the age of the newest backup that passed, the foreign one here.
     assert result["rpo_seconds"] < 120 and "passed every check" in result["rpo_basis"]
+    # No marker for an own backup that does not exist (it read as a broken backup "None"
+    # and turned the next drill red), and the next drill is green again.
+    markers = [p.relative_to(work) for p in (work / "repo").rglob("verified.json")]
+    assert markers == [], markers
+    again = drill(config)
+    assert again["outcome"] == "passed", again["reason"]
 
 
 def test_injected_truncated_plain_dump_turns_the_drill_red(backup_lab, seed_copy, work, checksums):
