@@ -164,10 +164,6 @@ def targets(
                 }
             ]
         t["backup"] = backup
-        # The lab app's uploads, cache and their link belong to the lab target: a seed's
-        # drills would otherwise verify and restore another system's files as their own.
-        for key in ("files", "links", "caches"):
-            t.pop(key, None)
         t["health_checks"] = {
             # The lab's api stands in for the seed's own HTTP health endpoint (curl .../health).
             "http": copy.deepcopy(lab_target.get("health_checks", {}).get("http", [])),
