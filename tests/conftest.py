@@ -8,6 +8,11 @@
   :func:`lab.manager.up` in a fresh temporary folder (with the Prefect server), yielded as
   its :class:`lab.manager.LabState`, and taken down at the end. Only tests that ask for it
   pay for it (~20 s).
+- Parallel runs (``pytest -n 2``, what ``scripts/test.sh`` does): every test gets an
+  ``xdist_group`` (see :func:`pytest_collection_modifyitems`) so one folder's tests, which
+  share that folder's session fixtures, stay on one worker, and the lab's tests split into
+  two groups, each on its own lab. Each pytest process has its own Prefect home, so
+  ephemeral-mode runs in two workers never share one SQLite database.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# Before anything imports Prefect: this process's own Prefect home (ephemeral-mode runs keep
+# their SQLite database there), never the user's ~/.prefect and never another worker's.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dr-tests-prefect-home-")
 
 FORBIDDEN_PORTS = frozenset({5432, 6379})
 #: libpq falls back to this socket folder when no host is given: make that fail visibly.
@@ -204,3 +213,36 @@ def isolated_secret_registry() -> Iterator[None]:
     before = registered_secrets()
     yield
     forget_secrets(keep=before)
+
+
+#: Integration folders whose tests use the lab, split over two labs so two workers share
+#: the drills. Balanced by measured time (``pytest --durations=0``); a folder not named
+#: here whose tests ask for ``lab`` joins ``lab-1``.
+LAB_GROUPS = {
+    "failover": "lab-1",
+    "crash": "lab-1",
+    "e2e": "lab-1",
+    "backups": "lab-2",
+    "corruption": "lab-2",
+    "breach": "lab-2",
+}
+
+
+def xdist_group_of(item: pytest.Item) -> str:
+    """The worker group of a test: its lab, or its integration folder, or its file."""
+    parts = Path(str(item.path)).relative_to(Path(__file__).parent).parts
+    if parts[0] == "integration" and len(parts) > 2:
+        folder = parts[1]
+        if folder in LAB_GROUPS:
+            return LAB_GROUPS[folder]
+        return "lab-1" if "lab" in getattr(item, "fixturenames", ()) else folder
+    if "lab" in getattr(item, "fixturenames", ()):
+        return "lab-1"
+    return "/".join(parts)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give each test its ``xdist_group`` (used by ``--dist loadgroup``; harmless without)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
