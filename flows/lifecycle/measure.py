@@ -128,6 +128,23 @@ def lost_app_acks(acks: Sequence[Ack], present: dict[int, datetime]) -> tuple[li
     return lost, surviving
 
 
+def lost_rows_basis(probe_lost: int, app_lost: int, app_acked: int, late_lost: int) -> str:
+    """How ``lost_rows`` was counted, in words (the run's ``lost_rows_basis``).
+
+    Args:
+        probe_lost: the probe's acknowledged rows missing after recovery.
+        app_lost: the application's acknowledged writes missing after recovery.
+        app_acked: how many writes the application's acknowledgement log holds.
+        late_lost: of those lost, how many were acknowledged at or after ``failure_at``.
+    """
+    text = f"acknowledged writes missing after recovery: {probe_lost} probe row(s)"
+    if app_acked:
+        text += f", {app_lost} of {app_acked} application write(s)"
+    if late_lost:
+        text += f" ({late_lost} of them acknowledged at or after failure_at)"
+    return text
+
+
 def combine_rpo(
     probe: HeartbeatRPO,
     app_lost: Sequence[Ack],

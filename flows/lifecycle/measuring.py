@@ -12,7 +12,13 @@ from typing import Any
 
 from dr.clock import utcnow
 from flows.lifecycle.base import RunBase
-from flows.lifecycle.measure import HeartbeatRPO, combine_rpo, lost_app_acks, rpo_from_acks
+from flows.lifecycle.measure import (
+    HeartbeatRPO,
+    combine_rpo,
+    lost_app_acks,
+    lost_rows_basis,
+    rpo_from_acks,
+)
 from flows.lifecycle.models import Measurement
 from tasks.health.checks import HealthResult, wait_until_healthy
 from tasks.postgres.heartbeat import (
@@ -181,27 +187,30 @@ class Measuring(RunBase):
         password = pg.password.resolve() if pg.password else None
         last = self._probe.last_acked_before(failure_at)
         acks = [a for a in self._probe.acked if last is not None and a.seq <= last.seq]
+        # Late acknowledgements (at or after failure_at) count when missing; present ones
+        # (the new primary's) change nothing.
+        late_probe = [a for a in self._probe.acked if last is None or a.seq > last.seq]
         app_before = [a for a in app_acks if a.acked_at < failure_at]
-        lost_app: list[Ack] = []
-        kept_app: list[Ack] = []
-        if app_writer and app_before:
-            present_app = heartbeat_rows_present(
-                conninfo,
-                app_writer,
-                min(a.seq for a in app_before),
-                max(a.seq for a in app_before),
-                password=password,
-            )
-            lost_app, kept_app = lost_app_acks(app_before, present_app)
+        lost_app, kept_app, late_lost = (
+            _app_loss(conninfo, app_writer, app_acks, failure_at, password)
+            if app_writer and app_acks
+            else ([], [], [])
+        )
         if kept_app:
             survived_at, survived_basis = kept_app[-1].ts, "the application's acknowledgements"
+        probe_acks = [*acks, *late_probe]
         present = (
             heartbeat_seqs_present(
-                conninfo, self._probe.writer, acks[0].seq, acks[-1].seq, password=password
+                conninfo,
+                self._probe.writer,
+                probe_acks[0].seq,
+                probe_acks[-1].seq,
+                password=password,
             )
-            if acks
+            if probe_acks
             else set()
         )
+        late_probe_lost = [a for a in late_probe if a.seq not in present]
         probe = rpo_from_acks(
             acks,
             present,
@@ -209,17 +218,18 @@ class Measuring(RunBase):
             survived_at=survived_at,
             survived_basis=survived_basis,
         )
+        app_lost_count = len(lost_app) + len(late_lost)
+        late_count = len(late_lost) + len(late_probe_lost)
+        lost_app = sorted([*lost_app, *late_lost, *late_probe_lost], key=lambda a: a.ts)
         rpo = combine_rpo(probe, lost_app, kept_app, acks)
-        writes = [a.acked_at for a in (*acks, *app_before)]
+        writes = [a.acked_at for a in (*acks, *app_before)]  # the outage starts before it
         self.measure(
             rpo_seconds=rpo.seconds,
             lost_rows=rpo.lost_rows,
             rpo_basis=f"heartbeat: {rpo.basis}",
             rpo_bound=rpo.bound,
-            lost_rows_basis=f"acknowledged before failure_at, missing after recovery: "
-            f"{probe.lost_rows} probe row(s)"
-            + (
-                f", {len(lost_app)} of {len(app_before)} application write(s)" if app_before else ""
+            lost_rows_basis=lost_rows_basis(
+                probe.lost_rows + len(late_probe_lost), app_lost_count, len(app_acks), late_count
             ),
             **(
                 {"failure_at": max(writes)}
@@ -233,3 +243,19 @@ class Measuring(RunBase):
         probe, self._probe = self._probe, None
         if probe is not None:
             probe.stop()
+
+
+def _app_loss(
+    conninfo: str, writer: str, acks: Sequence[Ack], failure_at: datetime, password: str | None
+) -> tuple[list[Ack], list[Ack], list[Ack]]:
+    """The application's writes: (lost before ``failure_at``, kept before it, lost after it).
+
+    Every acknowledged write counts, also one acknowledged just after ``failure_at`` (its
+    commit's answer was on the wire when the server died): missing, it is lost.
+    """
+    present = heartbeat_rows_present(
+        conninfo, writer, min(a.seq for a in acks), max(a.seq for a in acks), password=password
+    )
+    lost, kept = lost_app_acks([a for a in acks if a.acked_at < failure_at], present)
+    late_lost = lost_app_acks([a for a in acks if a.acked_at >= failure_at], present)[0]
+    return lost, kept, late_lost

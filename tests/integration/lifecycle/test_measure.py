@@ -268,6 +268,19 @@ def test_forced_loss_counts_what_an_independent_writer_lost(pair, tmp_path: Path
     newest_lost = max(before[-1].ts, app_newest)
     assert rpo.seconds == pytest.approx((newest_lost - app_kept_ts).total_seconds())
     assert rpo.seconds > probe_window + 0.5, "the loss reaches back past the probe's window"
+    # A write acknowledged at failure_at or just after (its answer was on the wire when the
+    # server died) and missing is lost as well: leaving it out would report a smaller loss.
+    acks = read_ack_log(log)
+    straggler_ts = failure_at + timedelta(milliseconds=1)
+    straggler = acks[-1]._replace(seq=acks[-1].seq + 10_000, ts=straggler_ts, acked_at=straggler_ts)
+    late = _Measured(target, probe, failure_at)
+    late_rpo = late.measure_heartbeat_rpo(app_writer="indep", app_acks=[*acks, straggler])
+    assert late_rpo is not None and late_rpo.lost_rows == rpo.lost_rows + 1
+    assert f", {app_lost + 1} of {app_acked + 1} application write(s)" in (
+        late.measurement.lost_rows_basis or ""
+    )
+    assert "acknowledged at or after failure_at" in (late.measurement.lost_rows_basis or "")
+    assert late_rpo.seconds is not None and late_rpo.seconds >= rpo.seconds
     # Without the application's log the same loss is only a lower bound, and says so.
     alone = _Measured(target, probe, failure_at).measure_heartbeat_rpo()
     assert alone is not None and alone.lost_rows == len(before) and alone.bound == "lower"
