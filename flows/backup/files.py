@@ -1,8 +1,10 @@
 """Files and objects of a target, backed up next to its databases (seed 000 §3.3, 004).
 
 Each ``files:`` entry is one parallel branch: a manifest (key, size, SHA-256, S3 version
-id), resumable and idempotent like the dumps. Only with logical backups: the base backup
-is the cluster's, for point-in-time recovery.
+id), resumable and idempotent like the dumps. The branches start once the dumps are done
+(see :func:`flows.backup.flow.run_backup`): backup verification checks the dumps' rows
+against these objects. Only with logical backups: the base backup is the cluster's, for
+point-in-time recovery.
 """
 
 from __future__ import annotations

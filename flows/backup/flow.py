@@ -4,8 +4,9 @@ The runbook it replaces (seed 003): hourly ``pg_dump`` to S3, 48 hourly / 30 dai
 weekly retention, WAL archiving for point-in-time recovery. Steps, per database and in
 parallel: dump in the dump's own exported snapshot (so the manifest's row counts are
 exactly what the dump holds) into a local staging folder; describe it in a manifest; upload
-(:mod:`flows.common.backup_staging`); apply retention. Then the WAL archive's age is
-compared with the target's RPO.
+(:mod:`flows.common.backup_staging`); apply retention. The ``files:`` entries are backed up
+once the dumps are done (one branch each), so the objects every dumped row names are in
+the files backup. Then the WAL archive's age is compared with the target's RPO.
 """
 
 from __future__ import annotations
@@ -97,11 +98,14 @@ def run_backup(
     try:
         futures = _submit_backups(cfg, target, kind, names, board, staging_dir)
         wal_future = wal_archive_status_task.submit(cfg, target)
-        files = submit_files_backups(cfg, target) if kind is BackupKind.logical else None
         board.wait(futures)
     finally:
         board.close()
     backups, failures = _collect(target, names, futures)
+    # After the dumps, never alongside: every row a dump holds then has its object in the
+    # files backup (the application writes the object before its row), so the pair restores
+    # consistent; objects uploaded since are only objects without a row.
+    files = submit_files_backups(cfg, target) if kind is BackupKind.logical else None
     files_backups = collect_files_backups(files, failures) if files is not None else []
     warnings: list[str] = []
     retention = _apply_retention(cfg, target, kind, backups, warnings)

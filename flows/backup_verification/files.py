@@ -1,10 +1,14 @@
 """Files backups verified next to the databases, and the links between rows and objects.
 
 Each ``files:`` entry's newest backup is restored into a scratch folder and every checksum
-and count checked (one parallel branch each); every ``links:`` entry is checked on the
-primary. The red twin ``--inject bad-object`` works on a copy, like ``bad-backup``: a fresh
-backup of the first entry under a drill id (sorted before every real one), one object's
-bytes changed, verified (it must fail), then deleted. The real backups are never written.
+and count checked (one parallel branch each); then every ``links:`` entry is checked twice:
+in the backups (the restored scratch database's rows against the restored files backup,
+:mod:`flows.backup_verification.links`) and on the live primary. The red twin ``--inject
+bad-object`` works on a copy, like ``bad-backup``: a fresh backup of the first entry under a
+drill id (sorted before every real one), one object's bytes changed, verified (it must
+fail), then deleted; ``--inject missing-object`` removes one linked object from the
+restored copy only. The real backups are never written, and a drill with a files twin marks
+no files backup verified.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any
 
 from dr.config_state import FileSource
 from dr.errors import DRError
-from flows.backup_verification.models import Injection
+from flows.backup_verification.links import check_links_in_backups, require_links
+from flows.backup_verification.models import DatabaseVerification, Injection
 from flows.common.backups import open_target_repository
 from flows.common.branches import Branches
 from flows.common.state import check_target_links, files_repository
@@ -32,7 +37,10 @@ from tasks.files.verify import (
 )
 from tasks.storage import operations as storage_operations
 
-__all__ = ["FilesBranches", "drill_backup_id"]
+__all__ = ["FILES_INJECTIONS", "FilesBranches", "drill_backup_id"]
+
+#: The twins that work on files backups (here), not on a database backup's copy.
+FILES_INJECTIONS = (Injection.bad_object, Injection.missing_object)
 
 
 def drill_backup_id(short_id: str) -> str:
@@ -50,6 +58,10 @@ class FilesBranches:
         self.bad: FileSource | None = (
             self.sources[0] if inject is Injection.bad_object and self.sources else None
         )
+        self.leave_out = inject is Injection.missing_object
+        if self.leave_out:
+            require_links(ctx.target)
+        self.injected = inject in FILES_INJECTIONS
         self.scratch = Path(tempfile.mkdtemp(prefix=f"dr-verify-files-{short_id}-"))
         self.branches = Branches()
 
@@ -78,35 +90,51 @@ class FilesBranches:
                 mark=False,
             )
 
-    def collect(self, *, mark: bool) -> list[dict[str, Any]]:
+    def collect(
+        self, databases: list[DatabaseVerification] | None = None, *, mark: bool
+    ) -> list[dict[str, Any]]:
         """Record each verification as a check; then the links; then clean up.
 
-        ``mark``: the databases' verifications all passed, so the files backups that passed
-        are marked verified too (a red or refused drill writes nothing to the real backups).
+        ``databases``: the database branches' results, whose restored rows the links are
+        checked against. ``mark``: the databases' verifications all passed, so the files
+        backups that passed are marked verified too, when the links in the backups are
+        consistent (a red, refused or injected drill writes nothing to the real backups).
         """
         out: list[dict[str, Any]] = []
         try:
-            for outcome in self.branches.collect():
-                name = outcome.name.removeprefix("files-")
-                if outcome.ok:
-                    result = outcome.value
-                    self.ctx.record_check(
-                        f"files {name} backup restores", result.passed, detail=result.sentence()
-                    )
-                    out.append(result.model_dump(mode="json"))
-                    if mark and result.passed and self._source(name) is not self.bad:
-                        self._mark(self._source(name), result)
-                else:
-                    self.ctx.record_check(
-                        f"files {name} backup restores", False, detail=outcome.detail
-                    )
-                    out.append({"source": name, "error": outcome.detail})
+            ran = self._record_verifications(out)
             self.ctx.details["files"] = out
+            restored = {s.name: self.scratch / s.name for s in self.sources if s.name in ran}
+            links_ok = check_links_in_backups(
+                self.ctx, list(databases or []), restored, leave_out=self.leave_out
+            )
+            if mark and links_ok and not self.injected:
+                for name, result in ran.items():
+                    if result.passed:
+                        self._mark(self._source(name), result)
             self._check_links()
         finally:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self._remove_bad_copy()
         return out
+
+    def _record_verifications(self, out: list[dict[str, Any]]) -> dict[str, Any]:
+        """One check per files entry; returns the verifications that ran, by entry name
+        (their restored folders are what the links in the backups are checked against)."""
+        ran: dict[str, Any] = {}
+        for outcome in self.branches.collect():
+            name = outcome.name.removeprefix("files-")
+            if outcome.ok:
+                result = outcome.value
+                self.ctx.record_check(
+                    f"files {name} backup restores", result.passed, detail=result.sentence()
+                )
+                out.append(result.model_dump(mode="json"))
+                ran[name] = result
+            else:
+                self.ctx.record_check(f"files {name} backup restores", False, detail=outcome.detail)
+                out.append({"source": name, "error": outcome.detail})
+        return ran
 
     def _source(self, name: str) -> FileSource:
         return next(s for s in self.sources if s.name == name)
@@ -127,7 +155,7 @@ class FilesBranches:
             self.ctx,
             lambda db: node_conninfo(pgc, pgc.primary, password, db),
             password,
-            when="at backup verification",
+            when="on the live primary",
         )
 
     def _remove_bad_copy(self) -> None:

@@ -31,6 +31,10 @@ in the largest data file (storage bit rot: the checksum gate must catch it);
 that was already bad when written: the restore must catch it); ``truncated-plain-dump``
 cuts a copy of the newest foreign plain dump after one table's data and re-gzips it (a
 cron job whose pg_dump died: the completion trailer and constraint checks must catch it).
+The files twins (:mod:`flows.backup_verification.files`): ``bad-object`` changes one
+object's bytes in a copy of a files backup; ``missing-object`` leaves one linked object out
+of the restored files backup, so "link <name> consistent in the backups" (the restored
+rows against the restored objects) must fail.
 
 Every check is recorded through the incident lifecycle (artifacts, history, Slack); a
 failed check fails the drill with its reason. RTO is the restore's wall time (download,
@@ -52,6 +56,7 @@ from prefect import flow
 from dr.clock import utcnow
 from dr.config import ForeignBackups, Mode, Scenario
 from dr.errors import DRError, VerificationError
+from flows.backup_verification.files import FILES_INJECTIONS
 from flows.backup_verification.inject import (
     choose_injection,
     inject_failure,
@@ -98,8 +103,8 @@ def backup_verification_flow(
         target: a target of the config.
         mode: ``drill`` (default), ``incident`` (the same checks, e.g. after an alert that
             backups may be bad) or ``dry-run`` (find the backups, plan, change nothing).
-        inject: ``bad-backup``, ``bad-backup-truncate`` or ``truncated-plain-dump`` to
-            prove the drill goes red.
+        inject: ``bad-backup``, ``bad-backup-truncate``, ``truncated-plain-dump``,
+            ``bad-object`` or ``missing-object`` to prove the drill goes red.
         config_path: the config file (default: $DR_CONFIG, ./dr.yaml, the lab's).
         severity: recorded in the report.
         options: more options (``inject`` may also be given here, as the CLI does).
@@ -155,7 +160,7 @@ def _verify(ctx: RunContext, options: BackupVerificationOptions) -> None:
     injected_db: str | None = None
     foreign_keys: dict[int, str] = {}
     try:
-        if options.inject not in (None, Injection.bad_object):  # bad-object: files.py
+        if options.inject not in (None, *FILES_INJECTIONS):
             with ctx.phase("inject", detail=f"{options.inject.value} on a copy"):
                 injected_db = _inject(
                     ctx, repo, newest, foreign, options.inject, short_id, scratch, foreign_keys
@@ -192,6 +197,7 @@ def _verify(ctx: RunContext, options: BackupVerificationOptions) -> None:
                 or r.backup_id is None  # no own backup (foreign dumps only): nothing to mark
                 or not r.ok
                 or r.database == injected_db
+                or options.inject in FILES_INJECTIONS  # a files twin's run verifies nothing
             ):
                 continue
             mark_verified(ctx, repo, r, f"{ctx.target_name}/{r.database}")

@@ -34,6 +34,7 @@ class Injection(StrEnum):
     bad_backup_truncate = "bad-backup-truncate"
     truncated_plain_dump = "truncated-plain-dump"
     bad_object = "bad-object"  # a files backup's object: flows/backup_verification/files.py
+    missing_object = "missing-object"  # left out of a restored copy: backup_verification/links.py
 
 
 class BackupVerificationOptions(AlertOptions):
@@ -92,6 +93,14 @@ class DatabaseVerification(BaseModel):
     coverage: backups_coverage.Coverage | None = None
     checks: list[CheckOutcome] = Field(default_factory=list)
     error: str = ""
+    link_rows: dict[str, list[tuple[str, str | None]]] = Field(
+        default_factory=dict,
+        exclude=True,  # every row of a link: for the check in the backups, not for reports
+        description="Per link on this database: (key, sha256) of the rows in the scratch copy.",
+    )
+    link_errors: dict[str, str] = Field(
+        default_factory=dict, description="Per link: why its rows could not be read."
+    )
 
     @property
     def ok(self) -> bool:

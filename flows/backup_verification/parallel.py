@@ -36,7 +36,8 @@ def verify_in_parallel(
     foreign_keys: dict[int, str] | None = None,
 ) -> list[DatabaseVerification]:
     """One branch per database, per foreign entry and per files entry (recorded as checks),
-    then the links; a branch that crashes is a finding.
+    then the links (in the backups, and on the live primary); a branch that crashes is a
+    finding.
 
     ``age_critical`` False: point-in-time recovery covers the RPO, a dump's age is shown
     only; ``foreign_keys`` replaces an entry's newest dump (by index) with a drill's copy.
@@ -82,7 +83,7 @@ def verify_in_parallel(
         )
     _wait(ctx, board, dict(zip(branches, futures, strict=True)))
     results = _collect(branches, futures)
-    files_branches.collect(mark=bool(results) and all(r.ok for r in results))
+    files_branches.collect(results, mark=bool(results) and all(r.ok for r in results))
     return results
 
 

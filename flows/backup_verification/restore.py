@@ -16,6 +16,7 @@ from dr.config import DRConfig, Target
 from dr.errors import ChecksumMismatch, DRError, ObjectNotFound, VerificationError
 from dr.tasking import dr_task
 from flows.backup_verification.checks import check_backup_age, post_restore_checks
+from flows.backup_verification.links import read_scratch_link_rows
 from flows.backup_verification.models import DatabaseVerification, NewestBackup
 from flows.backup_verification.newest import find_newest_backup_task
 from flows.backup_verification.scratch import scratch_database
@@ -128,6 +129,7 @@ def verify_database_backup(
                     expected_schema=manifest.schema_fingerprint,
                     heapallindexed=heapallindexed,
                 )
+                read_scratch_link_rows(target, database, scratch, result)  # while it exists
     finally:
         shutil.rmtree(local, ignore_errors=True)
         report_progress(1.0, "done")

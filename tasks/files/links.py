@@ -10,6 +10,7 @@ to an earlier point they are expected, and they are never deleted here).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from psycopg import sql
 from pydantic import BaseModel, Field
@@ -17,7 +18,8 @@ from pydantic import BaseModel, Field
 from dr.config import AWSConfig
 from dr.config_state import FileLink, FileSource
 from dr.tasking import dr_task
-from tasks.files.sources import S3Source, Source, open_source
+from tasks.files.client import split_s3_url
+from tasks.files.sources import DirectorySource, S3Source, Source, open_source
 from tasks.postgres.client import session
 
 logger = logging.getLogger(__name__)
@@ -64,18 +66,33 @@ def read_link_rows(
         return [(row[0], row[1]) for row in conn.execute(query)]
 
 
-def _relative(src: Source, key: str) -> str:
-    if isinstance(src, S3Source) and src.prefix and key.startswith(src.prefix):
-        return key[len(src.prefix) :]
-    return key
+def source_prefix(source: FileSource) -> str:
+    """The S3 prefix of an entry (``""`` for folders and tarballs): row keys may start with it."""
+    return split_s3_url(source.s3)[1] if source.s3 is not None else ""
+
+
+def relative_key(key: str, prefix: str) -> str:
+    """A row's key relative to the entry (keys that include the S3 prefix are accepted)."""
+    return key[len(prefix) :] if prefix and key.startswith(prefix) else key
 
 
 def compare(
-    link_name: str, rows: list[tuple[str, str | None]], src: Source, *, checksums: bool = True
+    link_name: str,
+    rows: list[tuple[str, str | None]],
+    src: Source,
+    *,
+    checksums: bool = True,
+    prefix: str | None = None,
 ) -> LinkCheck:
-    """Compare rows with the source's objects (hashing each linked object when ``checksums``)."""
+    """Compare rows with the source's objects (hashing each linked object when ``checksums``).
+
+    ``prefix``: what to strip from the rows' keys; default the S3 source's own prefix (a
+    restored copy in a folder passes the prefix of the entry it was backed up from).
+    """
+    if prefix is None:
+        prefix = src.prefix if isinstance(src, S3Source) else ""
     objects = {obj.key for obj in src.list()}
-    wanted = {_relative(src, key): sha for key, sha in rows}
+    wanted = {relative_key(key, prefix): sha for key, sha in rows}
     missing = sorted(k for k in wanted if k not in objects)
     orphans = sorted(objects - wanted.keys())
     mismatched = sorted(
@@ -125,4 +142,42 @@ def check_links(
     return result
 
 
+def compare_restored(
+    link: FileLink,
+    source: FileSource,
+    rows: list[tuple[str, str | None]],
+    restored_dir: str | Path,
+) -> LinkCheck:
+    """Rows read from a restored database backup against a restored files backup, both ways.
+
+    Why: the live check cannot see a backup pair that would lose files. A restore brings back
+    the dump's rows and the files backup's objects; a row whose object is not in the files
+    backup (taken before the row's upload, or an object lost from it) is a user's file that
+    no restore can bring back. ``restored_dir`` is the folder the files backup was restored
+    into (keys relative to the entry); every linked object is hashed.
+    """
+    restored = DirectorySource(Path(restored_dir))
+    result = compare(link.name, rows, restored, prefix=source_prefix(source))
+    logger.info("in the backups: %s", result.sentence())
+    return result
+
+
+def first_linked_object(
+    rows: list[tuple[str, str | None]], source: FileSource, restored_dir: str | Path
+) -> str | None:
+    """The first key (sorted) that a row names and the restored folder holds, else None."""
+    folder = Path(restored_dir)
+    prefix = source_prefix(source)
+    for key in sorted(relative_key(k, prefix) for k, _ in rows):
+        if key.startswith("/") or ".." in key.split("/"):
+            continue
+        if (folder / key).is_file():
+            return key
+    return None
+
+
 check_links_task = dr_task(check_links, name="files-check-links", timeout_seconds=3600)
+read_link_rows_task = dr_task(read_link_rows, name="files-read-link-rows", timeout_seconds=3600)
+compare_restored_task = dr_task(
+    compare_restored, name="files-compare-restored-links", timeout_seconds=3600
+)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,15 @@ class FilesRestore(BaseModel):
     newer: list[str] = Field(default_factory=list, description="Not there at the point.")
     removed: list[str] = Field(default_factory=list, description="Newer ones, moved aside.")
     evidence: dict[str, str] = Field(default_factory=dict, description="key -> its kept copy")
+    skipped: list[str] = Field(default_factory=list, description="Left as they were, as asked.")
 
     def sentence(self) -> str:
+        skipped = f", {len(self.skipped)} SKIPPED" if self.skipped else ""
         return (
             f"files {self.source} restored to {self.point}: {len(self.restored)} object(s) put "
             f"back, {self.unchanged} unchanged, {len(self.newer)} newer "
-            f"({len(self.removed)} moved aside); damaged copies kept: {len(self.evidence)}"
+            f"({len(self.removed)} moved aside){skipped}; damaged copies kept: "
+            f"{len(self.evidence)}"
         )
 
 
@@ -79,26 +83,35 @@ def _restore_key(
     evidence: str,
     remove_newer: bool,
     result: FilesRestore,
+    keep_newer: Collection[str] = (),
 ) -> None:
-    """Bring one key back to its newest version before ``before`` (see the module)."""
+    """Bring one key back to its newest version before ``before`` (see the module).
+
+    A newer key in ``keep_newer`` stays where it is (listed as newer, not copied aside).
+    """
     latest = next(v for v in items if v.get("IsLatest"))
     wanted = _newest_before(items, before)
     if wanted is not None and _same_content(wanted, latest):
         result.unchanged += 1
         return
     current_exists = not latest.get("marker")
+    gone_at_point = wanted is None or bool(wanted.get("marker"))
+    if gone_at_point and not current_exists:
+        result.unchanged += 1
+        return
+    if gone_at_point and key in keep_newer:
+        result.newer.append(key)
+        return
     if current_exists:
         result.evidence[key] = src.keep_aside(key, evidence, latest["VersionId"])
-    if wanted is None or wanted.get("marker"):
-        if not current_exists:
-            result.unchanged += 1
-            return
+    if gone_at_point:
         result.newer.append(key)
         if remove_newer:
             with s3_errors(f"delete {src.location}{key}"):
                 src.client.delete_object(Bucket=src.bucket, Key=src.full(key))
             result.removed.append(key)
         return
+    assert wanted is not None
     copy = {"Bucket": src.bucket, "Key": src.full(key), "VersionId": wanted["VersionId"]}
     with s3_errors(f"restore {src.location}{key}"):
         # The managed copy: multipart above S3's 5 GiB single-copy limit.
@@ -112,6 +125,9 @@ def restore_prefix_to_time(
     *,
     evidence: str,
     remove_newer: bool = False,
+    keep_newer: Collection[str] = (),
+    skip: Collection[str] = (),
+    only: Collection[str] | None = None,
     aws: AWSConfig | None = None,
 ) -> FilesRestore:
     """Restore an S3 ``files:`` entry to its state just before ``before``, from object versions.
@@ -123,6 +139,10 @@ def restore_prefix_to_time(
         evidence: ``s3://bucket/prefix`` for the copies of what is replaced (not inside the
             source prefix).
         remove_newer: also take away objects created after ``before`` (kept as evidence).
+        keep_newer: keys created after ``before`` that stay even so (a breach response keeps
+            the objects its restored rows still name: taking them away loses users' files).
+        skip: keys left exactly as they are (listed as ``skipped``; the drill's red twin).
+        only: restore just these keys (a drill undoing its own damage, nothing else).
         aws: the ``aws`` section.
 
     Raises:
@@ -136,8 +156,14 @@ def restore_prefix_to_time(
     src = open_source(source, aws)
     assert isinstance(src, S3Source)
     result = FilesRestore(source=source.name, point=before.isoformat())
+    keep, skipped = set(keep_newer), set(skip)
     for key, items in sorted(_by_key(src).items()):
-        _restore_key(src, key, items, before, evidence, remove_newer, result)
+        if only is not None and key not in only:
+            continue
+        if key in skipped:
+            result.skipped.append(key)
+            continue
+        _restore_key(src, key, items, before, evidence, remove_newer, result, keep)
     logger.info("%s", result.sentence())
     return result
 

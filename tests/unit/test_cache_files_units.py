@@ -10,13 +10,14 @@ from typing import BinaryIO
 import pytest
 import redis.exceptions as rex
 
+from dr.config_state import FileLink, FileSource
 from dr.errors import ConfigError
 from tasks.cache.client import cache_error, describe_url
 from tasks.cache.models import HitRate
 from tasks.cache.warm import write_rows
 from tasks.files.backup import _unchanged
 from tasks.files.client import split_s3_url
-from tasks.files.links import compare
+from tasks.files.links import compare, compare_restored, first_linked_object, relative_key
 from tasks.files.manifest import FileEntry, object_key
 from tasks.files.sources import Source, SourceObject, sha256_of
 
@@ -131,6 +132,48 @@ def test_compare_reports_both_ways() -> None:
     assert presence.mismatched_count == 0 and presence.missing_count == 2
 
 
+UPLOADS = FileSource(name="uploads", s3="s3://bucket/uploads/")
+LINK = FileLink(
+    name="uploads-objects", table="public.uploads", key_column="object_key", files="uploads"
+)
+
+
+def test_row_keys_are_relative_to_the_entry() -> None:
+    assert relative_key("uploads/a.bin", "uploads/") == "a.bin"
+    assert relative_key("a.bin", "uploads/") == "a.bin"
+    assert relative_key("other/a.bin", "") == "other/a.bin"
+
+
+def _restored(folder: Path, objects: dict[str, bytes]) -> Path:
+    for key, data in objects.items():
+        (folder / key).parent.mkdir(parents=True, exist_ok=True)
+        (folder / key).write_bytes(data)
+    return folder
+
+
+def test_restored_rows_against_restored_objects_both_ways(tmp_path: Path) -> None:
+    """The rows of a restored dump vs the files backup restored into a folder."""
+    folder = _restored(tmp_path, {"a.bin": b"A", "d/b.bin": b"B", "newer.bin": b"N"})
+    sha = {k: sha256_of(io.BytesIO(v)) for k, v in {"a": b"A", "b": b"B"}.items()}
+    rows = [("uploads/a.bin", sha["a"]), ("uploads/d/b.bin", sha["b"])]
+    good = compare_restored(LINK, UPLOADS, rows, folder)
+    assert good.passed and good.rows == 2 and good.orphan_objects == ["newer.bin"]
+    rows += [("uploads/gone.bin", sha["a"])]
+    (folder / "d" / "b.bin").write_bytes(b"changed")
+    bad = compare_restored(LINK, UPLOADS, rows, folder)
+    assert (bad.missing_objects, bad.mismatched) == (["gone.bin"], ["d/b.bin"])
+    assert not bad.passed
+
+
+def test_first_linked_object_is_one_the_restored_folder_holds(tmp_path: Path) -> None:
+    folder = _restored(tmp_path / "r", {"b.bin": b"B", "c.bin": b"C"})
+    (tmp_path / "outside.bin").write_bytes(b"x")
+    rows = [("uploads/c.bin", None), ("uploads/a.bin", None), ("../outside.bin", None),
+            ("uploads/b.bin", None)]  # fmt: skip
+    assert first_linked_object(rows, UPLOADS, folder) == "b.bin"
+    assert first_linked_object([("uploads/a.bin", None)], UPLOADS, folder) is None
+
+
 def test_every_step_has_its_task() -> None:
     from tasks.cache import flush, probe, recover, warm
     from tasks.files import backup, links, restore, verify
@@ -148,6 +191,8 @@ def test_every_step_has_its_task() -> None:
         restore.restore_prefix_to_time_task.name,
         restore.restore_from_backup_task.name,
         links.check_links_task.name,
+        links.read_link_rows_task.name,
+        links.compare_restored_task.name,
     }
-    assert len(names) == 12
+    assert len(names) == 14
     assert all(n.startswith(("cache-", "files-")) for n in names)

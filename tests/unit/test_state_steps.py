@@ -12,12 +12,15 @@ from typing import Any
 import pytest
 
 from dr.config import DRConfig, parse_config
+from dr.errors import VerificationError
 from flows.backup_verification import files as bv_files
-from flows.backup_verification.models import Injection
+from flows.backup_verification import links as bv_links
+from flows.backup_verification.models import DatabaseVerification, Injection
 from flows.common import state as common_state
 from flows.data_corruption import state as dc_state
 from lab.drconfig import lab_config
 from lab.state import new_state
+from tasks.files.links import compare_restored
 
 
 class _Future:
@@ -223,8 +226,108 @@ def test_bad_object_twin_works_on_a_copy_and_removes_it(
     assert backup.calls[0][1]["backup_id"] == copy_id
     assert inject.calls[0][1]["backup_id"] == copy_id
     assert out == [{"backup_id": copy_id}]
-    assert ctx.checks == [("files uploads backup restores", False, "checked")]
+    assert ctx.checks == [
+        ("files uploads backup restores", False, "checked"),
+        (
+            "link uploads-objects consistent in the backups",
+            False,
+            "not checked: no backup of ours of database app was restored",
+        ),
+    ]
     assert deleted == [f"files/uploads/{copy_id}/"] and not branches.scratch.exists()
+
+
+def _restored_app(rows: list[tuple[str, str | None]]) -> DatabaseVerification:
+    db = DatabaseVerification(database="app")
+    db.link_rows["uploads-objects"] = rows
+    return db
+
+
+def _linked_folder(tmp_path: Path) -> tuple[Path, list[tuple[str, str | None]]]:
+    import hashlib
+
+    folder = tmp_path / "uploads"
+    rows: list[tuple[str, str | None]] = []
+    for name in ("b.bin", "a.bin"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(name.encode())
+        rows.append((f"uploads/{name}", hashlib.sha256(name.encode()).hexdigest()))
+    (folder / "newer.bin").write_bytes(b"uploaded after the dump")
+    return folder, rows
+
+
+def test_links_in_the_backups_compare_restored_rows_with_restored_objects(
+    config: DRConfig, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(bv_links, "compare_restored_task", _Task(compare_restored))
+    folder, rows = _linked_folder(tmp_path)
+    ctx = _Ctx(config)
+    ok = bv_links.check_links_in_backups(ctx, [_restored_app(rows)], {"uploads": folder})  # type: ignore[arg-type]
+    assert ok is True
+    ((name, passed, detail),) = ctx.checks
+    assert (name, passed) == ("link uploads-objects consistent in the backups", True)
+    assert "1 object(s) without row" in detail
+    assert ctx.details["links_in_backups"][0]["orphan_objects"] == ["newer.bin"]
+
+
+def test_missing_object_twin_leaves_one_out_of_the_restored_copy(
+    config: DRConfig, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(bv_links, "compare_restored_task", _Task(compare_restored))
+    folder, rows = _linked_folder(tmp_path)
+    ctx = _Ctx(config)
+    ok = bv_links.check_links_in_backups(
+        ctx,  # type: ignore[arg-type]
+        [_restored_app(rows)],
+        {"uploads": folder},
+        leave_out=True,
+    )
+    assert ok is False and not (folder / "a.bin").exists() and (folder / "b.bin").exists()
+    ((name, passed, detail),) = ctx.checks
+    assert (name, passed) == ("link uploads-objects consistent in the backups", False)
+    assert "1 row(s) without object" in detail
+    assert ctx.details["injection"]["key"] == "a.bin"
+
+
+def test_missing_object_twin_with_nothing_to_leave_out_is_red(
+    config: DRConfig, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(bv_links, "compare_restored_task", _Task(compare_restored))
+    ctx = _Ctx(config)
+    (tmp_path / "uploads").mkdir()
+    ok = bv_links.check_links_in_backups(
+        ctx,  # type: ignore[arg-type]
+        [_restored_app([])],
+        {"uploads": tmp_path / "uploads"},
+        leave_out=True,
+    )
+    assert ok is False
+    assert ctx.checks[-1][:2] == ("inject missing-object", False)
+
+
+def test_links_in_the_backups_unreadable_or_unrestored(config: DRConfig, tmp_path: Path) -> None:
+    """Rows not readable from the dump fail; a branch that did not restore is shown, and
+    is no pass (its own check already fails the drill)."""
+    ctx = _Ctx(config)
+    broken = DatabaseVerification(database="app")
+    broken.link_errors["uploads-objects"] = "relation public.uploads does not exist"
+    assert bv_links.check_links_in_backups(ctx, [broken], {"uploads": tmp_path}) is False  # type: ignore[arg-type]
+    assert ctx.checks[-1][1] is False and "does not exist" in ctx.checks[-1][2]
+    ctx = _Ctx(config)
+    assert bv_links.check_links_in_backups(ctx, [_restored_app([])], {}) is True  # type: ignore[arg-type]
+    assert ctx.checks == [
+        (
+            "link uploads-objects consistent in the backups",
+            False,
+            "not checked: files uploads backup did not restore",
+        )
+    ]
+
+
+def test_missing_object_twin_refused_without_links(config: DRConfig) -> None:
+    target = config.target("lab").model_copy(update={"links": []})
+    with pytest.raises(VerificationError, match="needs a links: entry"):
+        bv_links.require_links(target)
 
 
 def test_files_go_back_to_the_recovery_time_when_no_damage_time_is_known(

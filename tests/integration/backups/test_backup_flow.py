@@ -30,7 +30,7 @@ def test_interrupted_backup_resumes_without_reuploading_identical_files(
     calls: list[str] = []
 
     def unplugged_after_first(self, key, fileobj, **kw):
-        if "/app/" not in key:  # the target's files backup (uploads) runs alongside
+        if "/app/" not in key:  # the target's files backup (uploads) runs after the dumps
             return original(self, key, fileobj, **kw)
         calls.append(key)
         if len(calls) > 1:

@@ -60,8 +60,15 @@ def test_backup_then_green_drill_on_the_lab_measures_rto_and_rpo(backup_lab):
         "app: validation no-orphan-order-items",
         "app: validation order-totals-match-lines",
         "app: validation every-customer-has-an-account",
+        "files uploads backup restores",
+        "link uploads-objects consistent in the backups",
+        "link uploads-objects consistent on the live primary",
     ):
         assert checks[name]["ok"], (name, checks[name]["detail"])
+    # The restored dump's rows against the restored files backup (taken after the dump).
+    (in_backups,) = result["details"]["links_in_backups"]
+    assert in_backups["rows"] > 0 and in_backups["missing_count"] == 0
+    assert in_backups["mismatched_count"] == 0
     # RTO: the measured restore (download + verify + pg_restore), positive and plausible.
     db = result["details"]["databases"][0]
     assert db["backup_id"] == backup["backups"][0]["backup_id"]
@@ -166,6 +173,35 @@ def test_injected_bad_backup_turns_the_drill_red_and_leaves_the_real_one_untouch
     assert not (seed_copy["repo"] / "_drill-scratch").exists() or not any(
         p.is_file() for p in (seed_copy["repo"] / "_drill-scratch").rglob("*")
     )
+    assert backup_lab.scratch_databases() == []
+
+
+def test_injected_missing_object_fails_the_links_in_the_backups_only(
+    backup_lab, seed_copy, work, checksums
+):
+    """One linked object left out of the restored files backup: the files backup itself
+    restores (its manifest is whole), the database restores, the live primary is
+    consistent; only the rows-in-the-dump vs objects-in-the-files-backup check sees it."""
+    config = backup_lab.write_config(work, repository=f"file://{seed_copy['repo']}")
+    before = checksums(seed_copy["repo"])
+    result = drill(config, inject="missing-object")
+    assert result["outcome"] == "failed"
+    assert "link uploads-objects consistent in the backups" in result["reason"]
+    checks = checks_by_name(result)
+    assert checks["link uploads-objects consistent in the backups"]["ok"] is False
+    assert (
+        "1 row(s) without object"
+        in checks["link uploads-objects consistent in the backups"]["detail"]
+    )
+    for name in ("app: restore", "files uploads backup restores"):
+        assert checks[name]["ok"], (name, checks[name]["detail"])
+    assert checks["link uploads-objects consistent on the live primary"]["ok"]
+    injection = result["details"]["injection"]
+    assert injection["injection"] == "missing-object" and injection["files"] == "uploads"
+    (in_backups,) = result["details"]["links_in_backups"]
+    assert in_backups["missing_objects"] == [injection["key"]]
+    # Nothing written to the real backups: no verified marker for the dump's pair.
+    assert checksums(seed_copy["repo"]) == before
     assert backup_lab.scratch_databases() == []
 
 

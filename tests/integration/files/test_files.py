@@ -17,7 +17,9 @@ from dr.config_state import FileSource
 from dr.errors import ObjectNotFound, StorageError
 from tasks.files import backup as backup_module
 from tasks.files.backup import backup_files
+from tasks.files.changes import changes_since, save_changed_objects
 from tasks.files.client import repository
+from tasks.files.drill import INTRUDER_BYTES, intrude_objects
 from tasks.files.manifest import complete_backups
 from tasks.files.restore import restore_from_backup, restore_prefix_to_time
 from tasks.files.verify import inject_bad_object, verify_files_backup
@@ -114,6 +116,49 @@ def test_restore_prefix_to_a_point_in_time_keeps_the_damage(
     again = restore_prefix_to_time(uploads, point, evidence=evidence, aws=aws, remove_newer=True)
     assert (again.restored, again.removed) == ([], ["new.bin"])
     assert _get(s3, versioned_bucket, "dr-evidence/run1/new.bin") == b"created after"
+
+
+def test_breach_restore_keeps_linked_newer_objects_and_proves_the_point(
+    uploads: FileSource, versioned_bucket: str, aws: AWSConfig, s3: Any, tmp_path: Path
+) -> None:
+    """The breach response's use: an intruder's writes listed and saved as evidence, the
+    prefix restored with the new objects a row names kept, then compared with the point."""
+    time.sleep(1.1)  # S3 times have a one-second resolution here
+    point = datetime.now(UTC)
+    time.sleep(1.1)
+    damage = intrude_objects(uploads, "planted.bin", aws=aws)
+    assert damage == {"overwritten": "u0.bin", "deleted": "u1.bin", "planted": "planted.bin"}
+    _put(s3, versioned_bucket, "uploads/legit.bin", b"a user's upload, with its row")
+    changes = {c.key: c.change for c in changes_since(uploads, point, aws=aws)}
+    assert changes == {
+        "u0.bin": "overwritten", "u1.bin": "deleted", "planted.bin": "created",
+        "legit.bin": "created",
+    }  # fmt: skip
+    saved = save_changed_objects(uploads, point, tmp_path / "evidence", aws=aws)
+    locals_ = {row["key"]: row.get("local") for row in saved}
+    assert locals_["u1.bin"] is None and Path(locals_["planted.bin"]).read_bytes().startswith(
+        INTRUDER_BYTES
+    )
+    evidence = f"s3://{versioned_bucket}/dr-evidence/breach1"
+    skipped = restore_prefix_to_time(
+        uploads, point, evidence=evidence, remove_newer=True, keep_newer={"legit.bin"},
+        skip={"u0.bin"}, aws=aws,
+    )  # fmt: skip
+    assert (skipped.skipped, sorted(skipped.restored)) == (["u0.bin"], ["u1.bin"])
+    assert skipped.removed == ["planted.bin"] and sorted(skipped.newer) == [
+        "legit.bin", "planted.bin",
+    ]  # fmt: skip
+    assert "legit.bin" not in skipped.evidence  # kept live: not copied aside
+    left = {c.key: c.change for c in changes_since(uploads, point, aws=aws)}
+    assert left == {"u0.bin": "overwritten", "legit.bin": "created"}  # the twin's proof fails
+    undo = restore_prefix_to_time(
+        uploads, point, evidence=evidence, remove_newer=True, only=set(damage.values()), aws=aws
+    )
+    assert undo.restored == ["u0.bin"] and undo.removed == []
+    assert {c.key for c in changes_since(uploads, point, aws=aws)} == {"legit.bin"}
+    assert _get(s3, versioned_bucket, "uploads/u0.bin") == b"content 0"
+    assert _get(s3, versioned_bucket, "uploads/legit.bin").startswith(b"a user's")
+    assert _get(s3, versioned_bucket, "dr-evidence/breach1/planted.bin").startswith(INTRUDER_BYTES)
 
 
 def test_restore_refuses_evidence_inside_the_source(
