@@ -32,6 +32,7 @@ __all__ = [
     "half_done",
     "identify_old_primary",
     "record_assessment",
+    "stopped_writers",
 ]
 
 
@@ -112,10 +113,12 @@ def assess_services(systems: Systems, target: Target) -> list[ServiceView]:
     """Each Docker container and Kubernetes deployment of the target: running or not."""
     out: list[ServiceView] = []
     for svc in target.services:
+        running: bool | None = None
         try:
             if isinstance(svc, DockerService):
                 h = containers_inspection.health(systems.docker, svc.name)
                 ok, detail = h.ok, f"{h.status}" + (f", {h.health}" if h.health else "")
+                running = h.running
             else:
                 d = kubernetes_deployments.read_deployment(
                     systems.k8s, svc.namespace, svc.deployment
@@ -126,7 +129,13 @@ def assess_services(systems: Systems, target: Target) -> list[ServiceView]:
             ok, detail = False, redact(f"{type(exc).__name__}: {exc}")
         out.append(
             ServiceView(
-                kind=svc.kind, name=svc.name, region=svc.region, role=svc.role, ok=ok, detail=detail
+                kind=svc.kind,
+                name=svc.name,
+                region=svc.region,
+                role=svc.role,
+                ok=ok,
+                detail=detail,
+                running=running,
             )
         )
     return out
@@ -138,15 +147,28 @@ def assess_health_checks(target: Target, password: str | None) -> list[dict[str,
     return [{"name": o.name, "kind": o.kind, "ok": o.ok, "detail": o.detail} for o in outcomes]
 
 
-def identify_old_primary(views: Sequence[NodeView], configured_primary: str) -> str:
+def stopped_writers(services: Sequence[ServiceView]) -> list[str]:
+    """The writer containers that exist but do not run (a killed run may have stopped them)."""
+    return [s.name for s in services if s.role == "writer" and s.running is False]
+
+
+def identify_old_primary(
+    views: Sequence[NodeView], configured_primary: str, *, writers_stopped: bool = False
+) -> str:
     """The node to fail over from: the configured primary, unless another node leads now.
 
     After a failover without failback the configured primary is a standby (or down) and
     another node takes writes: failing over again means failing over from *that* one.
 
+    Why not when the writers are stopped: one healthy primary and stopped writers is what a
+    run killed during a switch-back (or after its promotion) leaves. The failover is done;
+    finishing it means starting the writers on that primary, not stopping the only node
+    that takes writes. The node to "fail over from" is then one that does not lead.
+
     Args:
         views: every node.
         configured_primary: ``postgres.primary.name``.
+        writers_stopped: writer containers exist that do not run.
 
     Returns:
         The node's name.
@@ -162,6 +184,12 @@ def identify_old_primary(views: Sequence[NodeView], configured_primary: str) -> 
             + "): fence all but one by hand first"
         )
     configured = next(v for v in views if v.name == configured_primary)
+    if writers_stopped and len(writable) == 1 and len(views) > 1:
+        leader = writable[0].name
+        others = [v for v in views if v.name != leader]
+        # The configured primary when it does not lead, else the node that is down.
+        others.sort(key=lambda v: (v.name != configured_primary, v.state == "standby"))
+        return others[0].name
     if configured.state == "standby" and writable:
         return writable[0].name
     if configured.state == "standby":
@@ -197,14 +225,20 @@ def half_done(a: Assessment, configured_primary: str) -> dict[str, Any]:
     """What an earlier, interrupted run left, read from the world (not from any run's memory).
 
     Returns:
-        ``{"found": [...], "failure_at": ISO or None}``: ``failure_at`` is the newest write
-        any node holds when the old primary takes no writes: the real failure happened after
-        it, whenever this run started (the RTO runs from there).
+        ``{"found": [...], "failure_at": ISO or None, "writers_stopped": [...]}``:
+        ``failure_at`` is the newest write any node holds when the old primary takes no
+        writes: the real failure happened after it, whenever this run started.
     """
     old = a.nodes[a.old_primary]
     others = [v for v in a.nodes.values() if v.name != a.old_primary]
     found: list[str] = []
     promoted = [v.name for v in others if v.state == "primary"]
+    stopped = stopped_writers(a.services)
+    if stopped:
+        found.append(
+            f"writer(s) {', '.join(stopped)} stopped: started again once the application"
+            " points at the primary"
+        )
     if promoted and not old.writable:
         found.append(
             f"{', '.join(promoted)} already promoted, {old.name} {old.state}:"
@@ -225,7 +259,7 @@ def half_done(a: Assessment, configured_primary: str) -> dict[str, Any]:
                 if v.newest_heartbeat_at and v.state != "primary"
             ] or stamps
         failure_at = max(stamps).isoformat() if stamps else None
-    return {"found": found, "failure_at": failure_at}
+    return {"found": found, "failure_at": failure_at, "writers_stopped": stopped}
 
 
 def assess(run: Failover, old_primary: str | None = None) -> Assessment:
@@ -252,13 +286,15 @@ def assess(run: Failover, old_primary: str | None = None) -> Assessment:
     )
     checks_f = assess_health_checks_task.submit(run.target, run.password)
     views = {name: f.result() for name, f in futures.items()}
-    old_name = old_primary or identify_old_primary(list(views.values()), pgc.primary.name)
+    services = services_f.result() if services_f is not None else []
+    old_name = old_primary or identify_old_primary(
+        list(views.values()), pgc.primary.name, writers_stopped=bool(stopped_writers(services))
+    )
     standbys: list[dict[str, Any]] = []
     if views[old_name].state == "primary":
         with contextlib.suppress(DRError):
             rows = postgres_assess.replication_status_task(run.ci(run.node(old_name)))
             standbys = [r.model_dump(mode="json") for r in rows]
-    services = services_f.result() if services_f is not None else []
     try:
         checks = checks_f.result()
     except Exception as exc:  # noqa: BLE001 - checks are informative during assessment

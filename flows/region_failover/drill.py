@@ -99,6 +99,7 @@ def inject(run: Failover) -> None:
             lambda: local_server.start_local_server(
                 str(node.data_directory), str(node.bin_dir), node.os_user
             ),
+            node.name,
         ),
     )
     if not change.changed:

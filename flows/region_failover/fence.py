@@ -73,9 +73,14 @@ def fence(run: Failover, node: PostgresNode, *, again: bool = False) -> postgres
         planned_failover_gate(run, node)
     stopped = False
     local = node.data_directory is not None and node.bin_dir is not None
-    if local and ctx.plan("stop -m immediate", f"the old primary {node.name}"):
+    # A standby takes no writes (the proof says so): stopping it would only undo a rejoin
+    # (a resumed run finds the old primary already rejoined as a standby).
+    standby = not again and view is not None and view.state == "standby"
+    if standby:
+        ctx.note(f"{node.name} is a standby: not stopped, proven instead")
+    elif local and ctx.plan("stop -m immediate", f"the old primary {node.name}"):
         stopped = _stop_old(run, node)
-    reachable = again or (view is not None and view.state in ("primary", "standby"))
+    reachable = not standby and (again or (view is not None and view.state == "primary"))
     # A dry run plans the stop of a local node; closing it to clients is the fallback.
     planned_stop = ctx.dry_run and local
     if not stopped and not planned_stop and reachable and run.opts.fence_by_connections:
@@ -123,6 +128,7 @@ def _stop_old(run: Failover, node: PostgresNode) -> bool:
             lambda: local_server.start_local_server(
                 str(node.data_directory), str(node.bin_dir), node.os_user
             ),
+            node.name,
         ),
     )
     return True
@@ -158,6 +164,7 @@ def _fence_by_connections(run: Failover, node: PostgresNode) -> None:
                 dbnames=change.undo_data.get("dbnames", []),
                 reset_read_only=change.undo_data.get("reset_read_only", True),
             ),
+            node.name,
         ),
     )
 

@@ -42,6 +42,8 @@ class ServiceView(BaseModel):
     role: str
     ok: bool
     detail: str = ""
+    #: Docker containers: whether it runs (None: unknown, or a Kubernetes deployment).
+    running: bool | None = None
 
 
 class Assessment(BaseModel):

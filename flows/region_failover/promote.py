@@ -17,7 +17,9 @@ def promote(run: Failover, node: PostgresNode) -> None:
     made after the fence is asked again.
     """
     ctx = run.ctx
-    if run.approved_promotion != node.name:
+    view = run.assessment.nodes.get(node.name) if run.assessment else None
+    already = view is not None and view.state == "primary"  # an interrupted run promoted it
+    if run.approved_promotion != node.name and not already:
         ctx.approve(f"promote {node.name} ({node.host}:{node.port}) to primary")
     recheck_fence(run, run.old)  # type: ignore[arg-type]
     if not ctx.plan("promote", f"{node.name} ({node.host}:{node.port})"):

@@ -15,6 +15,7 @@ from flows.common.systems import Systems, node_conninfo
 from flows.lifecycle import RunContext
 from flows.region_failover.models import Assessment, ReplicaChoice
 from flows.region_failover.options import FailoverOptions
+from tasks.postgres import assess as postgres_assess
 
 __all__ = ["Failover"]
 
@@ -72,17 +73,33 @@ class Failover:
         """Record when a milestone of the RTO breakdown was reached."""
         self.milestones[milestone] = at or utcnow()
 
-    def guarded(self, what: str, undo: Callable[[], Any]) -> Callable[[], Any]:
-        """An undo that may only run while no replica has been promoted."""
+    def writable_others(self, name: str) -> list[str]:
+        """The nodes other than ``name`` that take writes now (asked, not remembered)."""
+        return [
+            n.name
+            for n in self.pgc.nodes
+            if n.name != name and postgres_assess.health(self.ci(n)).is_accepting_writes
+        ]
+
+    def guarded(
+        self, what: str, undo: Callable[[], Any], node: str | None = None
+    ) -> Callable[[], Any]:
+        """An undo that may only run while no replica has been promoted.
+
+        Why ask the world too: a promotion that timed out here may still have happened
+        (``promoted`` stays False), and starting the old primary then makes two.
+        """
 
         def run() -> Any:
             if self.failed_back:
                 log.info("%s: not needed, the failback already put the roles back", what)
                 return None
-            if self.promoted:
+            leading = self.writable_others(node) if node is not None else []
+            if self.promoted or leading:
                 raise PreconditionError(
-                    f"not undone: a replica was promoted, so {what} would make a second "
-                    "primary; rejoin the old primary as a standby (failback) instead"
+                    f"not undone: a replica was promoted ({', '.join(leading) or 'this run'}),"
+                    f" so {what} would make a second primary; rejoin the old primary as a"
+                    " standby (failback) instead"
                 )
             return undo()
 

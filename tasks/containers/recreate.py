@@ -16,6 +16,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from dr.changes import Change
+from dr.errors import ContainerError
 from dr.tasking import dr_task
 from tasks.containers.client import boundary, get_container
 from tasks.containers.state import (
@@ -49,6 +50,35 @@ def remove_stale_asides(client: docker.DockerClient, name: str) -> list[str]:
     if removed:
         log.info("removed old containers of %s (they held old values): %s", name, removed)
     return removed
+
+
+def current_or_aside(client: docker.DockerClient, name: str) -> Container:
+    """The container ``name``, or the one an interrupted recreate renamed aside, put back.
+
+    Why: a recreate killed between "rename aside" and "create the new one" leaves no
+    container of that name, only ``<name>-dr-old-*`` (stopped, with its whole spec); the
+    next run must find the application again, not fail on "not found".
+    """
+    try:
+        return get_container(client, name)
+    except ContainerError as exc:
+        if exc.transient:
+            raise
+        with boundary(client, f"look for an aside of {name!r}", name):
+            asides = [
+                c
+                for c in client.containers.list(all=True, filters={"name": f"{name}{ASIDE_MARK}"})
+                if c.name.startswith(f"{name}{ASIDE_MARK}")
+            ]
+            if not asides:
+                raise
+            newest = max(asides, key=lambda c: c.name)
+            newest.rename(name)
+            newest.reload()
+        log.warning(
+            "container %s was missing: put back %s (an interrupted recreate)", name, newest.id
+        )
+        return newest
 
 
 def _ports(port_bindings: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -133,7 +163,7 @@ def recreate_container(
     removed and the old one is renamed back and started again, so a failed recreate
     leaves the application as it was.
     """
-    old = get_container(client, name)
+    old = current_or_aside(client, name)
     old_env = env_dict((old.attrs.get("Config") or {}).get("Env"))
     wanted = dict(env_set)
     differing = sorted(k for k, v in wanted.items() if old_env.get(k) != v)

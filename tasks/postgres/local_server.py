@@ -1,6 +1,9 @@
 """Stop and start a PostgreSQL server on this machine with ``pg_ctl``, as its data directory's owner.
 
-Stopping is the strongest fence: nobody can write to a server that does not run.
+Stopping is the strongest fence: nobody can write to a server that does not run. Starting
+is where a second primary is born: a data directory that was a standby (or a base backup
+not yet configured) starts as a primary when its signal file is missing, so
+:func:`start_local_server` refuses it.
 """
 
 from __future__ import annotations
@@ -16,8 +19,14 @@ from dr.errors import PostgresError, PreconditionError
 from dr.localexec import current_os_user, run_as_owner
 from dr.tasking import dr_task
 from tasks.postgres.models import SYSTEM
+from tasks.postgres.rejoin import last_checkpoint
 
 log = logging.getLogger(__name__)
+
+#: ``pg_controldata`` states of a data directory last run as a standby (or rewound).
+STANDBY_STATES = frozenset({"shut down in recovery", "in archive recovery"})
+#: Either file makes the server start in recovery instead of as a primary.
+SIGNAL_FILES = ("standby.signal", "recovery.signal")
 
 
 def _pg_ctl_status(data_directory: Path, bin_dir: Path, os_user: str | None) -> int | None:
@@ -31,6 +40,46 @@ def _pg_ctl_status(data_directory: Path, bin_dir: Path, os_user: str | None) -> 
         raise PostgresError(f"pg_ctl status failed: {(proc.stderr or proc.stdout).strip()}")
     match = re.search(r"PID:\s*(\d+)", proc.stdout)
     return int(match.group(1)) if match else -1
+
+
+def _exists_as_owner(os_user: str | None, path: Path) -> bool:
+    """True when ``path`` exists, looked at as the data directory's owner (mode 0700)."""
+    return run_as_owner(os_user, ["test", "-e", path]).returncode == 0
+
+
+def why_not_start(data: Path, bin_dir: Path, os_user: str | None) -> str | None:
+    """Why starting this stopped data directory could make a second primary (None: safe).
+
+    Why: without ``standby.signal`` (or ``recovery.signal``) PostgreSQL starts a former
+    standby, a rewound old primary or a fresh base backup as a primary, next to the real
+    one. A killed run leaves exactly that between "rewind" and "configure standby", or
+    during a switch-back. Such a node must be configured as a standby first.
+
+    Args:
+        data: the data directory.
+        bin_dir: PostgreSQL binaries (``pg_controldata``).
+        os_user: the data directory's owner.
+
+    Returns:
+        The reason to refuse, or None.
+    """
+    if any(_exists_as_owner(os_user, data / name) for name in SIGNAL_FILES):
+        return None
+    if _exists_as_owner(os_user, data / "backup_label"):
+        return "it is a base backup (backup_label) without standby.signal or recovery.signal"
+    state = last_checkpoint(data, bin_dir, os_user)["state"]
+    if state in STANDBY_STATES:
+        return f"it was a standby ({state}) and has no standby.signal"
+    return None
+
+
+def _refuse_second_primary(data: Path, bin_dir: Path, os_user: str | None) -> None:
+    refusal = why_not_start(data, bin_dir, os_user)
+    if refusal is not None:
+        raise PreconditionError(
+            f"not starting {data}: {refusal}; it would come up as a second primary"
+            " (configure it as a standby first: failback rejoins it)"
+        )
 
 
 def stop_local_server(
@@ -125,13 +174,17 @@ def start_local_server(
         A :class:`~dr.changes.Change`: ``unchanged`` when it was already running.
 
     Raises:
-        PreconditionError: not a data directory, or the tools cannot run as ``os_user``.
+        PreconditionError: not a data directory, the tools cannot run as ``os_user``, or it
+            would start as a second primary (a former standby without its signal file:
+            :func:`why_not_start`).
         PostgresError: ``pg_ctl start`` failed.
     """
     data = Path(data_directory)
     bins = Path(bin_dir)
     obj = f"{data} (local server)"
     pid = _pg_ctl_status(data, bins, os_user)
+    if pid is None:
+        _refuse_second_primary(data, bins, os_user)
     if pid is not None:
         change = Change(
             system=SYSTEM,

@@ -48,7 +48,7 @@ def test_fenced_but_not_promoted_is_found():
 
 def test_healthy_primary_is_nothing_half_done():
     a = _assessment(_view("primary", "primary", T1), _view("replica1", "standby", T0))
-    assert half_done(a, "primary") == {"found": [], "failure_at": None}
+    assert half_done(a, "primary") == {"found": [], "failure_at": None, "writers_stopped": []}
 
 
 class Rec:
@@ -126,3 +126,57 @@ def test_no_writer_and_configured_primary_a_standby_fails_over_from_the_node_tha
     assert identify_old_primary(views, "primary") == "replica1"
     views = [_view("primary", "unreachable"), _view("replica1", "standby")]
     assert identify_old_primary(views, "primary") == "primary"
+
+
+# --------------------------------------------------------------- never a second primary
+
+
+def test_undoing_a_fence_asks_the_world_not_only_the_runs_memory(monkeypatch):
+    """A promotion that timed out here may still have happened: the old primary stays down."""
+    import pytest
+
+    from dr.errors import PreconditionError
+    from flows.region_failover.run import Failover
+
+    run = Failover.__new__(Failover)
+    run.failed_back = False
+    run.promoted = False  # what this run remembers
+    started: list[str] = []
+    monkeypatch.setattr(run, "writable_others", lambda name: ["replica1"], raising=False)
+    undo = run.guarded("starting primary again", lambda: started.append("primary"), "primary")
+    with pytest.raises(PreconditionError, match=r"promoted \(replica1\).*second primary"):
+        undo()
+    assert started == []
+    monkeypatch.setattr(run, "writable_others", lambda name: [], raising=False)
+    undo()
+    assert started == ["primary"]
+
+
+def _datadir(monkeypatch, files: set[str], state: str):
+    from pathlib import Path
+
+    from tasks.postgres import local_server
+
+    monkeypatch.setattr(
+        local_server, "_exists_as_owner", lambda user, path: Path(path).name in files
+    )
+    monkeypatch.setattr(local_server, "last_checkpoint", lambda *a: {"state": state})
+    return local_server
+
+
+def test_a_former_standby_without_its_signal_file_is_refused(monkeypatch):
+    from pathlib import Path
+
+    d, b = Path("/d"), Path("/b")
+    ls = _datadir(monkeypatch, set(), "shut down in recovery")
+    assert "was a standby" in (ls.why_not_start(d, b, None) or "")
+    ls = _datadir(monkeypatch, set(), "in archive recovery")  # killed standby, or rewound
+    assert "was a standby" in (ls.why_not_start(d, b, None) or "")
+    ls = _datadir(monkeypatch, {"backup_label"}, "in production")  # base backup, unconfigured
+    assert "base backup" in (ls.why_not_start(d, b, None) or "")
+    ls = _datadir(monkeypatch, {"standby.signal"}, "shut down in recovery")
+    assert ls.why_not_start(d, b, None) is None
+    ls = _datadir(monkeypatch, set(), "shut down")  # a primary stopped cleanly
+    assert ls.why_not_start(d, b, None) is None
+    ls = _datadir(monkeypatch, set(), "in production")  # a primary that crashed
+    assert ls.why_not_start(d, b, None) is None

@@ -125,7 +125,7 @@ def switch_over(
                 promoted = True
     except BaseException:
         if not promoted and not rec.dry_run:
-            _abandon(rec, systems, from_node, opts, stopped)
+            _abandon(rec, systems, pgc, to_node, from_node, password, opts, stopped)
         raise
     with rec.phase("rejoin", detail=f"{from_node.name} becomes a standby of {to_node.name}"):
         report.rejoined.append(rejoin_as_standby(rec, pgc, from_node, to_node, password, opts))
@@ -194,11 +194,28 @@ def _stop_cleanly_and_prove(
 def _abandon(
     rec: Recorder,
     systems: Systems,
+    pgc: PostgresConfig,
+    to_node: PostgresNode,
     from_node: PostgresNode,
+    password: str | None,
     opts: FailbackOptions,
     stopped: Sequence[tuple[Any, Change]],
 ) -> None:
-    """Before promotion, a failure leaves the current primary as it was, writers running."""
+    """Before promotion, a failure leaves the current primary as it was, writers running.
+
+    Why ``to_node`` is asked first: a promotion that failed here (a timeout) may still have
+    happened; then starting ``from_node`` again would make two primaries.
+    """
+    try:
+        promoted = not assess.health(node_conninfo(pgc, to_node, password)).in_recovery
+    except Exception:  # noqa: BLE001 - unknown: do not start a possible second primary
+        promoted = True
+    if promoted:
+        rec.note(
+            f"switch-back failed, and {to_node.name} may be promoted: {from_node.name} is left"
+            " stopped (never two primaries); rerun the failback"
+        )
+        return
     rec.note(f"switch-back abandoned before promotion: {from_node.name} stays primary")
     with contextlib.suppress(Exception):
         start_node(rec, from_node, opts)

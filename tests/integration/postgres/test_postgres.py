@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -552,3 +553,20 @@ def test_roles_and_privileges_as_evidence(pg_pair: Pair, shop_db: str) -> None:
     finally:
         primary.psql("REVOKE ALL ON sales.orders FROM dr_reader", dbname=shop_db)
         primary.psql("REVOKE ALL ON SCHEMA sales FROM dr_reader", dbname=shop_db)
+
+
+def test_a_former_standby_never_starts_without_its_signal_file(fresh_pair: Pair) -> None:
+    """Without standby.signal a stopped standby would come up as a second primary."""
+    replica, user = fresh_pair.replica, os_user()
+    local_server.stop_local_server(replica.data_dir, replica.bin_dir, user, mode="fast")
+    signal = replica.data_dir / "standby.signal"
+    owner = (signal.stat().st_uid, signal.stat().st_gid)
+    signal.unlink()
+    with pytest.raises(PreconditionError, match=r"was a standby.*second primary"):
+        local_server.start_local_server(replica.data_dir, replica.bin_dir, user)
+    assert not replica.is_running()
+    signal.touch()
+    os.chown(signal, *owner)
+    started = local_server.start_local_server(replica.data_dir, replica.bin_dir, user)
+    assert started.outcome == "changed"
+    assert fence.prove_not_writable(ci(replica)).method == "in_recovery"
