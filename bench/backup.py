@@ -8,9 +8,17 @@ order:
   in a snapshot with row counts, manifest with every file's SHA-256, upload verified,
   retention) into a ``file://`` repository, and into an S3 stand-in (``moto.server`` on
   loopback, as tests/integration/storage/conftest.py starts it);
-- ``pg_dump -Fd -j N + sha256sum``: the same dump and checksums by hand, no upload;
+- ``pg_dump -Fd -j N + sha256sum``: the same dump and checksums by hand (the raw method
+  for ``file://``: the dump already sits in a local folder, as a ``file://`` repository);
 - ``flow base file://`` / ``s3``: the base backup (``pg_basebackup -Ft`` with its manifest);
-- ``pg_basebackup -Ft + sha256sum``: the same by hand.
+- ``pg_basebackup -Ft + sha256sum``: the same by hand;
+- ``... + sha256sum + upload``: for an ``s3://`` repository the raw method is the same tool
+  output and checksums, then every file uploaded by hand to the same endpoint, as
+  ``aws s3 cp`` would: a fresh boto3 client and ``upload_file`` with the project's own
+  multipart threshold, part size and concurrency (:mod:`tasks.storage.s3`), no checksum
+  metadata and no verification of what was stored. Comparing the project's S3 backup with
+  a raw method that uploads nothing would charge the stand-in's upload speed to the
+  project; this one charges the project only for what it does beyond a plain upload.
 
 ``CHECKPOINT`` and ``sync`` run before every timing. Per scale: medians, then the growth
 table (project / raw, MB/s, the fit ``t = a + b * GiB``).
@@ -59,7 +67,7 @@ def moto_server() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(BENCH_S3_KEY="testing", BENCH_S3_SECRET="testing")
+    os.environ.update(BENCH_S3_KEY="testing", BENCH_S3_SECRET="testing", BENCH_S3_ENDPOINT=endpoint)
     try:
         for _ in range(600):
             try:
@@ -118,40 +126,73 @@ def methods(
             target, kind, config_path=str(config), staging_dir=str(out / "staging")
         )
 
-    def by_hand(argv: list[str]) -> Callable[[Path], None]:
+    def by_hand(argv: list[str], upload: bool = False) -> Callable[[Path], None]:
         def run(out: Path) -> None:
             subprocess.run([*argv, str(out / "raw")], capture_output=True, check=True)
             files = sorted(str(p) for p in (out / "raw").rglob("*") if p.is_file())
             subprocess.run(["sha256sum", *files], capture_output=True, check=True)
+            if upload:
+                upload_by_hand(out / "raw", f"raw/{out.name}")
 
         return run
 
-    conn = cluster.conninfo(DB)
+    dump = [str(cluster.bin_dir / "pg_dump"), "-Fd", "-j", str(jobs), "-d", cluster.conninfo(DB)]
+    base = [
+        str(cluster.bin_dir / "pg_basebackup"),
+        "-Ft",
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+        "--manifest-checksums=SHA256",
+        "-d",
+        cluster.conninfo(),
+        "-D",
+    ]
     got: dict[str, Callable[[Path], None]] = {
         "flow logical file://": flow("file", BackupKind.logical),
-        f"pg_dump -Fd -j {jobs} + sha256sum": by_hand(
-            [str(cluster.bin_dir / "pg_dump"), "-Fd", "-j", str(jobs), "-d", conn, "-f"]
-        ),
+        raw_name("logical", jobs, False): by_hand([*dump, "-f"]),
         "flow base file://": flow("file", BackupKind.base),
-        "pg_basebackup -Ft + sha256sum": by_hand(
-            [
-                str(cluster.bin_dir / "pg_basebackup"),
-                "-Ft",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-                "--manifest-checksums=SHA256",
-                "-d",
-                cluster.conninfo(),
-                "-D",
-            ]
-        ),
+        raw_name("base", jobs, False): by_hand(base),
     }
     if s3:
         got["flow logical s3"] = flow("s3", BackupKind.logical)
+        got[raw_name("logical", jobs, True)] = by_hand([*dump, "-f"], upload=True)
         got["flow base s3"] = flow("s3", BackupKind.base)
+        got[raw_name("base", jobs, True)] = by_hand(base, upload=True)
     return got
+
+
+def raw_name(kind: str, jobs: int, upload: bool) -> str:
+    tool = f"pg_dump -Fd -j {jobs}" if kind == "logical" else "pg_basebackup -Ft"
+    return f"{tool} + sha256sum" + (" + upload" if upload else "")
+
+
+def upload_by_hand(folder: Path, prefix: str) -> None:
+    """Every file of ``folder`` to the stand-in, as ``aws s3 cp --recursive`` would.
+
+    A fresh client (``aws s3 cp`` starts one too) and boto3's ``upload_file`` with the
+    project's multipart threshold, part size and concurrency, so that only what the project
+    does beyond a plain upload (checksum metadata, verification, idempotence) is compared.
+    """
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+
+    from tasks.storage.client import DEFAULT_MULTIPART_THRESHOLD_BYTES, DEFAULT_PART_SIZE_BYTES
+    from tasks.storage.s3 import DEFAULT_MAX_CONCURRENCY
+
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=os.environ["BENCH_S3_ENDPOINT"], aws_access_key_id="testing",
+        aws_secret_access_key="testing", region_name="us-east-1",
+    )  # fmt: skip
+    config = TransferConfig(
+        multipart_threshold=DEFAULT_MULTIPART_THRESHOLD_BYTES,
+        multipart_chunksize=DEFAULT_PART_SIZE_BYTES,
+        max_concurrency=DEFAULT_MAX_CONCURRENCY,
+    )
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        key = f"{prefix}/{path.relative_to(folder).as_posix()}"
+        client.upload_file(str(path), "bench", key, Config=config)
 
 
 def run_scale(
@@ -216,11 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print()
-    pairs = [("logical", f"pg_dump -Fd -j {args.jobs} + sha256sum"),
-             ("base", "pg_basebackup -Ft + sha256sum")]  # fmt: skip
-    for kind, raw in pairs:
+    for kind in ("logical", "base"):
         for where in ("file://", "s3") if not args.no_s3 else ("file://",):
             project = f"flow {kind} {where}"
+            raw = raw_name(kind, args.jobs, where == "s3")
             points = [Point(s, r[kind], r[project], r[raw]) for s, r in results.items()]
             print(growth_table(f"{kind} backup", project, raw, points) + "\n")
     if note := load_note():
