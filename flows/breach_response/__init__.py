@@ -44,14 +44,23 @@ passwords, preserve logs for forensics, resume only after clearance"). As phases
    one transaction, digests compared; the side cluster is removed. In drills the intruder
    also deletes rows of those tables, and the restored rows must match a snapshot taken
    just before the intrusion.
+   **restore files** (``restore_files``, default when the target has S3 ``files:`` and the
+   moment is known): each prefix back to ``restore_to`` from its object versions, behind
+   its own approval gate (:mod:`flows.breach_response.files`). Every object changed since
+   is evidence first (its bytes in the bundle, copied beside the prefix); objects created
+   since go out of the live prefix unless a row still names them; the prefix is then
+   compared with its state at ``restore_to`` again. In drills the intruder overwrites one
+   object, deletes one and plants one; the red twin ``object-survives`` skips one restore.
 9. **approval gate**: services come back only after someone approves (who and why are
    recorded; drills are approved by policy), then the recorded service state is restored
    with the new credentials (containers recreated with the new password) and verified end
    to end: the application writes again, health checks and validation queries pass.
 10. **measure**: detected -> contained and detected -> services resumed (the RTO); RPO is
-    zero, or the window from ``restore_to`` to containment when tables were restored.
+    zero, or the window from ``restore_to`` to containment when tables were restored (an
+    upper bound, ``rpo_bound: "upper"``, when files were: some writes in it were bad).
 11. drills only, **clean up**: the rogue role is dropped (after the evidence is stored),
-    the network blocks the drill made are lifted (its "attacker" is make-believe).
+    the network blocks the drill made are lifted (its "attacker" is make-believe), what is
+    left of the drill's object damage is put back.
 
 The evidence bundle is checked by anyone, any time, with the command the report prints:
 ``dr evidence verify <bundle url> --manifest-sha256 <sha256>`` (``dr/cli_evidence.py``).

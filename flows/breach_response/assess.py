@@ -18,6 +18,7 @@ from dr.config import (
     PostgresNode,
     Target,
 )
+from dr.config_state import FileSource
 from dr.errors import (
     ConfigError,
     DRError,
@@ -25,7 +26,12 @@ from dr.errors import (
     UnsafeTargetError,
     register_secret,
 )
-from flows.breach_response.options import DEFAULT_USER_ENV, BreachOptions, DatabaseCredential
+from flows.breach_response.options import (
+    DEFAULT_USER_ENV,
+    BreachOptions,
+    DatabaseCredential,
+    files_to_restore,
+)
 from flows.breach_response.systems import Systems
 from tasks.containers import inspection as containers_inspection
 from tasks.postgres import admin as postgres_admin
@@ -118,6 +124,7 @@ class Preflight:
     admin_password: str | None
     primary_reachable: bool
     notes: list[str] = field(default_factory=list)
+    files: list[FileSource] = field(default_factory=list)
 
 
 def admin_conninfo(pf: Preflight | Any, node: PostgresNode, dbname: str | None = None) -> str:
@@ -214,6 +221,7 @@ def preflight(
         admin_password=admin,
         primary_reachable=False,
         notes=[env_problem] if env_problem else [],
+        files=files_to_restore(opts, target, mode),
     )
     _check_roles(pf, problems)
     if problems:
@@ -251,22 +259,48 @@ def _request_problems(
                 "evidence_required=false)",
             )
         )
-    if opts.restore_to is not None and not opts.restore_tables:
+    files = files_to_restore(opts, target, mode)
+    if opts.restore_to is not None and not opts.restore_tables and not files:
         problems.append(
-            ("options.restore_tables", "restore_to needs the tables to restore (schema.table)")
+            (
+                "options.restore_tables",
+                "restore_to needs the tables to restore (schema.table) or S3 files to restore",
+            )
         )
+    if opts.restore_to is not None and opts.restore_to.tzinfo is None:
+        problems.append(("options.restore_to", "give a time zone (e.g. +00:00)"))
     if opts.restore_tables:
         if opts.restore_to is None and mode != Mode.drill:
             problems.append(("options.restore_to", "restore_tables needs a moment to restore to"))
-        if opts.restore_to is not None and opts.restore_to.tzinfo is None:
-            problems.append(("options.restore_to", "give a time zone (e.g. +00:00)"))
         if target.backup.wal_archive is None:
             problems.append(
                 (f"targets.{target_name}.backup.wal_archive", "not set: no point-in-time recovery")
             )
+    problems += _files_problems(target_name, target, mode, opts)
     user = target.postgres.user
     if user in opts.compromised_roles:
         problems.append(("options.compromised_roles", f"{user} is the role this run acts with"))
+    return problems
+
+
+def _files_problems(
+    target_name: str, target: Target, mode: Mode, opts: BreachOptions
+) -> list[tuple[str, str]]:
+    """``restore_files`` and the ``object-survives`` twin against the target's files."""
+    problems: list[tuple[str, str]] = []
+    if opts.restore_files and not any(f.s3 is not None for f in target.files):
+        problems.append(
+            (
+                f"targets.{target_name}.files",
+                "restore_files: no S3 files: entry (only S3 prefixes have versions to restore)",
+            )
+        )
+    if opts.restore_files and opts.restore_to is None and mode != Mode.drill:
+        problems.append(("options.restore_to", "restore_files needs a moment to restore to"))
+    if opts.inject == "object-survives" and not files_to_restore(opts, target, mode):
+        problems.append(
+            ("options.inject", "object-survives needs S3 files to restore (restore_files)")
+        )
     return problems
 
 

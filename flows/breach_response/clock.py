@@ -177,7 +177,8 @@ def rpo(run: BreachRun) -> dict[str, Any]:
         f"{lost} heartbeat row(s) acknowledged before containment missing after the response"
         " (set membership per writer)"
     )
-    if run.restored is None or run.restore_to is None:
+    files = [f["source"] for f in run.files_restored]
+    if (run.restored is None and not files) or run.restore_to is None:
         return {
             "rpo_seconds": span,
             "rpo_basis": f"measured: {basis}; nothing restored",
@@ -186,10 +187,19 @@ def rpo(run: BreachRun) -> dict[str, Any]:
         }
     end = run.contained_at or run.detected_at
     window = max(0.0, (end - run.restore_to).total_seconds())
-    return {
+    rolled_back = [*run.opts.restore_tables] if run.restored is not None else []
+    rolled_back += [f"files {name}" for name in files]
+    out: dict[str, Any] = {
         "rpo_seconds": max(span, window),
-        "rpo_basis": f"restore_to -> contained: changes to {', '.join(run.opts.restore_tables)}"
+        "rpo_basis": f"restore_to -> contained: changes to {', '.join(rolled_back)}"
         f" in that window were rolled back; {basis}",
         "lost_rows": lost,
         "lost_rows_basis": basis,
     }
+    if files and window >= span:
+        # Objects written in the window are rolled back (kept as evidence) unless a row names
+        # them: how many were good writes nobody knows, so the window bounds the loss.
+        out["rpo_bound"] = "upper"
+        taken = "objects written in it and named by no row left the live prefix (evidence)"
+        out["rpo_basis"] = f"upper bound: {out['rpo_basis']}; {taken}"
+    return out

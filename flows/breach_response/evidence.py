@@ -10,6 +10,7 @@ from typing import Any
 from dr.config import DockerService, KubernetesService, PostgresNode
 from dr.errors import DRError, redact
 from flows.breach_response.assess import APPLICATION_NAME
+from flows.breach_response.files import files_evidence_step
 from flows.breach_response.state import BreachRun, iso, submit_with
 from tasks.aws import security_groups, snapshots
 from tasks.containers import inspection as containers_inspection
@@ -122,6 +123,9 @@ def submit_evidence(run: BreachRun) -> list[EvidenceStep]:
         steps.append(("volume snapshots", *_snapshots(run)))
     if opts.dump_tables and ctx.plan("pg_dump", f"tables {', '.join(opts.dump_tables)}"):
         steps.append(("dump of tables", *_dump_tables(run, scratch)))
+    names = ", ".join(s.name for s in run.pf.files)
+    if run.pf.files and run.restore_to is not None and ctx.plan("copy", f"changed {names}"):
+        steps.append(("objects changed since restore_to", *files_evidence_step(run, scratch)))
     return steps
 
 

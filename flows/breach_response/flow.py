@@ -12,6 +12,7 @@ from dr.config import Mode, Scenario, load_config
 from flows.breach_response.assess import Preflight, preflight
 from flows.breach_response.clock import measure, remind_clock, start_clock
 from flows.breach_response.evidence import capture_volatile
+from flows.breach_response.files import restore_files
 from flows.breach_response.intruder import drill_cleanup, plant_intruder
 from flows.breach_response.isolate import contain_and_preserve
 from flows.breach_response.options import BreachOptions
@@ -52,6 +53,9 @@ def respond(run: BreachRun) -> None:
     if run.opts.restore_tables and (run.restore_to is not None or ctx.dry_run):
         with ctx.phase("restore clean", detail="point-in-time recovery of the tables"):
             restore_clean(run)
+    if run.pf.files and (run.restore_to is not None or ctx.dry_run):
+        with ctx.phase("restore files", detail="S3 prefixes to restore_to, from versions"):
+            restore_files(run)
     if run.opts.resume:
         step = "resume services with the new credentials"
         if run.failed_rotations:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from dr.clock import utcnow
 from dr.errors import DRError, PreconditionError
+from flows.breach_response.files import damage_drill_objects, undo_drill_damage
 from flows.breach_response.restore import prepare_drill_restore
 from flows.breach_response.state import BreachRun, iso, new_secret
 from tasks.aws import security_groups
@@ -20,6 +22,8 @@ def plant_intruder(run: BreachRun) -> None:
     password = new_secret()
     if run.opts.restore_tables and not ctx.dry_run:
         prepare_drill_restore(run)
+    if run.pf.files and run.restore_to is None and not ctx.dry_run:
+        run.restore_to = utcnow()  # the files go back to just before the intruder
     if not ctx.plan("create", f"rogue login role {role} with an open session (drill)"):
         run.rogue_role = role
         run.compromised.append(role)
@@ -48,6 +52,7 @@ def plant_intruder(run: BreachRun) -> None:
     run.intrusion_at = ctx.stamp_failure(run.held[role].started_at)
     if run.opts.inject == "credential-survives":
         open_backdoor(run)
+    damage_drill_objects(run)
     db = run.restore_db
     for table in run.opts.restore_tables:
         deleted = postgres_intruder.delete_rows_bypassing_checks_task(
@@ -82,10 +87,12 @@ def open_backdoor(run: BreachRun) -> None:
 
 
 def drill_cleanup(run: BreachRun) -> None:
-    """Drop the rogue role, lift the drill's network blocks, close the held sessions."""
+    """Drop the rogue role, lift the drill's network blocks, close the held sessions, put
+    back what is left of the drill's object damage."""
     ctx = run.ctx
     for session in run.held.values():
         session.close()
+    undo_drill_damage(run)
     while run.backdoors:
         change = run.backdoors.pop()
         try:

@@ -9,8 +9,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dr.config import (
+    Mode,
     SecretRef,
+    Target,
 )
+from dr.config_state import FileSource
 from flows.common.options import AlertOptions
 
 #: Source networks a drill blocks: RFC 5737 documentation ranges, never routed.
@@ -204,6 +207,12 @@ class BreachOptions(AlertOptions):
         default_factory=list, description="'schema.table' to restore clean (restore_to)."
     )
     restore_database: str | None = Field(None, description="Default: the heartbeat database.")
+    restore_files: bool | None = Field(
+        None,
+        description="Restore the target's S3 files: prefixes to restore_to from object "
+        "versions (every changed object kept as evidence first); default: yes when the "
+        "target has S3 files and a moment to restore to is known (drills: always).",
+    )
     recovery_timeout_seconds: float = Field(
         600, gt=0, description="Longest the point-in-time recovery of restore_tables may take."
     )
@@ -214,10 +223,12 @@ class BreachOptions(AlertOptions):
     app_heartbeat_writer: str | None = Field(
         "app", description="The application's writer in dr_heartbeat; None: not checked."
     )
-    inject: Literal["credential-survives"] | None = Field(
+    inject: Literal["credential-survives", "object-survives"] | None = Field(
         None,
-        description="Drills: credential-survives = the red twin: a pg_hba trust line for each "
-        "leaked role stays open, so the 'old password rejected' proof must fail.",
+        description="Drills: the red twins. credential-survives: a pg_hba trust line for each "
+        "leaked role stays open, so the 'old password rejected' proof must fail; "
+        "object-survives: the restore of one damaged object is skipped, so the proof that "
+        "the files are as before the intrusion must fail.",
     )
     drill_block_cidrs: list[str] = Field(
         default_factory=lambda: list(DRILL_BLOCK_CIDRS),
@@ -231,3 +242,16 @@ class BreachOptions(AlertOptions):
             if len([p for p in name.split(".") if p]) != 2:
                 raise ValueError(f"{name!r}: give tables as schema.table")
         return value
+
+
+def files_to_restore(opts: BreachOptions, target: Target, mode: Mode) -> list[FileSource]:
+    """The S3 ``files:`` entries a run restores to ``restore_to`` (see ``restore_files``).
+
+    Why the default needs a moment: an incident without ``restore_to`` does not know where
+    "before the intrusion" is, and guessing would roll back good objects or keep bad ones.
+    """
+    if opts.restore_files is False:
+        return []
+    if opts.restore_files is None and opts.restore_to is None and mode != Mode.drill:
+        return []
+    return [f for f in target.files if f.s3 is not None]

@@ -113,6 +113,9 @@ class BreachRun:
         self.restore_to: datetime | None = opts.restore_to
         self.digests_before: dict[str, str] = {}
         self.restored: dict[str, Any] | None = None
+        self.files_damage: dict[str, dict[str, str]] = {}
+        self.files_evidence: dict[str, dict[str, dict[str, Any]]] = {}
+        self.files_restored: list[dict[str, Any]] = []
         self.short = (ctx.flow_run_id or secrets.token_hex(4)).replace("-", "")[:8]
         self.bundle: evidence_bundle.EvidenceBundle | None = None
         self.scratch_dirs: list[Path] = []

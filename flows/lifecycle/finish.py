@@ -159,7 +159,7 @@ def _final_slack(ctx: RunContext, result: RunResult) -> None:
     summary = (
         f"{result.outcome.upper()}: RTO {report_tables.format_duration(result.rto_seconds)}"
         f" (objective {report_tables.format_duration(result.objectives.rto_seconds)}),"
-        f" RPO {'at least ' if result.rpo_bound == 'lower' else ''}"
+        f" RPO {report_tables.rpo_bound_prefix(result.rpo_bound)}"
         f"{report_tables.format_duration(result.rpo_seconds)}"
         f" (objective {report_tables.format_duration(result.objectives.rpo_seconds)})"
     )

@@ -57,7 +57,9 @@ class CheckRecord(BaseModel):
     value: Any = None
 
 
-RpoBound = Literal["exact", "lower"]
+#: ``lower``: the loss may be larger (never meets the RPO); ``upper``: the loss is at most
+#: this (a window rolled back, of which some writes may have been bad ones); else exact.
+RpoBound = Literal["exact", "lower", "upper"]
 
 
 class Measurement(BaseModel):
@@ -65,8 +67,8 @@ class Measurement(BaseModel):
 
     The outage runs from ``failure_at`` (the last acknowledged write before the failure) to
     ``restored_at`` (the first acknowledged write after recovery); ``rto_seconds`` is their
-    difference. ``rto_phases`` splits it; ``rpo_bound`` says whether the RPO is exact or
-    only a lower bound.
+    difference. ``rto_phases`` splits it; ``rpo_bound`` says whether the RPO is exact, only
+    a lower bound, or an upper bound.
     """
 
     rto_seconds: float | None = None

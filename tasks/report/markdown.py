@@ -15,7 +15,15 @@ from typing import Any
 from dr.errors import redact
 from tasks.report.chart import svg_data_uri, trend_svg
 from tasks.report.checklists import _evidence, checklist_for
-from tasks.report.tables import _cell, _objectives, _time, _verdict, format_duration, table_rows
+from tasks.report.tables import (
+    _cell,
+    _objectives,
+    _time,
+    _verdict,
+    format_duration,
+    rpo_bound_prefix,
+    table_rows,
+)
 
 
 def _md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
@@ -97,7 +105,7 @@ def _measurements(run: dict[str, Any]) -> list[str]:
             ],
             [
                 "RPO",
-                ("at least " if run.get("rpo_bound") == "lower" else "") + format_duration(rpo),
+                rpo_bound_prefix(run.get("rpo_bound")) + format_duration(rpo),
                 f"<= {format_duration(rpo_obj)}" if rpo_obj is not None else "",
                 _verdict(rpo, rpo_obj).upper(),
                 run.get("rpo_basis", ""),

@@ -32,6 +32,11 @@ def artifact_key(scenario: str, target: str, suffix: str = "") -> str:
     return re.sub("-{2,}", "-", key).strip("-")
 
 
+def rpo_bound_prefix(bound: str | None) -> str:
+    """How an RPO figure reads: ``at least`` a lower bound, ``at most`` an upper one."""
+    return {"lower": "at least ", "upper": "at most "}.get(bound or "", "")
+
+
 def format_duration(seconds: float | None) -> str:
     """A short human duration: ``0.42 s``, ``12.3 s``, ``4 min 05 s``, ``1 h 02 min``."""
     if seconds is None:

@@ -170,6 +170,7 @@ class _Run:
             self.info["writes_before"] = writes_before
         self.restored = None
         self.restore_to = None
+        self.files_restored: list[dict[str, Any]] = []
 
     def ci(self, node: Any, dbname: str | None = None) -> str:
         return "host=x"

@@ -139,6 +139,23 @@ class BreachLab:
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
 
+    def lab_s3(self) -> Any:
+        """The lab's S3 (moto), through the project's one client factory."""
+        from dr.config import load_config
+        from tasks.files.client import s3_client
+
+        return s3_client(load_config(self.config_path).aws)
+
+    def uploads_location(self) -> tuple[str, str]:
+        """(bucket, prefix) of the lab application's uploads (its ``files:`` entry)."""
+        from dr.config import load_config
+        from tasks.files.client import split_s3_url
+
+        target = load_config(self.config_path).target("lab")
+        source = next(f for f in target.files if f.name == "uploads")
+        assert source.s3 is not None
+        return split_s3_url(source.s3)
+
     def primary_conn(self, dbname: str = "app") -> psycopg.Connection[Any]:
         return psycopg.connect(
             host="127.0.0.1", port=self.lab.primary.port, user="postgres", dbname=dbname,

@@ -128,15 +128,17 @@ def test_drill_is_green_with_every_proof(drill: Drill) -> None:
     assert checks["evidence preserved before remediation"]["ok"]
     assert checks["contained: stop container dr-lab-app"]["ok"]
     assert checks[f"drill: rogue role {rogue} dropped"]["ok"]
-    # Approval recorded: who and why (drills are approved by policy).
-    assert [(a["who"], a["automatic"]) for a in r["approvals"]] == [("policy", True)]
-    assert "drill" in r["approvals"][0]["why"]
+    # Approvals recorded: who and why (drills are approved by policy).
+    assert [(a["who"], a["automatic"]) for a in r["approvals"]] == [("policy", True)] * 2
+    assert [a["step"].split(" ")[0] for a in r["approvals"]] == ["restore", "resume"]
+    assert all("drill" in a["why"] for a in r["approvals"])
     # Phases in the runbook's order.
     names = [p["name"] for p in r["phases"]]
     assert names.index("capture volatile evidence") < names.index("contain and preserve evidence")
     assert names.index("contain and preserve evidence") < names.index("rotate credentials")
     assert (
         names.index("rotate credentials")
+        < names.index("restore files")
         < names.index("approve resume")
         < names.index("resume services")
     )
@@ -171,10 +173,62 @@ def test_both_times_are_measured(drill: Drill) -> None:
     assert seen["how"].startswith("session of a compromised role")
     assert datetime.fromisoformat(seen["observed_at"]) == detected > intrusion
     assert m["intrusion_to_detected_seconds"] > 0
-    # RPO is counted from the heartbeat rows acknowledged before containment, not assumed.
-    assert r["rpo_seconds"] == 0 and r["lost_rows"] == 0
-    assert r["rpo_basis"].startswith("measured: 0 heartbeat row(s)") and r["rpo_bound"] == "exact"
+    # RPO: the heartbeat rows acknowledged before containment are counted (none lost); the
+    # files went back to restore_to, so the window restore_to -> contained bounds the loss.
+    assert r["lost_rows"] == 0 and r["rpo_bound"] == "upper"
+    restore_to = datetime.fromisoformat(r["details"]["breach"]["files_restore"][0]["point"])
+    assert restore_to < intrusion
+    assert r["rpo_seconds"] == pytest.approx((contained - restore_to).total_seconds(), abs=0.002)
+    assert r["rpo_basis"].startswith("upper bound: restore_to -> contained: changes to files")
+    assert "0 heartbeat row(s)" in r["rpo_basis"]
     assert "app" in r["details"]["breach"]["writes_before"]
+
+
+def test_objects_back_as_before_the_intrusion_and_the_damage_kept(
+    drill: Drill, breach_lab: BreachLab
+) -> None:
+    """The drill's intruder overwrote one object, deleted one and planted one; afterwards
+    each is at its pre-intrusion version (the planted one out of the live prefix), and all
+    three are evidence: the bundle (with the bytes) and copies beside the prefix."""
+    r = drill.result
+    checks = _checks(r)
+    breach = r["details"]["breach"]
+    damage = breach["files_drill_damage"]["uploads"]
+    for name in (
+        "files uploads restored",
+        "files uploads as before the intrusion",
+        "drill: files uploads planted object gone, kept as evidence",
+    ):
+        assert checks[name]["ok"], (name, checks[name]["detail"])
+    (restore,) = breach["files_restore"]
+    assert damage["overwritten"] in restore["restored"]
+    assert damage["deleted"] in restore["restored"]
+    assert restore["removed"] == [damage["planted"]]
+    evidence = breach["files_evidence"]["uploads"]
+    assert evidence[damage["overwritten"]]["change"] == "overwritten"
+    assert evidence[damage["deleted"]]["change"] == "deleted"
+    assert evidence[damage["planted"]]["change"] == "created"
+    for key in (damage["overwritten"], damage["planted"]):
+        assert evidence[key]["bundle_path"] == f"files/uploads/objects/{key}"
+        assert evidence[key]["kept_at"].startswith("s3://")
+    # On the lab's S3 itself: the old bytes back, the planted object gone but kept aside.
+    s3 = breach_lab.lab_s3()
+    bucket, prefix = breach_lab.uploads_location()
+    point = datetime.fromisoformat(restore["point"])
+    for key in (damage["overwritten"], damage["deleted"]):
+        versions = s3.list_object_versions(Bucket=bucket, Prefix=prefix + key)["Versions"]
+        old = max(
+            (v for v in versions if v["LastModified"] < point), key=lambda v: v["LastModified"]
+        )
+        current = s3.get_object(Bucket=bucket, Key=prefix + key)
+        was = s3.get_object(Bucket=bucket, Key=prefix + key, VersionId=old["VersionId"])
+        assert current["Body"].read() == was["Body"].read()
+    live = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    assert prefix + damage["planted"] not in {o["Key"] for o in live}
+    kept_bucket, _, kept_key = evidence[damage["planted"]]["kept_at"][5:].partition("/")
+    planted = s3.get_object(Bucket=kept_bucket, Key=kept_key)["Body"].read()
+    assert planted.startswith(b"dr drill: written by the intruder")
+    assert checks["drill: files uploads damage undone"]["ok"]
 
 
 def test_regulatory_clock_in_report_and_slack(drill: Drill, breach_lab: BreachLab) -> None:

@@ -74,7 +74,12 @@ def test_unknown_role_or_service_fails_the_flow_before_anything_changes(
             "incident",
             "postgres is the role this run acts with",
         ),
-        ({"restore_to": "2025-01-01T00:00:00+00:00"}, "drill", "restore_to needs the tables"),
+        (
+            {"restore_to": "2025-01-01T00:00:00+00:00", "restore_files": False},
+            "drill",
+            "restore_to needs the tables",
+        ),
+        ({"restore_files": True}, "incident", "restore_files needs a moment"),
         ({"restore_tables": ["shop.customers"]}, "incident", "restore_tables needs a moment"),
         (
             {"credentials": [{"role": "dr_app", "containers": ["ghost"]}]},
@@ -250,7 +255,7 @@ def test_credential_that_cannot_rotate_is_reported_and_the_rest_finishes(
         assert checks[f"db-role dr_app: old password rejected on {node}"]["ok"]
         assert checks[f"db-role dr_app: new password works on {node}"]["ok"]
     assert checks["application (app) writes again with the new credentials"]["ok"]
-    step = r["approvals"][0]["step"]
+    step = next(a["step"] for a in r["approvals"] if a["step"].startswith("resume"))
     assert "NOT rotated" in step and "rotate access key AKIADRNOSUCHKEY00000" in step
     assert r["rto_seconds"] is not None
     assert breach_lab.wait_app_writing()

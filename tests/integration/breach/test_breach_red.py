@@ -66,3 +66,37 @@ def test_credential_survives_is_red_and_the_way_in_is_closed(breach_lab: BreachL
     status = lab_status.status(breach_lab.lab.base_dir)
     assert status["primary"]["role"] == "primary", status["primary"]
     assert status["replica"]["streaming"] is True, status["replica"]
+
+
+def test_object_survives_is_red_and_the_object_is_put_back(breach_lab: BreachLab) -> None:
+    """The restore of the overwritten object is skipped: the proof that the files are as
+    before the intrusion must fail the drill; its cleanup still puts the object back."""
+    breach_lab.sync_lab_secrets()
+    assert breach_lab.wait_app_writing(), "the lab app does not write before the drill"
+    code, out, _err = breach_lab.invoke(
+        "drill", "breach-response", "--target", "lab", "--json",
+        "--config", str(breach_lab.config_path), "--inject", "object-survives",
+    )  # fmt: skip
+    breach_lab.sync_lab_secrets()
+    result = json.loads(out)
+    assert code == 1, result["reason"]
+    assert result["outcome"] == "failed"
+    failed = [c["name"] for c in result["checks"] if c["critical"] and not c["ok"]]
+    assert failed == ["files uploads as before the intrusion"], failed
+    assert "files uploads as before the intrusion" in result["reason"], result["reason"]
+    breach = result["details"]["breach"]
+    damage = breach["files_drill_damage"]["uploads"]
+    (restore,) = breach["files_restore"]
+    assert restore["skipped"] == [damage["overwritten"]]
+    checks = {c["name"]: c for c in result["checks"]}
+    assert damage["overwritten"] in checks["files uploads as before the intrusion"]["detail"]
+    # The planted object is still taken out and kept: only the one restore was skipped.
+    assert checks["drill: files uploads planted object gone, kept as evidence"]["ok"]
+    # The drill's cleanup put the skipped object back: the lab is as before the drill.
+    assert checks["drill: files uploads damage undone"]["ok"]
+    s3 = breach_lab.lab_s3()
+    bucket, prefix = breach_lab.uploads_location()
+    body = s3.get_object(Bucket=bucket, Key=prefix + damage["overwritten"])["Body"].read()
+    assert not body.startswith(b"dr drill: written by the intruder")
+    assert breach_lab.rogue_roles() == [] and breach_lab.hba_blocks() == []
+    assert breach_lab.wait_app_writing(30), "the app does not write after the red drill"
