@@ -180,3 +180,29 @@ def test_a_former_standby_without_its_signal_file_is_refused(monkeypatch):
     assert ls.why_not_start(d, b, None) is None
     ls = _datadir(monkeypatch, set(), "in production")  # a primary that crashed
     assert ls.why_not_start(d, b, None) is None
+
+
+def test_a_healthy_primary_with_stopped_writers_is_finished_not_failed_over_again():
+    """A switch-back killed after its promotion: start the writers, never stop the leader."""
+    from flows.region_failover.assess import identify_old_primary, stopped_writers
+    from flows.region_failover.models import ServiceView
+
+    def svc(name: str, running: bool | None) -> ServiceView:
+        return ServiceView(
+            kind="docker", name=name, region="a", role="writer", ok=bool(running), running=running
+        )
+
+    assert stopped_writers([svc("api", False), svc("app", True), svc("gone", None)]) == ["api"]
+    # The configured primary leads again, replica1 is down: fail over "from" replica1.
+    views = [_view("primary", "primary"), _view("replica1", "unreachable")]
+    assert identify_old_primary(views, "primary", writers_stopped=True) == "replica1"
+    assert identify_old_primary(views, "primary") == "primary"  # writers run: planned
+    # replica1 still leads (killed at "stop writes"): the configured primary is the old one.
+    views = [_view("primary", "standby"), _view("replica1", "primary")]
+    assert identify_old_primary(views, "primary", writers_stopped=True) == "primary"
+    assert identify_old_primary(views, "primary") == "replica1"
+    a = _assessment(_view("primary", "standby"), _view("replica1", "primary", T1))
+    a.services = [svc("app", False)]
+    out = half_done(a, "primary")
+    assert out["writers_stopped"] == ["app"]
+    assert any("writer(s) app stopped" in f for f in out["found"])
