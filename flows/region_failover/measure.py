@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from dr.config import PostgresNode
 from dr.errors import ConfigError, PostgresError
-from flows.lifecycle.measure import HeartbeatRPO
+from flows.lifecycle.measure import HeartbeatRPO, lost_app_acks
 from flows.region_failover.run import Failover
 from tasks.postgres.ack_log import read_ack_log
-from tasks.postgres.heartbeat import Ack, newest_heartbeat_before_task
+from tasks.postgres.heartbeat import Ack, heartbeat_rows_present, newest_heartbeat_before_task
+
+#: Incidents: the old primary's acknowledgements this long before the outage are checked.
+INCIDENT_ACK_WINDOW = timedelta(seconds=30)
 
 __all__ = ["measure", "rto_breakdown"]
 
@@ -78,6 +81,62 @@ def _incident_outage_start(run: Failover, node: PostgresNode) -> None:
         )
 
 
+def _incident_app_loss(run: Failover, node: PostgresNode) -> bool:
+    """Incidents: the old primary's acknowledged application writes missing on the new one.
+
+    Why: without the drill's probe the only other figure is the chosen replica's lag at
+    promotion, and a run resuming after a killed one finds the replica already promoted
+    ("0 s behind"), which says nothing about what was lost. The application's own
+    acknowledgement log does: each write names the server that acknowledged it.
+
+    Returns:
+        True when the RPO was measured this way.
+    """
+    ctx, writer = run.ctx, run.opts.app_heartbeat_writer
+    start, old = ctx.measurement.failure_at, run.old
+    if ctx.is_drill or not writer or start is None or old is None:
+        return False
+    server = f"{old.host}:{old.port}"
+    acks = [
+        a
+        for a in _app_acks(run)
+        if a.server == server and start - INCIDENT_ACK_WINDOW <= a.acked_at <= start
+    ]
+    if not acks:
+        return False
+    try:
+        present = heartbeat_rows_present(
+            run.ci(node, run.pgc.heartbeat_db),
+            writer,
+            min(a.seq for a in acks),
+            max(a.seq for a in acks),
+        )
+    except PostgresError as exc:
+        ctx.note(f"the application's lost writes were not counted: {exc}")
+        return False
+    lost, kept = lost_app_acks(acks, present)
+    seconds = (lost[-1].ts - kept[-1].ts).total_seconds() if lost and kept else 0.0
+    bound = "lower" if lost and not kept else "exact"
+    ctx.measure(
+        rpo_seconds=max(0.0, seconds),
+        lost_rows=len(lost),
+        rpo_bound=bound,
+        rpo_basis=f"application acknowledgement log: {len(lost)} of {len(acks)} write(s) "
+        f"{old.name} acknowledged in the {INCIDENT_ACK_WINDOW.seconds} s before the outage "
+        f"missing on {node.name}",
+        lost_rows_basis=f"{writer} writes acknowledged by {old.name}, missing on {node.name}",
+    )
+    ctx.record_check(
+        "acknowledged writes lost (asynchronous replication)",
+        True,
+        critical=False,
+        detail=f"{len(lost)} application write(s) acknowledged by {old.name} missing on "
+        f"{node.name}",
+        value=len(lost),
+    )
+    return True
+
+
 def measure(run: Failover, node: PostgresNode) -> None:
     """RTO (the application's write gap, with its breakdown) and RPO (every lost ack)."""
     ctx = run.ctx
@@ -109,6 +168,8 @@ def measure(run: Failover, node: PostgresNode) -> None:
     )
     if rpo is not None:
         _record_loss(run, node, rpo)
+    elif _incident_app_loss(run, node):
+        pass
     elif run.choice is not None and run.choice.lag_seconds is not None:
         ctx.measure(
             rpo_seconds=run.choice.lag_seconds,

@@ -180,3 +180,64 @@ def test_a_former_standby_without_its_signal_file_is_refused(monkeypatch):
     assert ls.why_not_start(d, b, None) is None
     ls = _datadir(monkeypatch, set(), "in production")  # a primary that crashed
     assert ls.why_not_start(d, b, None) is None
+
+
+def test_a_healthy_primary_with_stopped_writers_is_finished_not_failed_over_again():
+    """A switch-back killed after its promotion: start the writers, never stop the leader."""
+    from flows.region_failover.assess import identify_old_primary, stopped_writers
+    from flows.region_failover.models import ServiceView
+
+    def svc(name: str, running: bool | None) -> ServiceView:
+        return ServiceView(
+            kind="docker", name=name, region="a", role="writer", ok=bool(running), running=running
+        )
+
+    assert stopped_writers([svc("api", False), svc("app", True), svc("gone", None)]) == ["api"]
+    # The configured primary leads again, replica1 is down: fail over "from" replica1.
+    views = [_view("primary", "primary"), _view("replica1", "unreachable")]
+    assert identify_old_primary(views, "primary", writers_stopped=True) == "replica1"
+    assert identify_old_primary(views, "primary") == "primary"  # writers run: planned
+    # replica1 still leads (killed at "stop writes"): the configured primary is the old one.
+    views = [_view("primary", "standby"), _view("replica1", "primary")]
+    assert identify_old_primary(views, "primary", writers_stopped=True) == "primary"
+    assert identify_old_primary(views, "primary") == "replica1"
+    a = _assessment(_view("primary", "standby"), _view("replica1", "primary", T1))
+    a.services = [svc("app", False)]
+    out = half_done(a, "primary")
+    assert out["writers_stopped"] == ["app"]
+    assert any("writer(s) app stopped" in f for f in out["found"])
+
+
+def test_a_resumed_incident_counts_the_old_primarys_lost_acks_not_a_zero_lag(monkeypatch):
+    """Promoted by the killed run, the replica is "0 s behind": the ack log says what was lost."""
+    from datetime import timedelta
+
+    from flows.region_failover import measure as m
+    from tasks.postgres.heartbeat import Ack
+
+    old = SimpleNamespace(name="primary", host="127.0.0.1", port=5001)
+    new = SimpleNamespace(name="replica1", host="127.0.0.1", port=5002)
+    t = [T0 + timedelta(seconds=i * 0.05) for i in range(4)]
+    acks = [Ack(i + 1, t[i], "127.0.0.1:5001", t[i]) for i in range(4)]
+    measured: dict[str, object] = {}
+    ctx = SimpleNamespace(
+        is_drill=False,
+        measurement=SimpleNamespace(failure_at=t[3]),
+        measure=lambda **kw: measured.update(kw),
+        record_check=lambda *a, **kw: None,
+        note=lambda text: None,
+    )
+    run = SimpleNamespace(
+        ctx=ctx,
+        opts=SimpleNamespace(app_heartbeat_writer="app"),
+        old=old,
+        pgc=SimpleNamespace(heartbeat_db="app"),
+        ci=lambda node, db: node.name,
+    )
+    monkeypatch.setattr(m, "_app_acks", lambda r: acks)
+    # Rows 1 and 2 reached replica1; 3 and 4 died with the primary.
+    monkeypatch.setattr(m, "heartbeat_rows_present", lambda ci, w, a, b: {1: t[0], 2: t[1]})
+    assert m._incident_app_loss(run, new) is True
+    assert measured["lost_rows"] == 2 and measured["rpo_bound"] == "exact"
+    assert abs(measured["rpo_seconds"] - 0.1) < 1e-6
+    assert "2 of 4 write(s)" in measured["rpo_basis"]
