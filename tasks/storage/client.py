@@ -372,8 +372,12 @@ class Repository(ABC):
         write_once: bool = False,
         retain_days: int | None = None,
         lock_mode: LockMode = "GOVERNANCE",
+        expected_sha256: str | None = None,
     ) -> PutResult:
         """Store a local file at ``key``; re-putting identical content is a no-op.
+
+        With ``expected_sha256`` (the file's checksum from a manifest) what is stored is
+        verified against it, and content that does not hash to it is refused.
 
         Raises:
             ChecksumMismatch: the object exists with other content and not ``overwrite``.
