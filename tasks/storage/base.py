@@ -51,7 +51,12 @@ from tasks.storage.objects import (
     _check_sha256,
     _short,
 )
-from tasks.storage.streams import _fsync_dir, _hash_local_file, _unlink_quietly, resuming_chunks
+from tasks.storage.streams import (
+    _hash_local_file,
+    _move_into_place,
+    _unlink_quietly,
+    resuming_chunks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +80,9 @@ class BaseRepository(Repository):
         write_once: bool,
         retain_days: int | None,
         lock_mode: LockMode,
+        expected_sha256: str | None = None,
     ) -> PutResult:
-        """Store ``local_path`` at ``key``: the idempotence check has already been made."""
+        """Store ``local_path`` at ``key`` (idempotence checked), verified against the SHA-256."""
 
     @abstractmethod
     def _read_range(
@@ -146,6 +152,7 @@ class BaseRepository(Repository):
         write_once: bool = False,
         retain_days: int | None = None,
         lock_mode: LockMode = "GOVERNANCE",
+        expected_sha256: str | None = None,
     ) -> PutResult:
         """Store a local file at ``key``; re-putting identical content is a no-op.
 
@@ -162,6 +169,7 @@ class BaseRepository(Repository):
                 default retention); on file:// the file is made read-only.
             retain_days: days of Object Lock retention (needs ``write_once``).
             lock_mode: ``GOVERNANCE`` (privileged users may lift it) or ``COMPLIANCE``.
+            expected_sha256: the file's SHA-256 (a manifest's): what is stored must match it.
 
         Returns:
             The :class:`PutResult` (``created``, ``unchanged`` or ``replaced``).
@@ -173,11 +181,12 @@ class BaseRepository(Repository):
             StorageError: the repository or the local file failed.
         """
         key = _check_key(key)
+        expected_sha256 = _check_sha256(expected_sha256, "expected_sha256")
         _check_put_options(overwrite, write_once, retain_days)
         path = Path(local_path)
         existing = self._head_or_none(key)
         if existing is not None:
-            local_sha = _hash_local_file(path).sha256
+            local_sha = expected_sha256 or _hash_local_file(path).sha256
             if self._same_or_refuse(key, existing, local_sha, overwrite):
                 return self._unchanged(key, existing, local_sha)
         return self._upload_file(
@@ -187,6 +196,7 @@ class BaseRepository(Repository):
             write_once=write_once,
             retain_days=retain_days,
             lock_mode=lock_mode,
+            expected_sha256=expected_sha256,
         )
 
     def put_bytes(
@@ -488,13 +498,3 @@ class BaseRepository(Repository):
                 self.url_for(key),
             )
         return actual
-
-
-def _move_into_place(part: Path, dest: Path) -> None:
-    """Rename the verified ``.part`` file to its destination, durably."""
-    try:
-        os.replace(part, dest)
-        _fsync_dir(dest.parent)
-    except OSError as exc:
-        _unlink_quietly(part)
-        raise _os_error(exc, f"local file {dest}", missing_is_not_found=False) from exc

@@ -23,11 +23,15 @@ from tasks.storage.objects import (
     _check_sha256,
     _short,
 )
-from tasks.storage.streams import _Digest, _fsync_dir, _unlink_quietly
+from tasks.storage.streams import _Digest, _fsync_dir, _hash_local_file, _unlink_quietly
 
 logger = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".dr-tmp"
+#: ``link(2)`` failures that mean "copy instead": another filesystem, no hard links there.
+_NO_LINK_ERRNOS = frozenset(
+    {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+)
 FILE_READ_ONLY_LOCK = "read-only"
 
 
@@ -172,13 +176,68 @@ class FileRepository(BaseRepository):
         write_once: bool,
         retain_days: int | None,
         lock_mode: LockMode,
+        expected_sha256: str | None = None,
     ) -> PutResult:
+        if expected_sha256 is not None:
+            linked = self._put_linked(key, local_path, expected_sha256, replacing, write_once)
+            if linked is not None:
+                return linked
         try:
             src = open(local_path, "rb")
         except OSError as exc:
             raise _os_error(exc, f"local file {local_path}", missing_is_not_found=False) from exc
         with src:
-            return self.put_stream(key, src, overwrite=replacing, write_once=write_once)
+            return self.put_stream(
+                key,
+                src,
+                expected_sha256=expected_sha256,
+                overwrite=replacing,
+                write_once=write_once,
+            )
+
+    def _put_linked(
+        self, key: str, local_path: Path, expected_sha256: str, replacing: bool, write_once: bool
+    ) -> PutResult | None:
+        """Store a staged file by hard link when it is on the repository's filesystem.
+
+        Why: a staged backup file is written once, described in its manifest, stored, then
+        its staging name is removed; copying it into a repository on the same filesystem
+        reads and writes every byte again for nothing. The link shares the inode, so the
+        object is then hashed where it is stored (the same check as a copy: nothing that
+        does not hash to ``expected_sha256`` is stored), fsynced and renamed into place.
+        The staged name must not be written to afterwards (staging only ever unlinks).
+
+        Returns:
+            The :class:`PutResult`, or None when no link can be made (another filesystem,
+            links not supported): the caller copies instead.
+        """
+        target = self._path(key)
+        url = self.url_for(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _os_error(exc, url, missing_is_not_found=False) from exc
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
+        try:
+            os.link(local_path, tmp)
+        except OSError as exc:
+            if exc.errno in _NO_LINK_ERRNOS:
+                logger.debug("cannot link %s into %s (%s): copying", local_path, url, exc)
+                return None
+            raise _os_error(exc, f"local file {local_path}", missing_is_not_found=False) from exc
+        try:
+            digest = _hash_local_file(tmp)
+            if digest.sha256 != expected_sha256:
+                raise ChecksumMismatch(
+                    f"{url}: content read has sha256 {_short(digest.sha256)}, "
+                    f"expected {_short(expected_sha256)}; nothing stored"
+                )
+            _fsync_file(tmp)
+            return self._place(key, tmp, digest, replacing=replacing, write_once=write_once)
+        except OSError as exc:
+            raise _os_error(exc, url, missing_is_not_found=False) from exc
+        finally:
+            _unlink_quietly(tmp)
 
     def put_stream(
         self,
@@ -215,10 +274,23 @@ class FileRepository(BaseRepository):
                     f"{url}: content read has sha256 {_short(sha)}, "
                     f"expected {_short(expected_sha256)}; nothing stored"
                 )
+            return self._place(key, tmp, digest, replacing=overwrite, write_once=write_once)
+        except OSError as exc:
+            raise _os_error(exc, url, missing_is_not_found=False) from exc
+        finally:
+            _unlink_quietly(tmp)
+
+    def _place(
+        self, key: str, tmp: Path, digest: _Digest, *, replacing: bool, write_once: bool
+    ) -> PutResult:
+        """Rename a verified temporary file to ``key`` (unless identical content is there)."""
+        url = self.url_for(key)
+        sha = digest.sha256
+        try:
             outcome: Outcome = "created"
             existing = self._head_or_none(key)
             if existing is not None:
-                if self._same_or_refuse(key, existing, sha, overwrite):
+                if self._same_or_refuse(key, existing, sha, replacing):
                     return self._unchanged(key, existing, sha)
                 if existing.lock_mode == FILE_READ_ONLY_LOCK:
                     raise StorageError(f"{url} is write-once; it is not replaced", transient=False)
@@ -227,12 +299,10 @@ class FileRepository(BaseRepository):
             if write_once:
                 mode &= ~0o222
             os.chmod(tmp, mode)
-            os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            os.replace(tmp, self._path(key))
+            _fsync_dir(tmp.parent)
         except OSError as exc:
             raise _os_error(exc, url, missing_is_not_found=False) from exc
-        finally:
-            _unlink_quietly(tmp)
         result = PutResult(
             key=key,
             url=url,
@@ -257,6 +327,15 @@ class FileRepository(BaseRepository):
             out.flush()
             os.fsync(out.fileno())
         return digest
+
+
+def _fsync_file(path: Path) -> None:
+    """Make a file's bytes durable (a staged file may have been written without fsync)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _current_umask() -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -374,19 +376,51 @@ class S3Repository(BaseRepository):
         write_once: bool,
         retain_days: int | None,
         lock_mode: LockMode,
+        expected_sha256: str | None = None,
     ) -> PutResult:
+        """Upload by file name, so the transfer manager reads parts in parallel.
+
+        Without ``expected_sha256`` the file is hashed first (the metadata goes before the
+        body). With it (a manifest's) the same digest (SHA-256, part MD5s) is computed in
+        another thread while the parts go up: the server's size, metadata and ETag are then
+        checked against it as after any upload, and a file that does not hash to
+        ``expected_sha256`` is removed from the bucket and refused.
+        """
         url = self.url_for(key)
         try:
             size = local_path.stat().st_size
         except OSError as exc:
             raise _os_error(exc, f"local file {local_path}", missing_is_not_found=False) from exc
         part_size = self._adjuster.adjust_chunksize(self._part_size, size)
-        digest = _hash_local_file(local_path, part_size=part_size, threshold=self._threshold)
         lock = self._lock_args(url, write_once, retain_days, lock_mode)
-        extra = {"Metadata": {SHA256_METADATA_KEY: digest.sha256}, **lock}
-        self._transfer(str(local_path), key, extra)
+        hashing = functools.partial(
+            _hash_local_file, local_path, part_size=part_size, threshold=self._threshold
+        )
+        if expected_sha256 is None:
+            digest = hashing()
+            extra = {"Metadata": {SHA256_METADATA_KEY: digest.sha256}, **lock}
+            self._transfer(str(local_path), key, extra)
+        else:
+            extra = {"Metadata": {SHA256_METADATA_KEY: expected_sha256}, **lock}
+            with ThreadPoolExecutor(1, thread_name_prefix="dr-hash") as pool:
+                pending = pool.submit(hashing)
+                self._transfer(str(local_path), key, extra)
+                digest = pending.result()
+            if digest.sha256 != expected_sha256:
+                self._remove_mismatched(key, digest, expected_sha256)
         info = self._verify_upload(key, digest, lock)
         return self._result(key, info, replacing)
+
+    def _remove_mismatched(self, key: str, digest: _Digest, expected_sha256: str) -> None:
+        url = self.url_for(key)
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self._full(key))
+        except _S3_ERRORS as exc:
+            logger.warning("could not remove mismatched %s: %s", url, exc)
+        raise ChecksumMismatch(
+            f"{url}: content read has sha256 {_short(digest.sha256)}, "
+            f"expected {_short(expected_sha256)}; removed"
+        )
 
     def put_stream(
         self,
@@ -431,14 +465,7 @@ class S3Repository(BaseRepository):
         extra = {"Metadata": {SHA256_METADATA_KEY: expected_sha256}, **lock}
         self._transfer(_HashingReader(fileobj, digest), key, extra)
         if digest.sha256 != expected_sha256:
-            try:
-                self._client.delete_object(Bucket=self.bucket, Key=self._full(key))
-            except _S3_ERRORS as exc:
-                logger.warning("could not remove mismatched %s: %s", url, exc)
-            raise ChecksumMismatch(
-                f"{url}: content read has sha256 {_short(digest.sha256)}, "
-                f"expected {_short(expected_sha256)}; removed"
-            )
+            self._remove_mismatched(key, digest, expected_sha256)
         info = self._verify_upload(key, digest, lock)
         return self._result(key, info, existing is not None)
 

@@ -43,6 +43,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _move_into_place(part: Path, dest: Path) -> None:
+    """Rename the verified ``.part`` file to its destination, durably."""
+    try:
+        os.replace(part, dest)
+        _fsync_dir(dest.parent)
+    except OSError as exc:
+        _unlink_quietly(part)
+        raise _os_error(exc, f"local file {dest}", missing_is_not_found=False) from exc
+
+
 def _unlink_quietly(path: Path) -> None:
     try:
         path.unlink()

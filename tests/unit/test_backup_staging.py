@@ -51,18 +51,18 @@ def maker(calls: list[str]):
 
 
 class FlakyRepo(storage_file.FileRepository):
-    """A file repository whose disk "goes away" after ``ok_puts`` streamed puts."""
+    """A file repository whose disk "goes away" after ``ok_puts`` puts of staged files."""
 
     def __init__(self, root: Path, ok_puts: int) -> None:
         super().__init__(root)
         self.ok_puts = ok_puts
         self.puts: list[str] = []
 
-    def put_stream(self, key, fileobj, **kw):
+    def put_file(self, key, local_path, **kw):
         self.puts.append(key)
         if len(self.puts) > self.ok_puts:
             raise StorageError("injected: disk gone")
-        return super().put_stream(key, fileobj, **kw)
+        return super().put_file(key, local_path, **kw)
 
 
 def run(repo, stage: Path, calls: list[str]) -> fb.DatabaseBackupResult:

@@ -152,6 +152,25 @@ def test_s3_client_factory_resolves_secret_refs(monkeypatch: pytest.MonkeyPatch)
     assert "secret-from-env-1234" not in redact("secret-from-env-1234")
 
 
+def test_s3_clients_share_the_model_but_each_has_its_own_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rotated keys (breach response) give a client with the new keys, never a cached one."""
+    aws = AWSConfig(
+        access_key_id=SecretRef(env="DR_TEST_KEY_ID"),
+        secret_access_key=SecretRef(env="DR_TEST_SECRET"),
+    )
+    keys = []
+    for n in (1, 2):
+        monkeypatch.setenv("DR_TEST_KEY_ID", f"AKIDROT{n}")
+        monkeypatch.setenv("DR_TEST_SECRET", f"rotated-secret-{n}-5678")
+        creds = make_s3_client(aws)._request_signer._credentials
+        keys.append((creds.access_key, creds.secret_key))
+    assert keys == [("AKIDROT1", "rotated-secret-1-5678"), ("AKIDROT2", "rotated-secret-2-5678")]
+    a, b = make_s3_client(aws), make_s3_client(aws)
+    assert a is not b  # a test's event hooks on one client never reach another
+
+
 def test_s3_client_factory_refuses_half_a_key_pair() -> None:
     with pytest.raises(ConfigError):
         make_s3_client(access_key_id="AKID")

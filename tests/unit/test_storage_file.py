@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -118,6 +119,57 @@ def test_put_stream_checks_expected_sha256(repo: FileRepository) -> None:
     assert unread.tell() == 0
     assert repo.put_stream("s", io.BytesIO(data)).outcome == "unchanged"
     assert repo.put_bytes("t", b"abc").sha256 == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_staged_file_with_known_sha256_is_linked_not_copied(
+    repo: FileRepository, tmp_path: Path
+) -> None:
+    """Same filesystem: the stored object is the staged inode, hashed where it is stored."""
+    staged = tmp_path / "staged.dat"
+    sha = write_file(staged, 3 * MiB + 5)
+    staged.chmod(0o600)
+    result = repo.put_file("db/id/1.dat.gz", staged, expected_sha256=sha)
+    assert (result.outcome, result.sha256, result.size) == ("created", sha, 3 * MiB + 5)
+    stored = repo.root / "db" / "id" / "1.dat.gz"
+    assert stored.stat().st_ino == staged.stat().st_ino
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o666 & ~umask  # as a copy would be
+    staged.unlink()  # what staging does next: the object stays
+    assert repo.sha256("db/id/1.dat.gz") == sha
+    assert [p.name for p in stored.parent.iterdir()] == ["1.dat.gz"]
+    assert repo.put_file("db/id/1.dat.gz", stored, expected_sha256=sha).outcome == "unchanged"
+
+
+def test_staged_file_that_does_not_hash_to_its_manifest_is_not_stored(
+    repo: FileRepository, tmp_path: Path
+) -> None:
+    staged = tmp_path / "staged.dat"
+    write_file(staged, MiB)
+    with pytest.raises(ChecksumMismatch, match="nothing stored"):
+        repo.put_file("db/id/1.dat.gz", staged, expected_sha256="0" * 64)
+    assert not repo.exists("db/id/1.dat.gz")
+    assert list((repo.root / "db" / "id").iterdir()) == []  # no temporary link left
+    assert staged.stat().st_nlink == 1
+
+
+@pytest.mark.parametrize("code", [errno.EXDEV, errno.EPERM])
+def test_staged_file_on_another_filesystem_is_copied_and_checked(
+    repo: FileRepository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    def no_link(src: object, dst: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", no_link)
+    staged = tmp_path / "staged.dat"
+    sha = write_file(staged, 2 * MiB)
+    with pytest.raises(ChecksumMismatch):
+        repo.put_file("k", staged, expected_sha256="1" * 64)
+    assert not repo.exists("k")
+    assert repo.put_file("k", staged, expected_sha256=sha).outcome == "created"
+    stored = repo.root / "k"
+    assert stored.stat().st_ino != staged.stat().st_ino
+    assert repo.sha256("k") == sha
 
 
 def test_corrupted_object_fails_download_and_leaves_no_file(

@@ -26,21 +26,21 @@ def test_interrupted_backup_resumes_without_reuploading_identical_files(
     config = backup_lab.write_config(work)
     staging = work / "staging"
     repo_root = work / "repo"
-    original = storage_file.FileRepository.put_stream
+    original = storage_file.FileRepository.put_file  # how staging stores each dump file
     calls: list[str] = []
 
-    def unplugged_after_first(self, key, fileobj, **kw):
+    def unplugged_after_first(self, key, local_path, **kw):
         if "/app/" not in key:  # the target's files backup (uploads) runs after the dumps
-            return original(self, key, fileobj, **kw)
+            return original(self, key, local_path, **kw)
         calls.append(key)
         if len(calls) > 1:
             raise StorageError("injected: the repository disk went away", transient=False)
-        return original(self, key, fileobj, **kw)
+        return original(self, key, local_path, **kw)
 
-    monkeypatch.setattr(storage_file.FileRepository, "put_stream", unplugged_after_first)
+    monkeypatch.setattr(storage_file.FileRepository, "put_file", unplugged_after_first)
     with pytest.raises(Exception, match="the repository disk went away"):
         backup_flow("lab", config_path=str(config), staging_dir=str(staging))
-    monkeypatch.setattr(storage_file.FileRepository, "put_stream", original)
+    monkeypatch.setattr(storage_file.FileRepository, "put_file", original)
 
     # Interrupted: one file up, no manifest (so incomplete), the dump kept in staging.
     marker = json.loads((staging / "lab" / "app" / PARTIAL_MARKER).read_text())
@@ -52,12 +52,12 @@ def test_interrupted_backup_resumes_without_reuploading_identical_files(
 
     sent: list[str] = []
 
-    def counting(self, key, fileobj, **kw):
-        result = original(self, key, fileobj, **kw)
+    def counting(self, key, local_path, **kw):
+        result = original(self, key, local_path, **kw)
         sent.append(result.outcome)
         return result
 
-    monkeypatch.setattr(storage_file.FileRepository, "put_stream", counting)
+    monkeypatch.setattr(storage_file.FileRepository, "put_file", counting)
     result = backup_flow("lab", config_path=str(config), staging_dir=str(staging))
     backup = result["backups"][0]
     assert result["ok"] and backup["resumed"] is True

@@ -470,3 +470,41 @@ def test_objects_written_by_others_get_their_checksum_computed(
     assert repo.sha256("foreign.sql.gz") == sha
     assert repo.put_bytes("foreign.sql.gz", data).outcome == "unchanged"
     assert repo.get_to_file("foreign.sql.gz", tmp_path / "f", expected_sha256=sha) == sha
+
+
+def test_put_file_with_known_sha256_hashes_while_uploading_and_verifies(
+    repo: S3Repository, s3_client: Any, tmp_path: Path, s3_calls: Counter[str]
+) -> None:
+    """The backup's path: the manifest's checksum, parts read in parallel, same checks."""
+    src = tmp_path / "big"
+    sha = write_file(src, 12 * MiB)
+
+    result = repo.put_file("big", src, expected_sha256=sha)
+    assert (result.outcome, result.sha256) == ("created", sha)
+    assert (s3_calls["CreateMultipartUpload"], s3_calls["UploadPart"]) == (1, 3)
+    info = repo.head("big")
+    assert info.sha256 == sha and info.etag is not None and info.etag.strip('"').endswith("-3")
+    assert repo.get_to_file("big", tmp_path / "big.copy") == sha
+    sent = uploads(s3_calls)
+    assert repo.put_file("big", src, expected_sha256=sha).outcome == "unchanged"
+    assert uploads(s3_calls) == sent
+
+    with pytest.raises(ChecksumMismatch, match="expected"):
+        repo.put_file("wrong", src, expected_sha256="0" * 64)
+    assert not repo.exists("wrong")
+
+    small = tmp_path / "small"
+    small_sha = write_file(small, 100_000)
+
+    def corrupt(params: dict[str, Any], **_: Any) -> None:
+        body = bytearray(params["Body"].read())
+        body[10] ^= 0xFF
+        params["Body"] = bytes(body)
+
+    s3_client.meta.events.register("before-parameter-build.s3.PutObject", corrupt)
+    try:
+        with pytest.raises(ChecksumMismatch, match="did not verify"):
+            repo.put_file("small", small, expected_sha256=small_sha)
+    finally:
+        s3_client.meta.events.unregister("before-parameter-build.s3.PutObject", corrupt)
+    assert not repo.exists("small")
