@@ -147,11 +147,17 @@ async def one_run(client: Any, deployment_id: Any, worker: str) -> Sample:
             break
         await asyncio.sleep(0.25)
     states = await client.read_flow_run_states(run.id)
-    logs = await client.read_logs(
-        LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
-        sort=LogSort.TIMESTAMP_ASC,
-        limit=200,
-    )
+    # The run's logs reach the server in batches (every ~2 s), often after its final state.
+    logs_deadline = time.monotonic() + 10
+    while True:
+        logs = await client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
+            sort=LogSort.TIMESTAMP_ASC,
+            limit=200,
+        )
+        if any(" declared at " in x.message for x in logs) or time.monotonic() > logs_deadline:
+            break
+        await asyncio.sleep(0.5)
     created = flow_run.created
 
     def since(ts: Any) -> float | None:

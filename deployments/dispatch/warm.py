@@ -31,6 +31,7 @@ import runpy
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from multiprocessing import spawn
 from multiprocessing.process import BaseProcess
 
 from dr.errors import SystemError_
@@ -63,7 +64,12 @@ PRELOAD: tuple[str, ...] = (
     "kubernetes",
     "slack_sdk",
     "redis",
+    # Last: the worker's main script, then gc.freeze() (deployments/dispatch/preload.py).
+    "deployments.dispatch.preload",
 )
+
+#: The worker's main script (absolute, normalised) for the forkserver to import once.
+MAIN_PATH_ENV = "DR_WARM_MAIN"
 
 #: Exit code of the readiness check when a preloaded module is missing in the child.
 _NOT_WARM = 3
@@ -71,6 +77,11 @@ _NOT_WARM = 3
 
 class WarmStartError(SystemError_):
     """The warm interpreter could not be started or did not import what it should."""
+
+
+def _main_path() -> str | None:
+    """The path ``multiprocessing`` gives each child as its main script (None: none)."""
+    return spawn.get_preparation_data("dr-warm").get("init_main_from_path")
 
 
 def _ready(expected: Sequence[str]) -> None:
@@ -119,6 +130,7 @@ class WarmInterpreter:
                 project is missing in its children.
         """
         started = time.monotonic()
+        os.environ[MAIN_PATH_ENV] = _main_path() or ""
         probe = self._ctx.Process(target=_ready, args=(self._expected(),), name="dr-warm-check")
         try:
             probe.start()
