@@ -15,6 +15,7 @@ from flows.data_corruption.pitr import recover, verify_recovered
 from flows.data_corruption.plan import plan, validate
 from flows.data_corruption.preserve import preserve
 from flows.data_corruption.prove import clean_up, measure, verify_end_to_end
+from flows.data_corruption.resume import finish_interrupted
 from flows.data_corruption.run import CorruptionRun
 from flows.data_corruption.state import damage_state, recover_state
 from flows.data_corruption.switch import heartbeat, repair_old_primary, switch
@@ -37,6 +38,8 @@ def run_phases(ctx: RunContext, opts: CorruptionOptions) -> None:
             inject(run)  # phases "prepare drill", "inject damage"
             damage_state(run)  # phase "damage caches and files"
         assess(run)
+        if finish_interrupted(run):  # an interrupted run repaired it, left the writers stopped
+            return
         target, backup, wal = plan(run)
         stop_writers(run)
         preserve(run)

@@ -17,10 +17,10 @@ from tasks.pitr import relations as pitr_relations
 from tasks.postgres import checks as postgres_checks
 from tasks.postgres import heartbeat as postgres_heartbeat
 
-__all__ = ["clean_up", "measure", "verify_end_to_end"]
+__all__ = ["clean_up", "measure", "verify_end_to_end", "wait_writers_healthy"]
 
 
-def _wait_writers_healthy(run: CorruptionRun, conninfo: str) -> datetime | None:
+def wait_writers_healthy(run: CorruptionRun, conninfo: str) -> datetime | None:
     """The first heartbeat row written by the application after the restart, if any."""
     if run.writers_started_at is None or not run.writer_changes:
         return None
@@ -57,7 +57,7 @@ def verify_end_to_end(run: CorruptionRun) -> datetime | None:
                     detail=f"{got[rel].rows} rows, digest {got[rel].digest[:12]} (stamp: "
                     f"{want.rows} rows, {want.digest[:12]})",
                 )
-        healthy_at = _wait_writers_healthy(run, hb_conninfo)
+        healthy_at = wait_writers_healthy(run, hb_conninfo)
         if run.writer_changes:
             ctx.record_check(
                 "writers healthy again (heartbeat written after the restart)",

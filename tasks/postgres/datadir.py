@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -212,3 +213,52 @@ def server_running(data: Path) -> bool:
     except PermissionError:
         return True
     return True
+
+
+#: Tools that rewrite or start a data directory; one a killed run left may still be at work.
+DATADIR_TOOLS = frozenset({"pg_rewind", "pg_basebackup", "pg_ctl", "initdb"})
+
+
+def tools_at_work(data: Path) -> list[tuple[int, str]]:
+    """Other processes running a PostgreSQL tool on ``data`` (``pg_rewind -D data``...).
+
+    Why: a run killed with SIGKILL leaves its children running: a ``pg_rewind`` or
+    ``pg_basebackup`` still writing the data directory, a ``pg_ctl start`` still starting
+    it. The next run must not rewind, rebuild or start the same directory meanwhile.
+
+    Returns:
+        ``(pid, tool)`` pairs (Linux ``/proc``; empty elsewhere).
+    """
+    wanted = {str(data), str(data).rstrip("/")}
+    found: list[tuple[int, str]] = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        tools = [Path(a).name for a in args if Path(a).name in DATADIR_TOOLS]
+        names_dir = any(a in wanted or a.removeprefix("--pgdata=") in wanted for a in args)
+        if tools and names_dir:
+            found.append((int(entry.name), tools[0]))
+    return found
+
+
+def wait_for_tools(data: Path, timeout_seconds: float) -> list[tuple[int, str]]:
+    """Wait until no other tool works on ``data``; returns what was waited for.
+
+    Raises:
+        PreconditionError: one still runs after ``timeout_seconds`` (nothing was touched).
+    """
+    first = tools_at_work(data)
+    if first:
+        log.warning("waiting for %s on %s (left by an interrupted run)", first, data)
+    deadline = time.monotonic() + timeout_seconds
+    while (busy := tools_at_work(data)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if busy:
+        raise PreconditionError(
+            f"{data} is still being changed by {busy} after {timeout_seconds:g} s: not touched"
+        )
+    return first

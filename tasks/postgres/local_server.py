@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from dr.changes import Change
-from dr.errors import PostgresError, PreconditionError
+from dr.errors import PostgresError, PreconditionError, redact
 from dr.localexec import current_os_user, run_as_owner
 from dr.tasking import dr_task
 from tasks.postgres.models import SYSTEM
@@ -71,6 +71,12 @@ def why_not_start(data: Path, bin_dir: Path, os_user: str | None) -> str | None:
     if state in STANDBY_STATES:
         return f"it was a standby ({state}) and has no standby.signal"
     return None
+
+
+def _tail_of(path: Path, os_user: str | None, chars: int = 600) -> str:
+    """The end of the server's start-up log (why ``pg_ctl start`` failed), redacted."""
+    proc = run_as_owner(os_user, ["tail", "-c", str(chars), path])
+    return redact((proc.stdout or proc.stderr or "").strip()) or "(empty)"
 
 
 def _refuse_second_primary(data: Path, bin_dir: Path, os_user: str | None) -> None:
@@ -218,7 +224,8 @@ def start_local_server(
     if proc.returncode != 0:
         raise PostgresError(
             f"pg_ctl start -D {data} failed ({proc.returncode}): "
-            f"{(proc.stderr or proc.stdout).strip()[-500:]}"
+            f"{(proc.stderr or proc.stdout).strip()[-500:]}; {startup_log}: "
+            f"{_tail_of(startup_log, os_user)}"
         )
     pid = _pg_ctl_status(data, bins, os_user)
     change = Change(

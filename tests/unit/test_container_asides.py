@@ -56,3 +56,32 @@ def test_an_unchanged_recreate_still_removes_an_old_container() -> None:
     assert change.after["removed_old_containers"] == ["app-dr-old-1700000000"]
     assert sorted(engine.items) == ["app"]
     assert recreate_with_env(engine, "app", {"DB_PASSWORD": "new"}).outcome == "unchanged"  # type: ignore[arg-type]
+
+
+def test_a_recreate_killed_after_renaming_aside_is_put_back() -> None:
+    """Killed between "rename aside" and "create": the next run finds the application again."""
+    import docker.errors
+
+    from tasks.containers.recreate import current_or_aside
+
+    class Engine(FakeEngine):
+        def get(self, name: str) -> FakeContainer:
+            if name not in self.items:
+                raise docker.errors.NotFound(f"no such container: {name}")
+            return self.items[name]
+
+        def list(self, all: bool = False, filters: Any = None, **kw: Any) -> list[Any]:
+            return super().list(all=all, filters=filters)
+
+    def rename(self: FakeContainer, new: str) -> None:
+        self._engine.items[new] = self._engine.items.pop(self.name)
+        self.name = new
+
+    FakeContainer.rename = rename  # type: ignore[attr-defined]
+    FakeContainer.reload = lambda self: None  # type: ignore[attr-defined]
+    engine = Engine()
+    engine.add("app-dr-old-1700000000", ["DB_HOST=old"])
+    engine.add("app-dr-old-1700000100", ["DB_HOST=older-run"])
+    back = current_or_aside(engine, "app")  # type: ignore[arg-type]
+    assert back.name == "app" and back.attrs["Config"]["Env"] == ["DB_HOST=older-run"]
+    assert sorted(engine.items) == ["app", "app-dr-old-1700000000"]

@@ -241,3 +241,20 @@ def test_a_resumed_incident_counts_the_old_primarys_lost_acks_not_a_zero_lag(mon
     assert measured["lost_rows"] == 2 and measured["rpo_bound"] == "exact"
     assert abs(measured["rpo_seconds"] - 0.1) < 1e-6
     assert "2 of 4 write(s)" in measured["rpo_basis"]
+
+
+def test_data_corruption_finishes_only_when_nothing_is_damaged_any_more():
+    """Writers stopped and no damage found: a killed run repaired it; anything else recovers."""
+    from flows.data_corruption.options import CorruptionOptions
+    from flows.data_corruption.resume import nothing_to_recover
+
+    def run(**kw: object) -> SimpleNamespace:
+        base = {"damaged": [], "suspected_lsn": None, "damage_lsn": None}
+        opts = CorruptionOptions.model_validate(kw.pop("opts", {}))
+        return SimpleNamespace(opts=opts, **{**base, **kw})
+
+    assert nothing_to_recover(run())
+    assert not nothing_to_recover(run(damaged=["shop.orders"]))
+    assert not nothing_to_recover(run(suspected_lsn="0/5000028"))
+    assert not nothing_to_recover(run(opts={"recovery_lsn": "0/5000028"}))
+    assert not nothing_to_recover(run(opts={"whole_database": True}))

