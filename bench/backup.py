@@ -20,6 +20,11 @@ order:
   a raw method that uploads nothing would charge the stand-in's upload speed to the
   project; this one charges the project only for what it does beyond a plain upload.
 
+The flow's staging folder and the ``file://`` repository are on one filesystem here, as
+``DR_STAGING_DIR`` can put them: the staged files are then hard-linked into the
+repository (and hashed there) rather than copied; on another filesystem they are copied,
+and the fair raw method would be the dump plus ``cp``.
+
 ``CHECKPOINT`` and ``sync`` run before every timing. Per scale: medians, then the growth
 table (project / raw, MB/s, the fit ``t = a + b * GiB``).
 

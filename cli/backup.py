@@ -82,11 +82,14 @@ def register(app: typer.Typer) -> None:
             None, "--config", "-c", help="Config file (default: $DR_CONFIG, ./dr.yaml, lab's)."
         ),
         staging_dir: Path | None = typer.Option(
-            None, "--staging-dir", help="Local staging folder (kept to resume an interrupted run)."
+            None,
+            "--staging-dir",
+            help="Local staging folder (kept to resume an interrupted run; on a file:// "
+            "repository's filesystem its files are hard-linked into it, not copied).",
         ),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Back up a target now: dump, manifest, streamed upload, retention, WAL age check."""
+        """Back up a target now: dump, manifest, verified upload, retention, WAL age check."""
         if kind not in ("logical", "base"):
             err.print(f"[bold red]error:[/] --kind must be logical or base, not {kind!r}")
             raise typer.Exit(EXIT_BAD_INPUT)

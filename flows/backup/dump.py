@@ -1,8 +1,14 @@
-"""One database's logical backup: ``pg_dump -Fd`` in its own exported snapshot, uploaded."""
+"""One database's logical backup: ``pg_dump -Fd`` in its own exported snapshot, uploaded.
+
+The row counts and the schema fingerprint are read while ``pg_dump`` runs, not before and
+after it: the counts in the exported snapshot's transaction (exactly the dump's rows), the
+fingerprint while the dump's locks keep the tables' definitions from changing.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from prefect.cache_policies import NO_CACHE
@@ -54,10 +60,19 @@ def backup_database(
 
     def make(backup_id: str, out_dir: Path) -> tuple[backups_manifest.Manifest, float]:
         db_conninfo = tool_conninfo(pgc, database)
-        with backups_dump.SnapshotSession(db_conninfo, password=password, bin_dir=bin_dir) as snap:
-            counts = snap.row_counts()
+        live = postgres_client.conninfo(
+            pgc.primary, user=pgc.user, dbname=database, password=password
+        )
+        # The counts (in the snapshot's own transaction, so the dump's rows) and the schema
+        # fingerprint need nothing from the dump: they run while pg_dump does.
+        with (
+            backups_dump.SnapshotSession(db_conninfo, password=password, bin_dir=bin_dir) as snap,
+            ThreadPoolExecutor(2, thread_name_prefix=f"backup-{database}") as pool,
+        ):
+            counting = pool.submit(snap.row_counts)
+            fingerprinting = pool.submit(postgres_checks.schema_fingerprint, live)
             info = backups_dump.dump_database(
-                tool_conninfo(pgc, database),
+                db_conninfo,
                 database,
                 out_dir,
                 jobs=target.backup.dump_jobs,
@@ -65,9 +80,8 @@ def backup_database(
                 password=password,
                 bin_dir=bin_dir,
             )
-        fingerprint = postgres_checks.schema_fingerprint(
-            postgres_client.conninfo(pgc.primary, user=pgc.user, dbname=database, password=password)
-        )["sha256"]
+            counts = counting.result()
+            fingerprint = fingerprinting.result()["sha256"]
         manifest = backups_manifest.build_manifest(
             out_dir,
             target=target_name,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -51,24 +53,30 @@ def post_restore_checks(
         pgc.primary, user=pgc.user, dbname=database, password=password
     )
     t0 = time.perf_counter()
-    if expected_counts is not None:
-        _check_row_counts(scratch_conn, expected_counts, result)
-    _check_schema(scratch_conn, source_conn, expected_schema, result)
-    for query in _validation_queries(target, database):
-        answer = postgres_checks.run_validation_query_task(
-            scratch_conn, name=query.name, sql=query.sql, expect=query.expect
+    # The restored schema is read first; then pg_amcheck (which installs its extension
+    # into pg_catalog, not into the user schema compared here) checks the copy while the
+    # row counts and the validation queries read it: independent, so they overlap.
+    restored_schema = postgres_checks.schema_fingerprint_task(scratch_conn)["sha256"]
+    with ThreadPoolExecutor(1, thread_name_prefix=f"amcheck-{scratch}") as pool:
+        amchecking = pool.submit(
+            contextvars.copy_context().run,  # the same Prefect run context as this task
+            backups_verify.amcheck_task,
+            postgres_client.conninfo(pgc.primary, user=pgc.user, dbname=scratch),
+            heapallindexed=heapallindexed,
+            jobs=2,
+            password=password,
+            bin_dir=pgc.primary.bin_dir,
         )
-        value = answer.value if isinstance(answer.value, int | float | str | bool) else None
-        result.check(f"validation {query.name}", answer.ok, answer.detail, value=value)
-    # Last: --install-missing adds the amcheck extension to the scratch copy.
-    tool_conn = postgres_client.conninfo(pgc.primary, user=pgc.user, dbname=scratch)
-    check = backups_verify.amcheck_task(
-        tool_conn,
-        heapallindexed=heapallindexed,
-        jobs=2,
-        password=password,
-        bin_dir=pgc.primary.bin_dir,
-    )
+        if expected_counts is not None:
+            _check_row_counts(scratch_conn, expected_counts, result)
+        _check_schema(restored_schema, source_conn, expected_schema, result)
+        for query in _validation_queries(target, database):
+            answer = postgres_checks.run_validation_query_task(
+                scratch_conn, name=query.name, sql=query.sql, expect=query.expect
+            )
+            value = answer.value if isinstance(answer.value, int | float | str | bool) else None
+            result.check(f"validation {query.name}", answer.ok, answer.detail, value=value)
+        check = amchecking.result()
     result.check(
         "amcheck" + (" (heapallindexed)" if heapallindexed else ""),
         check.ok,
@@ -98,13 +106,12 @@ def _check_row_counts(
 
 
 def _check_schema(
-    scratch_conn: str,
+    restored_schema: str,
     source_conn: str,
     expected_schema: str | None,
     result: DatabaseVerification,
 ) -> None:
     """Against the fingerprint at backup time when known (and note drift since), else live."""
-    restored_schema = postgres_checks.schema_fingerprint_task(scratch_conn)["sha256"]
     if expected_schema is None:
         live = postgres_checks.schema_fingerprint_task(source_conn)["sha256"]
         result.check(
