@@ -264,7 +264,11 @@ def test_kill_at_phase_then_rerun_converges(lab, tmp_path, scenario, phase, occu
             failure_at = _stamped_failure(first)
             by_injection = [n for n in lost if _lost_to_the_injection(watch, n, failure_at)]
             if by_injection:
-                print(f"lost to the drill's injected crash (async replication): {by_injection}")
+                print(
+                    "lost to the drill's injected crash (async replication; id, seconds before"
+                    " the kill):",
+                    [(n, round(failure_at - watch.acked_by[n][1], 4)) for n in by_injection],  # type: ignore[operator]
+                )
             rest = [n for n in lost if n not in by_injection]
             assert rest == [], (
                 f"acknowledged writes lost: {[(n, *watch.acked_by[n]) for n in rest]}"
