@@ -73,10 +73,15 @@ def why_not_start(data: Path, bin_dir: Path, os_user: str | None) -> str | None:
     return None
 
 
-def _tail_of(path: Path, os_user: str | None, chars: int = 600) -> str:
+def _tail_of(path: Path, chars: int = 600) -> str:
     """The end of the server's start-up log (why ``pg_ctl start`` failed), redacted."""
-    proc = run_as_owner(os_user, ["tail", "-c", str(chars), path])
-    return redact((proc.stdout or proc.stderr or "").strip()) or "(empty)"
+    try:
+        with path.open("rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - chars))
+            text = log.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return f"(start-up log not readable: {exc.strerror})"
+    return redact(text.strip()) or "(empty)"
 
 
 def _refuse_second_primary(data: Path, bin_dir: Path, os_user: str | None) -> None:
@@ -225,7 +230,7 @@ def start_local_server(
         raise PostgresError(
             f"pg_ctl start -D {data} failed ({proc.returncode}): "
             f"{(proc.stderr or proc.stdout).strip()[-500:]}; {startup_log}: "
-            f"{_tail_of(startup_log, os_user)}"
+            f"{_tail_of(startup_log)}"
         )
     pid = _pg_ctl_status(data, bins, os_user)
     change = Change(
