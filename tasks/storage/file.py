@@ -227,11 +227,7 @@ class FileRepository(BaseRepository):
             raise _os_error(exc, f"local file {local_path}", missing_is_not_found=False) from exc
         try:
             digest = _hash_local_file(tmp)
-            if digest.sha256 != expected_sha256:
-                raise ChecksumMismatch(
-                    f"{url}: content read has sha256 {_short(digest.sha256)}, "
-                    f"expected {_short(expected_sha256)}; nothing stored"
-                )
+            _refuse_mismatch(url, digest.sha256, expected_sha256)
             _fsync_file(tmp)
             return self._place(key, tmp, digest, replacing=replacing, write_once=write_once)
         except OSError as exc:
@@ -268,12 +264,7 @@ class FileRepository(BaseRepository):
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
         try:
             digest = self._write_temp(tmp, fileobj, url)
-            sha = digest.sha256
-            if expected_sha256 is not None and sha != expected_sha256:
-                raise ChecksumMismatch(
-                    f"{url}: content read has sha256 {_short(sha)}, "
-                    f"expected {_short(expected_sha256)}; nothing stored"
-                )
+            _refuse_mismatch(url, digest.sha256, expected_sha256)
             return self._place(key, tmp, digest, replacing=overwrite, write_once=write_once)
         except OSError as exc:
             raise _os_error(exc, url, missing_is_not_found=False) from exc
@@ -348,3 +339,12 @@ def _current_umask() -> int:
     except (OSError, ValueError):
         pass
     return 0o022
+
+
+def _refuse_mismatch(url: str, sha256: str, expected_sha256: str | None) -> None:
+    """Nothing is stored when the bytes read do not hash to what the caller expects."""
+    if expected_sha256 is not None and sha256 != expected_sha256:
+        raise ChecksumMismatch(
+            f"{url}: content read has sha256 {_short(sha256)}, "
+            f"expected {_short(expected_sha256)}; nothing stored"
+        )
