@@ -23,19 +23,24 @@ from .conftest import BreachLab
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def test_credential_survives_is_red_and_the_way_in_is_closed(breach_lab: BreachLab) -> None:
-    breach_lab.sync_lab_secrets()
-    assert breach_lab.wait_app_writing(), "the lab app does not write before the drill"
-    old = breach_lab.app_password()
+def _red_drill(breach_lab: BreachLab, inject: str) -> tuple[dict, list[str]]:
+    """Run the drill with ``inject``: it must exit 1, failed; (result, failed critical checks)."""
     code, out, _err = breach_lab.invoke(
         "drill", "breach-response", "--target", "lab", "--json",
-        "--config", str(breach_lab.config_path), "--inject", "credential-survives",
+        "--config", str(breach_lab.config_path), "--inject", inject,
     )  # fmt: skip
     breach_lab.sync_lab_secrets()
     result = json.loads(out)
     assert code == 1, result["reason"]
     assert result["outcome"] == "failed"
-    failed = [c["name"] for c in result["checks"] if c["critical"] and not c["ok"]]
+    return result, [c["name"] for c in result["checks"] if c["critical"] and not c["ok"]]
+
+
+def test_credential_survives_is_red_and_the_way_in_is_closed(breach_lab: BreachLab) -> None:
+    breach_lab.sync_lab_secrets()
+    assert breach_lab.wait_app_writing(), "the lab app does not write before the drill"
+    old = breach_lab.app_password()
+    result, failed = _red_drill(breach_lab, "credential-survives")
     assert any("old password rejected on primary" in n for n in failed), failed
     assert "old password rejected on primary" in result["reason"], result["reason"]
     assert result["details"]["breach"]["drill_backdoor"]["rules"], result["details"]
@@ -73,15 +78,7 @@ def test_object_survives_is_red_and_the_object_is_put_back(breach_lab: BreachLab
     before the intrusion must fail the drill; its cleanup still puts the object back."""
     breach_lab.sync_lab_secrets()
     assert breach_lab.wait_app_writing(), "the lab app does not write before the drill"
-    code, out, _err = breach_lab.invoke(
-        "drill", "breach-response", "--target", "lab", "--json",
-        "--config", str(breach_lab.config_path), "--inject", "object-survives",
-    )  # fmt: skip
-    breach_lab.sync_lab_secrets()
-    result = json.loads(out)
-    assert code == 1, result["reason"]
-    assert result["outcome"] == "failed"
-    failed = [c["name"] for c in result["checks"] if c["critical"] and not c["ok"]]
+    result, failed = _red_drill(breach_lab, "object-survives")
     assert failed == ["files uploads as before the intrusion"], failed
     assert "files uploads as before the intrusion" in result["reason"], result["reason"]
     breach = result["details"]["breach"]

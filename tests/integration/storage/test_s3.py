@@ -377,23 +377,25 @@ def test_write_once_without_object_lock_reports_no_lock(repo: S3Repository, tmp_
     assert result.lock_mode is None
 
 
+def _corrupt_body(params: dict[str, Any], **_: Any) -> None:
+    """A botocore hook: one byte of the PutObject body flipped on its way out."""
+    body = bytearray(params["Body"].read())
+    body[10] ^= 0xFF
+    params["Body"] = bytes(body)
+
+
 def test_upload_corrupted_in_transit_is_detected_and_removed(
     repo: S3Repository, s3_client: Any, tmp_path: Path
 ) -> None:
     src = tmp_path / "f"
     write_file(src, 100_000)
 
-    def corrupt(params: dict[str, Any], **_: Any) -> None:
-        body = bytearray(params["Body"].read())
-        body[10] ^= 0xFF
-        params["Body"] = bytes(body)
-
-    s3_client.meta.events.register("before-parameter-build.s3.PutObject", corrupt)
+    s3_client.meta.events.register("before-parameter-build.s3.PutObject", _corrupt_body)
     try:
         with pytest.raises(ChecksumMismatch, match="did not verify") as info:
             repo.put_file("f", src)
     finally:
-        s3_client.meta.events.unregister("before-parameter-build.s3.PutObject", corrupt)
+        s3_client.meta.events.unregister("before-parameter-build.s3.PutObject", _corrupt_body)
 
     assert info.value.transient
     assert not repo.exists("f")
@@ -496,15 +498,10 @@ def test_put_file_with_known_sha256_hashes_while_uploading_and_verifies(
     small = tmp_path / "small"
     small_sha = write_file(small, 100_000)
 
-    def corrupt(params: dict[str, Any], **_: Any) -> None:
-        body = bytearray(params["Body"].read())
-        body[10] ^= 0xFF
-        params["Body"] = bytes(body)
-
-    s3_client.meta.events.register("before-parameter-build.s3.PutObject", corrupt)
+    s3_client.meta.events.register("before-parameter-build.s3.PutObject", _corrupt_body)
     try:
         with pytest.raises(ChecksumMismatch, match="did not verify"):
             repo.put_file("small", small, expected_sha256=small_sha)
     finally:
-        s3_client.meta.events.unregister("before-parameter-build.s3.PutObject", corrupt)
+        s3_client.meta.events.unregister("before-parameter-build.s3.PutObject", _corrupt_body)
     assert not repo.exists("small")
